@@ -1,0 +1,232 @@
+"""``transferable <verb>``: the one command-line entry point; every Snakemake rule calls one verb.
+
+Each verb also works by hand, without Snakemake (see ``transferable <verb> --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def _json(s: str) -> dict:
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--params is not valid JSON: {e}") from e
+
+
+def cmd_demo_data(a):
+    from .data import demo
+
+    summary = demo.generate(a.out, **_json(a.params))
+    _log(f"demo dataset in {a.out}: {json.dumps({k: v for k, v in summary.items() if k != 'families'})}")
+
+
+def cmd_ingest(a):
+    from .data.ilsvrc import ingest
+    from .data.shards import atomic_write_text
+
+    t = time.time()
+    cat, images = ingest(a.root, a.format)
+    atomic_write_text(a.images, images.to_csv(index=False))
+    atomic_write_text(a.catalog, cat.to_csv(index=False))
+    _log(f"ingested {a.root}: {len(cat)} classes, {int((images.subset == 'train').sum())} train and "
+         f"{int((images.subset == 'val').sum())} val images in {time.time() - t:.1f} s")
+
+
+def cmd_split_manifest(a):
+    import pandas as pd
+
+    from .data.shards import atomic_write_text
+    from .data.splits import make_manifest
+
+    cat = pd.read_csv(a.catalog, keep_default_na=False)
+    man = make_manifest(a.name, _json(a.params), cat)
+    atomic_write_text(a.out, json.dumps(man, indent=1))
+    _log(f"split {a.name}: " + ", ".join(f"{h} {len(v['classes'])} classes" for h, v in man["halves"].items()))
+
+
+def cmd_split_random(a):
+    from .data.splits import random_halves
+
+    half_a, half_b = random_halves(a.num_classes, a.seed)
+    print(json.dumps(half_b if a.half == "B" else half_a))
+
+
+def cmd_shard(a):
+    from .data.shards import write_part
+
+    r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log)
+    _log(f"part {a.part}: {r['images']} images, {r['rejects']} rejected, {r['seconds']:.1f} s")
+
+
+def cmd_shard_index(a):
+    from .data.shards import write_index
+
+    idx = write_index(a.parts, a.size, a.out, a.rejects)
+    _log(f"shard index: {idx['num_classes']} classes")
+
+
+def cmd_train(a):
+    from .train import train_net
+
+    train_net(split=a.split, net=a.net, manifest=a.manifest, shards_index=a.shards, out_dir=a.out_dir,
+              ckpt=a.ckpt, cfg=_json(a.params), source_model=a.source_model, device=a.device,
+              threads=a.threads, log=_log)
+
+
+def cmd_runs(a):
+    from .figures import tables
+
+    df = tables.load_runs(a.metrics)
+    tables.write_runs_csv(df, a.out)
+    _log(f"{a.out}: {len(df)} nets")
+
+
+def cmd_figure(a):
+    from .figures import plots, tables
+
+    df = tables.load_runs(a.metrics)
+    if a.which == "fig2":
+        plots.fig2(df, a.out, paper=not a.no_paper)
+    elif a.which == "fig3":
+        plots.fig3(df, a.out, paper=not a.no_paper)
+    _log(f"wrote {a.out}")
+
+
+def cmd_table1(a):
+    from .figures import tables
+
+    df = tables.load_runs(a.metrics)
+    tables.write_table1(tables.table1(df), a.out, a.markdown)
+    _log(f"wrote {a.out} and {a.markdown}")
+
+
+def cmd_compare(a):
+    from .figures import tables
+
+    df = tables.load_runs(a.metrics)
+    cmp = tables.paper_comparison(df)
+    tables.write_paper_comparison(cmp, a.out)
+    _log(f"wrote {a.out} ({len(cmp)} rows)")
+
+
+def cmd_describe_net(a):
+    from .models.caffenet import CaffeNet, param_counts, spec_from_config
+
+    net = {"arch": a.arch, "crop": a.crop or (227 if a.arch == "caffenet" else 32)}
+    if a.widths:
+        net["widths"] = [int(w) for w in a.widths.split(",")]
+    print(json.dumps(param_counts(CaffeNet(spec_from_config(net, a.outputs)))))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="transferable", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("demo-data", help="generate the embedded demo dataset (official ILSVRC2012 files)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", default="{}", help="JSON: the config's demo section")
+    s.set_defaults(func=cmd_demo_data)
+
+    s = sub.add_parser("ingest", help="index raw data: class catalog + image index")
+    s.add_argument("--root", required=True)
+    s.add_argument("--format", default="auto", choices=["auto", "tars", "tree", "folder"])
+    s.add_argument("--catalog", required=True)
+    s.add_argument("--images", required=True)
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("split", help="class splits")
+    ss = s.add_subparsers(dest="how", required=True)
+    r = ss.add_parser("random", help="print half A (or B) of the authors' random split as a JSON list")
+    r.add_argument("--num-classes", type=int, required=True)
+    r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--half", choices=["A", "B"], default="A")
+    r.set_defaults(func=cmd_split_random)
+    m = ss.add_parser("manifest", help="write the manifest of one configured split")
+    m.add_argument("--name", required=True)
+    m.add_argument("--params", required=True, help="JSON: the split's config entry")
+    m.add_argument("--catalog", required=True)
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=cmd_split_manifest)
+
+    s = sub.add_parser("shard", help="write one part of the preprocessed shards")
+    s.add_argument("--images", required=True)
+    s.add_argument("--part", type=int, required=True)
+    s.add_argument("--parts", type=int, required=True)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--on-corrupt", choices=["error", "skip"], default="error")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_shard)
+
+    s = sub.add_parser("shard-index", help="join shard parts into an index")
+    s.add_argument("--parts", nargs="+", required=True)
+    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--rejects", required=True)
+    s.set_defaults(func=cmd_shard_index)
+
+    s = sub.add_parser("train", help="train one net (base, transfer, selffer, fine-tuned or random-filter)")
+    s.add_argument("--split", required=True)
+    s.add_argument("--net", required=True, help="baseT, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--shards", required=True, help="shard index.json")
+    s.add_argument("--source-model", default=None, help="model.pt of the base net whose layers are copied")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--ckpt", required=True, help="in-progress checkpoint (resumed if present)")
+    s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
+    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("runs", help="collect metrics.json files into runs.csv")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("figure", help="draw Figure 2 or 3 (PDF and a PNG copy)")
+    s.add_argument("which", choices=["fig2", "fig3"])
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--no-paper", action="store_true", help="do not draw the paper's numbers")
+    s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("table1", help="Table 1: boost of AnB+ over baseB and BnB+")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--markdown", required=True)
+    s.set_defaults(func=cmd_table1)
+
+    s = sub.add_parser("compare", help="our line means beside the paper's, per treatment and n")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")
+    s.add_argument("arch", choices=["caffenet", "caffenet-small"])
+    s.add_argument("--outputs", type=int, default=1000)
+    s.add_argument("--crop", type=int, default=None)
+    s.add_argument("--widths", default=None, help="7 comma-separated widths (conv1..5, fc6, fc7)")
+    s.set_defaults(func=cmd_describe_net)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        print(f"transferable {args.verb}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

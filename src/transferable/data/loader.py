@@ -1,0 +1,93 @@
+"""Batches for training and evaluation from shards: random crop + mirror (train) or centre crop (eval),
+minus the per-pixel mean image, as Caffe's data layer did (the mean is subtracted at the crop's position),
+times an optional scale (Caffe's ``transform_param.scale``; the paper: 1).
+
+Crop, mirror and mean subtraction are one gather over the whole batch, on whichever device holds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:
+    """x uint8 (B,3,S,S), mean float (3,S,S), offsets/flip (B,) -> float (B,3,crop,crop), channels_last
+    (the memory layout the convolutions run fastest in, on CPU and GPU)."""
+    b = x.shape[0]
+    ar = torch.arange(crop, device=x.device)
+    rows = oy[:, None] + ar  # (B, crop)
+    cols = torch.where(flip[:, None], ox[:, None] + crop - 1 - ar, ox[:, None] + ar)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    r, c = rows[:, :, None], cols[:, None, :]
+    out = x.permute(0, 2, 3, 1)[bi, r, c].to(torch.float32)  # (B, crop, crop, 3)
+    out -= mean.permute(1, 2, 0)[r, c]
+    if scale != 1.0:
+        out *= scale
+    return out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
+
+
+class TrainStream:
+    """An endless stream of shuffled, augmented batches over in-memory uint8 images.
+
+    Its whole state (generator, current permutation, position) is saved in checkpoints, so a resumed run
+    sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
+                 seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0):
+        self.x = torch.from_numpy(images).to(device)
+        self.y = torch.from_numpy(labels).to(device)
+        self.mean = torch.from_numpy(mean).to(device)
+        self.size = images.shape[-1]
+        if crop > self.size:
+            raise ValueError(f"net.crop: {crop} is larger than the preprocessed size {self.size}")
+        self.crop, self.batch_size, self.mirror, self.scale = crop, batch_size, mirror, float(scale)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(self.x), generator=self.gen)
+        self.pos = 0
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + self.batch_size > len(self.perm):  # Caffe wraps around; we reshuffle each epoch
+            self.perm = torch.randperm(len(self.x), generator=self.gen)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        b = len(idx)
+        span = self.size - self.crop + 1
+        oy = torch.randint(span, (b,), generator=self.gen)
+        ox = torch.randint(span, (b,), generator=self.gen)
+        flip = torch.rand(b, generator=self.gen) < 0.5 if self.mirror else torch.zeros(b, dtype=torch.bool)
+        dev = self.x.device
+        idx_d = idx.to(dev)
+        xb = _gather_crops(self.x[idx_d], self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
+        return xb, self.y[idx_d]
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.pos / len(self.x)
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos, self.epoch = s["perm"], int(s["pos"]), int(s["epoch"])
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
+                 device="cpu", scale: float = 1.0):
+    """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror)."""
+    size = images.shape[-1]
+    off = (size - crop) // 2
+    m = torch.from_numpy(np.ascontiguousarray(mean[:, off : off + crop, off : off + crop])).to(device)
+    for i in range(0, len(images), batch_size):
+        xb = torch.from_numpy(images[i : i + batch_size, :, off : off + crop, off : off + crop]).to(device)
+        xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
+        if scale != 1.0:
+            xb *= scale
+        yield xb, torch.from_numpy(labels[i : i + batch_size]).to(device)

@@ -1,0 +1,186 @@
+"""Preprocessed shards: every image decoded once, warped to size x size RGB, stored as raw uint8.
+
+Shards depend only on the raw data and the preprocessing setting, never on a split, so every split and
+every net reads the same files. Layout of one part (a block of consecutive classes)::
+
+    part{k}/train_{class:05d}.npy   uint8 (N, 3, S, S)
+    part{k}/val_{class:05d}.npy     uint8 (M, 3, S, S)
+    part{k}/sum_{class:05d}.npy     float64 (3, S, S): sum of the class's train images, so that the
+                                    per-pixel mean image of any set of classes (the paper's mean image of a
+                                    half) is a sum of per-class sums, without rereading images
+    part{k}/rejects.csv             images skipped under data.on_corrupt: skip
+
+One class is read without touching the other classes' bytes (the files can be memory-mapped).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .ilsvrc import IngestError, read_image_bytes
+
+
+def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
+    parts = max(1, min(parts, num_classes))
+    return [b.tolist() for b in np.array_split(np.arange(num_classes), parts)]
+
+
+def decode(data: bytes, size: int, where: str) -> np.ndarray:
+    """Decode any Pillow format (CMYK, grayscale, palette and PNG-as-JPEG included) to RGB, warp to size x
+    size (the paper: ``convert -resize 256x256!``, aspect ratio not kept), return uint8 (3, size, size)."""
+    if not data:
+        raise IngestError(f"{where}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # DCT-domain downscale, never below size: same result, faster
+            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
+        raise IngestError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
+               log=print) -> dict:
+    """Write part ``k`` of ``parts`` into ``out_dir`` (created atomically: built in a temp dir, renamed)."""
+    images = pd.read_csv(images_csv, keep_default_na=False)
+    num_classes = int(images.class_index.max()) + 1
+    classes = class_blocks(num_classes, parts)[k]
+    rows = images[images.class_index.isin(classes)].sort_values(["path", "offset"], kind="stable")
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    handles: dict = {}
+    arrays: dict[tuple[str, int], list[np.ndarray]] = {}
+    rejects = []
+    t0, total, last = time.time(), len(rows), 0.0
+    try:
+        for i, row in enumerate(rows.itertuples(index=False)):
+            where = f"{row.path}" + (f": member {row.member!r}" if row.source == "tar" else "")
+            try:
+                arr = decode(read_image_bytes(row.source, row.path, row.offset, row.size, row.member, handles),
+                             size, where)
+            except IngestError as e:
+                if on_corrupt != "skip":
+                    raise IngestError(f"{e} (set data.on_corrupt: skip to record it in a rejects table)") from e
+                rejects.append({"subset": row.subset, "class_index": row.class_index, "path": row.path,
+                                "member": row.member, "error": str(e)})
+                continue
+            arrays.setdefault((row.subset, int(row.class_index)), []).append(arr)
+            done = (i + 1) / max(total, 1)
+            if done - last >= 0.05 or i + 1 == total:
+                last = done
+                rate = (i + 1) / max(time.time() - t0, 1e-9)
+                log(f"shard part {k}/{parts}: {i + 1}/{total} images ({100 * done:.0f}%), "
+                    f"{rate:.0f} img/s, ETA {(total - i - 1) / rate:.0f} s")
+        for c in classes:
+            for subset in ("train", "val"):
+                got = arrays.get((subset, c))
+                if not got:
+                    raise IngestError(f"class {c}: no readable {subset} images left for part {k}")
+                _atomic_save(tmp / f"{subset}_{c:05d}.npy", np.stack(got))
+            _atomic_save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64))
+        pd.DataFrame(rejects, columns=["subset", "class_index", "path", "member", "error"]).to_csv(
+            tmp / "rejects.csv", index=False)
+        for f in handles.values():
+            f.close()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"classes": classes, "images": total - len(rejects), "rejects": len(rejects),
+            "seconds": time.time() - t0}
+
+
+def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str) -> dict:
+    """Join the parts: class -> part, counts, and all rejects (written atomically)."""
+    classes, counts, rejects = {}, {}, []
+    for d in part_dirs:
+        d = Path(d)
+        for f in sorted(d.glob("train_*.npy")):
+            c = int(f.stem.split("_")[1])
+            n_train = np.load(f, mmap_mode="r").shape[0]
+            n_val = np.load(d / f"val_{c:05d}.npy", mmap_mode="r").shape[0]
+            classes[c] = d.name
+            counts[c] = [n_train, n_val]
+        r = pd.read_csv(d / "rejects.csv", keep_default_na=False)
+        if len(r):
+            rejects.append(r)
+    n = len(classes)
+    if sorted(classes) != list(range(n)):
+        raise IngestError(f"{out_json}: shard parts do not cover classes 0..{n - 1}")
+    index = {"size": size, "num_classes": n, "parts": {str(c): classes[c] for c in range(n)},
+             "counts": {str(c): counts[c] for c in range(n)}}
+    atomic_write_text(out_json, json.dumps(index, indent=1))
+    rej = pd.concat(rejects) if rejects else pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"])
+    atomic_write_text(rejects_csv, rej.to_csv(index=False))
+    return index
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+class Shards:
+    """Read access to a shard set: per-class arrays (memory-mapped) and mean images."""
+
+    def __init__(self, index_json: str | os.PathLike):
+        self.root = Path(index_json).parent
+        with open(index_json) as f:
+            self.index = json.load(f)
+        self.size = int(self.index["size"])
+
+    def _file(self, what: str, c: int) -> Path:
+        return self.root / self.index["parts"][str(c)] / f"{what}_{c:05d}.npy"
+
+    def array(self, subset: str, c: int) -> np.ndarray:
+        return np.load(self._file(subset, c), mmap_mode="r")
+
+    def count(self, subset: str, c: int) -> int:
+        return int(self.index["counts"][str(c)][0 if subset == "train" else 1])
+
+    def mean_image(self, classes: list[int]) -> np.ndarray:
+        """Per-pixel mean of the training images of ``classes`` (float32, (3, S, S))."""
+        total = sum(np.load(self._file("sum", c)) for c in classes)
+        n = sum(self.count("train", c) for c in classes)
+        return (total / n).astype(np.float32)
+
+    def load(self, subset: str, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """All images of ``classes`` in memory, with labels = position of the class in ``classes``."""
+        xs = [np.asarray(self.array(subset, c)) for c in classes]
+        ys = [np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)]
+        return np.concatenate(xs), np.concatenate(ys)
+
+
+def eprint(*a):
+    print(*a, file=sys.stderr, flush=True)

@@ -1,0 +1,423 @@
+"""Figures 2 and 3 of the paper, redrawn from the per-net runs frame (the schema of ``runs.csv``).
+
+Styling follows the authors' notebook (classic matplotlib style, the same markers and colours); axis limits
+come from the data, so a small demo whose accuracies differ from the paper's still fills the axes.  With
+``paper=True`` the paper's published means are drawn as thin dashed lines: on the same axis when the two
+ranges overlap, otherwise on a right-hand axis of their own (the shapes are then comparable, the levels not).
+
+Each function writes a PDF and a PNG copy next to it (same stem), atomically, and returns both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .paper import paper_line_means  # noqa: E402
+from .tables import (  # noqa: E402
+    FIG2_TREATMENTS,
+    RELATIVE_SERIES,
+    line_means,
+    natman_means,
+    random_filter_means,
+    relative_top1,
+)
+
+# marker encoding of Figure 2 (paper.md section 8): colour, marker, size, x offset from n, black "+" on top
+MARKERS = {
+    "base": dict(color="w", marker="o", ms=14, dx=0.0, plus=False, label="baseB"),
+    "BnB": dict(color="b", marker="o", ms=14, dx=-0.25, plus=False, label="selffer BnB"),
+    "BnB+": dict(color="#aaaaff", marker="o", ms=14, dx=-0.09, plus=True, label="selffer BnB$^+$"),
+    "AnB": dict(color="r", marker="D", ms=12, dx=0.09, plus=False, label="transfer AnB"),
+    "AnB+": dict(color="#ffaaaa", marker="D", ms=12, dx=0.27, plus=True, label="transfer AnB$^+$"),
+}
+# darker shades of the light colours, for error bars and the thin dashed paper lines
+DARK = {"BnB": "b", "BnB+": "#5555cc", "AnB": "r", "AnB+": "#cc5555", "natman": "#cc6600", "random": "#aaaa00"}
+NATMAN_COLOR = "#ff8800"
+RANDOM_COLOR = "y"
+FILLS = (("#ffeeee", "base", "AnB+"), ("#eeeeff", "base", "BnB"), ("#ffcccc", "BnB", "AnB"))
+XLABEL = "Layer $n$ at which network is chopped and retrained"
+PAPER_DASH = dict(ls="--", lw=1.2, dashes=(5, 3))
+RC = {"font.size": 16, "pdf.fonttype": 42, "ps.fonttype": 42, "legend.numpoints": 1}
+
+
+# fontTools complains about the head-table dates of some system DejaVu builds while embedding (type 42)
+logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(logging.ERROR)
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _save(fig, out_pdf: str | Path, dpi: int = 80) -> tuple[Path, Path]:
+    """Save ``fig`` as PDF and as a PNG with the same stem, each via a temp file and ``os.replace``."""
+    out_pdf = Path(out_pdf)
+    out_pdf.parent.mkdir(parents=True, exist_ok=True)
+    out_png = out_pdf.with_suffix(".png")
+    for path, fmt in ((out_pdf, "pdf"), (out_png, "png")):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".{fmt}.tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    plt.close(fig)
+    return out_pdf, out_png
+
+
+def _limits(values, pad: float = 0.06, min_span: float = 0.01) -> tuple[float, float]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    span = max(hi - lo, min_span)
+    return lo - pad * span, hi + pad * span
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _paper_axis(ax, ours: list[float], theirs: list[float], label: str = "paper top-1 (thin dashed)"):
+    """The axis the paper's values go on: ``ax`` if their range overlaps ours, else a twin on the right."""
+    if not ours or _overlap(_limits(ours, pad=0.25), _limits(theirs, pad=0.25)):
+        return ax
+    twin = ax.twinx()
+    twin.set_ylim(*_limits(theirs, pad=0.12))
+    twin.set_ylabel(label, color="0.35", fontsize=12)
+    twin.tick_params(axis="y", colors="0.35", labelsize=11)
+    return twin
+
+
+def _note_missing(ax, missing: list[str], where: str = "upper right") -> None:
+    if not missing:
+        return
+    x, ha = (0.99, "right") if where.endswith("right") else (0.01, "left")
+    y, va = (0.98, "top") if where.startswith("upper") else (0.02, "bottom")
+    ax.text(x, y, "not in these runs: " + ", ".join(missing), transform=ax.transAxes, ha=ha, va=va,
+            fontsize=11, style="italic", color="0.3")
+
+
+def _series(lm: pd.DataFrame, treatment: str) -> pd.DataFrame:
+    return lm[lm["treatment"] == treatment].sort_values("n")
+
+
+def _errorbars(ax, x, mean, std, count, color, dx: float = 0.0) -> None:
+    ok = (np.asarray(count) > 1) & np.isfinite(np.asarray(std, dtype=float))
+    if ok.any():
+        ax.errorbar(np.asarray(x, dtype=float)[ok] + dx, np.asarray(mean)[ok], yerr=np.asarray(std)[ok],
+                    fmt="none", ecolor=color, elinewidth=1.2, capsize=4, capthick=1.2, zorder=4)
+
+
+def _at(s: pd.DataFrame, n: int) -> float:
+    v = s.loc[s["n"] == n, "mean"]
+    return float(v.iloc[0]) if len(v) else np.nan
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figure 2
+
+
+def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
+    r = df[df["split_kind"] == "random"]
+    handles, labels, ys = [], [], []
+    for t, st in MARKERS.items():
+        g = r[r["treatment"] == t]
+        if g.empty:
+            continue
+        x = np.zeros(len(g)) if t == "base" else g["n"].to_numpy(float) + st["dx"]
+        y = g["top1"].to_numpy(float)
+        ys += list(y)
+        h = ax.plot(x, y, ls="none", marker=st["marker"], mfc=st["color"], mec="k", ms=st["ms"],
+                    mew=2 if t == "base" else 1, zorder=3)[0]
+        if st["plus"]:
+            p = ax.plot(x, y, ls="none", marker="+", color="k", mew=2, ms=8, zorder=4)[0]
+            h = (h, p)
+        handles.append(h)
+        labels.append(st["label"])
+    if handles:
+        ax.legend(handles, labels, loc="lower left", numpoints=1, fontsize=14)
+    ax.set_ylabel("Top-1 accuracy (higher is better)")
+    ax.set_xlim(-0.4, nmax + 0.5)  # room for the AnB+ markers at n + 0.27
+    ax.set_ylim(*_limits(ys, pad=0.08))
+    ax.set_xticks(range(0, nmax + 1))
+    missing = [t for t in FIG2_TREATMENTS if t not in set(r["treatment"])]
+    if r[r["treatment"] == "base"].empty:
+        missing.insert(0, "base")
+    _note_missing(ax, missing)
+    return ys
+
+
+def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, float]) -> None:
+    """The paper's four numbered readings, placed at the data; worded as "no ... here" when not seen."""
+    dy = ylim[1] - ylim[0]
+    base = _series(lm, "base")
+    bm = float(base["mean"].iloc[0]) if len(base) else np.nan
+    s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
+    fs = 17
+    x_left = 0.36 * nmax
+    y5 = None
+    ap, bp, b, a = (s[t][s[t]["n"] > 0] for t in ("AnB+", "BnB+", "BnB", "AnB"))
+    if len(ap) and np.isfinite(bm):
+        gain = (ap["mean"] - bm).mean() > 0
+        y5 = float(ap["mean"].max()) + 0.03 * dy
+        ax.text(x_left, y5, "5: Transfer + fine-tuning improves generalization" if gain else
+                "5: Transfer + fine-tuning: no gain over base here", fontsize=fs, va="bottom", ha="left")
+    if len(bp) and len(b):
+        common = bp.merge(b, on="n", suffixes=("_ft", "_fr"))
+        recovers = (common["mean_ft"] - common["mean_fr"]).mean() > 0 if len(common) else True
+        right = bp[bp["n"] >= x_left]
+        y3 = float((right if len(right) else bp)["mean"].max()) + 0.015 * dy
+        if y5 is not None:
+            y3 = min(y3, y5 - 0.07 * dy)
+        ax.text(x_left, y3, "3: Fine-tuning recovers co-adapted interactions" if recovers else
+                "3: Fine-tuning: no gain over frozen BnB here", fontsize=fs, va="bottom", ha="left")
+    if len(b) and np.isfinite(bm):
+        i = int((b["mean"] - bm).to_numpy().argmin())
+        n_star, dip = int(b["n"].iloc[i]), float(b["mean"].iloc[i]) - bm
+        if dip < 0:
+            ax.text(n_star - 0.3, bm + dip / 2, "2: Performance drops\n due to fragile\n co-adaptation",
+                    fontsize=fs, ha="center", va="center")
+        else:  # keep the note inside the axes, under the base line
+            x = min(max(n_star, 1.0), nmax - 1.2) if nmax > 2 else nmax / 2
+            ax.text(x, min(bm, bm + dip) - 0.03 * dy, "2: no drop from fragile\nco-adaptation here",
+                    fontsize=fs - 2, ha="center", va="top")
+    if len(b) and len(a):
+        common = b.merge(a, on="n", suffixes=("_b", "_a"))
+        if len(common):
+            last = common.iloc[-1]
+            gap = last["mean_b"] - last["mean_a"]
+            y = (last["mean_b"] + last["mean_a"]) / 2
+            txt = ("4: Performance\ndrops due to\n representation\nspecificity" if gap > 0 else
+                   "4: no drop from\nspecificity here")
+            ax.text(float(last["n"]) - 0.1, y, txt, fontsize=fs, ha="right", va="center")
+
+
+def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
+    lm = line_means(df)
+    base = _series(lm, "base")
+    bm = float(base["mean"].iloc[0]) if len(base) else np.nan
+    s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
+    spread = lm["std"].fillna(0)
+    ys = list(lm["mean"]) + list(lm["mean"] - spread) + list(lm["mean"] + spread)
+
+    # fills, in the paper's order (drawn first so the lines sit on top)
+    for color, lo_t, hi_t in FILLS:
+        hi = s.get(hi_t)
+        if hi is None or hi.empty:
+            continue
+        if lo_t == "base":
+            if not np.isfinite(bm):
+                continue
+            ax.fill_between(hi["n"], bm, hi["mean"], color=color, lw=0, zorder=1)
+        else:
+            common = s[lo_t].merge(hi, on="n", suffixes=("_lo", "_hi"))
+            if len(common):
+                ax.fill_between(common["n"], common["mean_lo"], common["mean_hi"], color=color, lw=0, zorder=1)
+
+    handles, labels = [], []
+    if np.isfinite(bm):
+        h = ax.plot([0, nmax], [bm, bm], "k--", lw=1.5, zorder=2)[0]
+        handles.append(h)
+        labels.append("baseB mean")
+    for t in FIG2_TREATMENTS:
+        g = s[t]
+        if g.empty:
+            continue
+        h = ax.plot(g["n"], g["mean"], color=MARKERS[t]["color"], lw=2, zorder=3)[0]
+        handles.append(h)
+        labels.append(MARKERS[t]["label"])
+        nz = g[g["n"] > 0]
+        _errorbars(ax, nz["n"], nz["mean"], nz["std"], nz["count"], DARK[t], dx=MARKERS[t]["dx"] / 3)
+    if np.isfinite(bm):
+        ax.plot([0], [bm], "o", mfc="w", mec="k", mew=2, ms=14, zorder=5)
+        ax.errorbar([0], [bm], yerr=[base["std"].iloc[0]] if base["count"].iloc[0] > 1 else None,
+                    fmt="none", ecolor="k", capsize=4, zorder=4)
+
+    ylim = _limits(ys, pad=0.06)
+    dy = ylim[1] - ylim[0]
+    ylim = (ylim[0], ylim[1] + 0.10 * dy)  # headroom for text 5
+    ax.set_ylim(*ylim)
+
+    if paper:
+        p = paper_line_means()
+        p = p[(p["panel"] == "fig2") & (p["n"] <= nmax)]
+        pax = _paper_axis(ax, ys, list(p["top1"]))
+        if pax is ax:
+            ylim = _limits(ys + list(p["top1"]), pad=0.06)
+            dy = ylim[1] - ylim[0]
+            ylim = (ylim[0], ylim[1] + 0.10 * dy)
+            ax.set_ylim(*ylim)
+        for t in FIG2_TREATMENTS:
+            g = p[p["series"] == t]
+            pax.plot(g["n"], g["top1"], color=DARK[t], zorder=2, **PAPER_DASH)
+        handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
+        labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
+
+    _interpretation_texts(ax, lm, nmax, ylim)
+    ax.set_xlim(-0.2, nmax + 0.3)
+    ax.set_xticks(range(0, nmax + 1))
+    ax.set_xlabel(XLABEL, fontsize=16)
+    ax.set_ylabel("Top-1 accuracy, mean over nets")
+    if len(handles):
+        ax.legend(handles, labels, loc="lower left", fontsize=12, ncol=2)
+    if lm.empty:
+        ax.text(0.5, 0.5, "no random-split nets in these runs", transform=ax.transAxes, ha="center")
+
+
+def _nmax(df: pd.DataFrame, default: int = 7) -> int:
+    n = df["n"].max() if len(df) else np.nan
+    return int(n) if pd.notna(n) and n > 0 else default
+
+
+def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tuple[Path, Path]:
+    """Figure 2: every random-split net (top) and the line means with the paper's readings (bottom).
+
+    Writes ``out_pdf`` and a PNG with the same stem; returns both paths.  Treatments absent from
+    ``runs_df`` are left out and named in the top panel.
+    """
+    r = runs_df[runs_df["split_kind"] == "random"]
+    nmax = _nmax(r)
+    with plt.style.context("classic"), plt.rc_context(RC):
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 16))
+        _fig2_top(top, runs_df, nmax)
+        _fig2_bottom(bottom, runs_df, nmax, paper)
+        fig.tight_layout()
+        return _save(fig, out_pdf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figure 3
+
+
+def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
+    nm = natman_means(df)
+    ys = list(nm["mean"]) + list(nm["mean"] + nm["std"].fillna(0)) + list(nm["mean"] - nm["std"].fillna(0))
+    level = nm.groupby("target_family")["mean"].mean().sort_values(ascending=False)
+    for rank, fam in enumerate(level.index):
+        g = nm[nm["target_family"] == fam].sort_values("n")
+        ax.plot(g["n"], g["mean"], color=NATMAN_COLOR, lw=2, marker="h", ms=14, mfc=NATMAN_COLOR, mec="k",
+                zorder=3)
+        b = g[g["n"] == 0]
+        ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
+        _errorbars(ax, g["n"], g["mean"], g["std"], g["count"], DARK["natman"])
+        mid = g.iloc[len(g) // 2]
+        above = rank == 0
+        # the lines fall with n: a label above goes to the right of its point, one below to the left
+        ax.annotate(f"{fam} target", (mid["n"], mid["mean"]), xytext=(6, 14) if above else (-6, -14),
+                    textcoords="offset points", ha="left" if above else "right",
+                    va="bottom" if above else "top", fontsize=12)
+    ax.set_ylim(*_limits(ys, pad=0.1))
+    if paper:
+        p = paper_line_means()
+        p = p[(p["panel"] == "fig3_natman") & p["series"].isin(["natural", "man-made"]) & (p["n"] <= nmax)]
+        pax = _paper_axis(ax, ys, list(p["top1"]), label="paper (dashed)")
+        if pax is ax:
+            ax.set_ylim(*_limits(ys + list(p["top1"]), pad=0.1))
+        for fam in ("natural", "man-made"):
+            g = p[p["series"] == fam]
+            pax.plot(g["n"], g["top1"], color=DARK["natman"], zorder=2, **PAPER_DASH)
+    if nm.empty:
+        ax.text(0.5, 0.5, "no natural/man-made nets\nin these runs", transform=ax.transAxes, ha="center",
+                va="center", fontsize=13, style="italic", color="0.3")
+    ax.set_title("Man-made/Natural split", fontsize=16)
+    ax.set_ylabel("Top-1 accuracy")
+    ax.set_xlim(-0.3, nmax + 0.3)
+    ax.set_xticks(range(0, nmax + 1))
+
+
+def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
+    rf = random_filter_means(df)
+    ys = list(rf["mean"])
+    if len(rf):
+        ax.plot(rf["n"], rf["mean"], color=RANDOM_COLOR, lw=2, marker="v", ms=14, mfc=RANDOM_COLOR, mec="k",
+                zorder=3)
+        b = rf[rf["treatment"] == "base"]
+        ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
+        _errorbars(ax, rf["n"], rf["mean"], rf["std"], rf["count"], DARK["random"])
+    top = 1.06 * max(ys) + 0.01 if ys else 1.0  # the paper used max + 0.01, which clips the n = 0 circle
+    ax.set_ylim(0, top)
+    if paper:
+        p = paper_line_means()
+        p = p[(p["panel"] == "fig3_random") & (p["n"] <= nmax)]
+        pax = _paper_axis(ax, ys, list(p["top1"]), label="paper (dashed)")
+        if pax is ax:
+            ax.set_ylim(0, 1.06 * max(ys + list(p["top1"])) + 0.01)
+        else:
+            pax.set_ylim(0, 1.06 * p["top1"].max() + 0.01)
+        pax.plot(p["n"], p["top1"], color=DARK["random"], zorder=2, **PAPER_DASH)
+    if rf.empty:
+        ax.text(0.5, 0.5, "no random-filter nets\nin these runs", transform=ax.transAxes, ha="center",
+                va="center", fontsize=13, style="italic", color="0.3")
+    ax.set_title("Random, untrained filters", fontsize=16)
+    ax.set_xlim(-0.3, nmax + 0.3)
+    ax.set_xticks(range(0, nmax + 1))
+
+
+REL_STYLE = {
+    RELATIVE_SERIES[0]: dict(color="r", marker="D", ms=12, label="mean AnB, random splits"),
+    RELATIVE_SERIES[1]: dict(color=NATMAN_COLOR, marker="h", ms=14, label="mean AnB, m/n split"),
+    RELATIVE_SERIES[2]: dict(color=RANDOM_COLOR, marker="v", ms=14, label="random features"),
+}
+REL_DARK = {RELATIVE_SERIES[0]: "r", RELATIVE_SERIES[1]: DARK["natman"], RELATIVE_SERIES[2]: DARK["random"]}
+
+
+def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
+    rel = relative_top1(df)
+    ys = [0.0] + list(rel["relative"])
+    handles = [ax.plot([0], [0], "o", mfc="w", mec="k", mew=2, ms=14, zorder=5)[0]]
+    labels = ["reference"]
+    for series, st in REL_STYLE.items():
+        g = rel[(rel["series"] == series)].sort_values("n")
+        if g.empty:
+            continue
+        h = ax.plot(g["n"], g["relative"], color=st["color"], lw=2, marker=st["marker"], ms=st["ms"],
+                    mfc=st["color"], mec="k", zorder=3, markevery=list(range(1, len(g))))[0]
+        handles.append(h)
+        labels.append(st["label"])
+    if paper:
+        p = paper_line_means()
+        p = p[(p["panel"] == "fig3_relative") & (p["n"] <= nmax)]
+        for series in REL_STYLE:
+            g = p[p["series"] == series]
+            ax.plot([0, *g["n"]], [0.0, *g["top1"]], color=REL_DARK[series], zorder=2, **PAPER_DASH)
+        ys += list(p["top1"])
+        handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
+        labels.append("paper (thin dashed)")
+    missing = [REL_STYLE[s]["label"] for s in REL_STYLE if s not in set(rel["series"])]
+    _note_missing(ax, missing, where="lower right")
+    ax.axhline(0, color="0.6", lw=0.8, zorder=1)
+    ax.set_ylim(*_limits(ys, pad=0.05))
+    ax.set_xlim(-0.2, nmax + 0.3)
+    ax.set_xticks(range(0, nmax + 1))
+    ax.set_ylabel("Relative top-1 accuracy (higher is better)")
+    ax.set_xlabel(XLABEL, fontsize=16)
+    ax.legend(handles, labels, loc="best", numpoints=1, fontsize=13)
+
+
+def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tuple[Path, Path]:
+    """Figure 3: natural/man-made transfer (top left), random untrained filters (top right) and every
+    treatment relative to its own n = 0 reference (bottom).  Writes ``out_pdf`` and a same-stem PNG.
+    """
+    nmax = _nmax(runs_df[runs_df["treatment"] != "base"])
+    with plt.style.context("classic"), plt.rc_context(RC):
+        fig = plt.figure(figsize=(14, 10))
+        ax_nm = plt.subplot2grid((3, 2), (0, 0), fig=fig)
+        ax_rf = plt.subplot2grid((3, 2), (0, 1), fig=fig)
+        ax_rel = plt.subplot2grid((3, 2), (1, 0), rowspan=2, colspan=2, fig=fig)
+        _fig3_natman(ax_nm, runs_df, nmax, paper)
+        _fig3_random(ax_rf, runs_df, nmax, paper)
+        _fig3_relative(ax_rel, runs_df, nmax, paper)
+        fig.tight_layout()
+        return _save(fig, out_pdf)

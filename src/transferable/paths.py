@@ -1,0 +1,128 @@
+"""The results/ path grammar, as pure functions (the only project module the Snakefile imports, with plan.py).
+
+    results/demo_data/                         the generated demo dataset (official ILSVRC2012 files)
+    results/ingest/{catalog,images}.csv        class catalog and image index of the raw data
+    results/splits/{split}.json                class-split manifest: halves -> original class indices
+    results/shards/{prep}/part{k}/             preprocessed uint8 arrays, one file per class and subset
+    results/shards/{prep}/index.json           which part holds which class; counts; rejects
+    results/nets/{split}/{net}/                model.pt, history.csv, metrics.json of one trained net
+    results/ckpt/{split}/{net}/last.pt         in-progress checkpoint (NOT a declared output: survives failures)
+    results/tables/*.csv, results/figures/*    aggregates
+    logs/<same path as the output>.log         one log per job
+
+Net names: ``base{T}`` (from scratch on half T), ``{S}{n}{T}`` (layers 1..n from the base net of half S,
+frozen, trained on half T), ``{S}{n}{T}_ft`` (the same, fine-tuned: the paper's "+"), ``R{n}{T}`` (first n
+layers random and frozen: the random-filter control).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RESULTS = "results"
+LOGS = "logs"
+
+_NET_RE = re.compile(r"^(?:base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-7])(?P<tgt>[A-Z])(?P<ft>_ft)?)$")
+
+
+@dataclass(frozen=True)
+class NetName:
+    """A parsed net name. ``source`` is "" for a base net and "R" for random frozen filters."""
+
+    name: str
+    target: str
+    n: int = 0
+    source: str = ""
+    finetune: bool = False
+
+    @property
+    def is_base(self) -> bool:
+        return self.n == 0
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == "R"
+
+    @property
+    def treatment(self) -> str:
+        if self.is_base:
+            return "base"
+        if self.is_random:
+            return "random"
+        kind = "BnB" if self.source == self.target else "AnB"
+        return kind + ("+" if self.finetune else "")
+
+
+def parse_net(name: str) -> NetName:
+    m = _NET_RE.match(name)
+    if not m:
+        raise ValueError(
+            f"not a net name: {name!r} (expected baseT, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A)"
+        )
+    if m["base"]:
+        return NetName(name, target=m["base"])
+    if m["src"] == "R" and m["ft"]:
+        raise ValueError(f"{name!r}: random-filter nets (R) cannot be fine-tuned")
+    return NetName(name, target=m["tgt"], n=int(m["n"]), source=m["src"], finetune=bool(m["ft"]))
+
+
+def net_name(target: str, n: int = 0, source: str = "", finetune: bool = False) -> str:
+    if n == 0:
+        return f"base{target}"
+    return f"{source}{n}{target}" + ("_ft" if finetune else "")
+
+
+def prep_name(size: int) -> str:
+    """Preprocessing id: every image warped to size x size (the paper: 256)."""
+    return f"warp{int(size)}"
+
+
+def demo_dir() -> str:
+    return f"{RESULTS}/demo_data"
+
+
+def catalog() -> str:
+    return f"{RESULTS}/ingest/catalog.csv"
+
+
+def images() -> str:
+    return f"{RESULTS}/ingest/images.csv"
+
+
+def split_manifest(split: str) -> str:
+    return f"{RESULTS}/splits/{split}.json"
+
+
+def shard_part(prep: str, k: int | str) -> str:
+    return f"{RESULTS}/shards/{prep}/part{k}"
+
+
+def shard_index(prep: str) -> str:
+    return f"{RESULTS}/shards/{prep}/index.json"
+
+
+def net_dir(split: str, net: str) -> str:
+    return f"{RESULTS}/nets/{split}/{net}"
+
+
+def net_file(split: str, net: str, what: str) -> str:
+    return f"{net_dir(split, net)}/{what}"
+
+
+def checkpoint(split: str, net: str) -> str:
+    return f"{RESULTS}/ckpt/{split}/{net}/last.pt"
+
+
+def table(name: str) -> str:
+    return f"{RESULTS}/tables/{name}"
+
+
+def figure(name: str) -> str:
+    return f"{RESULTS}/figures/{name}"
+
+
+def log(path: str) -> str:
+    """The log of the job that writes ``path``: logs/ mirrors results/."""
+    rel = path[len(RESULTS) + 1 :] if path.startswith(RESULTS + "/") else path
+    return f"{LOGS}/{rel.rstrip('/')}.log"

@@ -1,0 +1,177 @@
+"""Which nets an experiment trains, and what each needs: pure functions of the validated config.
+
+The Snakefile asks this module for the inputs of every aggregate target, so that a figure's target plans
+only the nets drawn in it (Figure 2 never plans a natural/man-made net, Figure 3 never plans a selffer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import paths
+
+TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True, order=True)
+class Net:
+    split: str
+    name: str
+
+    @property
+    def parsed(self) -> paths.NetName:
+        return paths.parse_net(self.name)
+
+
+def halves_of(cfg: dict, split: str) -> list[str]:
+    spec = cfg["splits"][split]
+    if spec["kind"] == "random":
+        return ["A", "B"]
+    if spec["kind"] == "all":
+        return ["A"]
+    return sorted(spec["halves"])
+
+
+def _other(halves: list[str], target: str) -> str:
+    others = [h for h in halves if h != target]
+    if len(others) != 1:
+        raise ConfigError(f"half {target!r} has no unique other half among {halves}")
+    return others[0]
+
+
+def random_split_nets(cfg: dict) -> list[Net]:
+    """Figure 2 and Table 1: base nets, selffers and transfers on the random A/B splits."""
+    exp = cfg["experiment"].get("random_splits")
+    if not exp:
+        return []
+    nets: set[Net] = set()
+    for split in exp["splits"]:
+        halves = halves_of(cfg, split)
+        for target in exp["targets"]:
+            other = _other(halves, target)
+            nets.add(Net(split, paths.net_name(target)))
+            for treatment in exp["treatments"]:
+                source = target if treatment.startswith("BnB") else other
+                for n in exp["layers"]:
+                    nets.add(Net(split, paths.net_name(target, n, source, treatment.endswith("+"))))
+    return _with_sources(nets)
+
+
+def natman_nets(cfg: dict) -> list[Net]:
+    """Figure 3, top left: frozen transfer between the man-made and natural halves."""
+    exp = cfg["experiment"].get("natman")
+    if not exp:
+        return []
+    split = exp["split"]
+    halves = halves_of(cfg, split)
+    nets = {Net(split, paths.net_name(t)) for t in exp["targets"]}
+    for target in exp["targets"]:
+        for n in exp["layers"]:
+            nets.add(Net(split, paths.net_name(target, n, _other(halves, target))))
+    return _with_sources(nets)
+
+
+def random_filter_nets(cfg: dict) -> list[Net]:
+    """Figure 3, top right: the first n layers random and frozen, trained on all classes; and its reference."""
+    exp = cfg["experiment"].get("random_filters")
+    if not exp:
+        return []
+    split = exp["split"]
+    nets = {Net(split, "baseA")} | {Net(split, paths.net_name("A", n, "R")) for n in exp["layers"]}
+    return sorted(nets)
+
+
+def _with_sources(nets: set[Net]) -> list[Net]:
+    out = set(nets)
+    for net in nets:
+        src = source_of(net)
+        if src is not None:
+            out.add(src)
+    return sorted(out)
+
+
+def source_of(net: Net) -> Net | None:
+    """The base net whose final weights net copies (None for base nets and random filters)."""
+    p = net.parsed
+    if p.is_base or p.is_random:
+        return None
+    return Net(net.split, paths.net_name(p.source))
+
+
+def figure_nets(cfg: dict, figure: str) -> list[Net]:
+    rand = random_split_nets(cfg)
+    if figure == "fig2":
+        return rand
+    if figure == "table1":
+        return [n for n in rand if n.parsed.treatment in ("base", "BnB+", "AnB+")]
+    if figure == "fig3":
+        # The relative panel compares against the random-split frozen transfers: base and AnB only.
+        rel = [n for n in rand if n.parsed.treatment in ("base", "AnB")]
+        return sorted(set(rel) | set(natman_nets(cfg)) | set(random_filter_nets(cfg)))
+    if figure == "all":
+        return sorted(set(rand) | set(natman_nets(cfg)) | set(random_filter_nets(cfg)))
+    raise ValueError(f"unknown figure {figure!r}")
+
+
+def split_kind(cfg: dict, split: str) -> str:
+    kind = cfg["splits"][split]["kind"]
+    return {"random": "random", "all": "all"}.get(kind, "natman" if _is_natman(cfg, split) else kind)
+
+
+def _is_natman(cfg: dict, split: str) -> bool:
+    exp = cfg["experiment"].get("natman")
+    return bool(exp) and exp["split"] == split
+
+
+def used_splits(cfg: dict) -> list[str]:
+    return sorted({n.split for n in figure_nets(cfg, "all")})
+
+
+def check(cfg: dict) -> None:
+    """Semantic checks the JSON Schema cannot express. Raises ConfigError naming the key."""
+    splits = cfg["splits"]
+    exp = cfg["experiment"]
+    for name, spec in splits.items():
+        if spec["kind"] in ("ranges", "ancestors"):
+            halves = spec.get("halves") or {}
+            if len(halves) != 2:
+                raise ConfigError(f"splits.{name}.halves: need exactly two halves, got {sorted(halves)}")
+            for h, hs in halves.items():
+                key = "ranges" if spec["kind"] == "ranges" else "ancestors"
+                if key not in hs:
+                    raise ConfigError(f"splits.{name}.halves.{h}: kind {spec['kind']!r} needs key {key!r}")
+
+    def need_split(key: str, split: str, kinds: tuple[str, ...]) -> None:
+        if split not in splits:
+            raise ConfigError(f"{key}: split {split!r} is not defined under 'splits' (defined: {sorted(splits)})")
+        if splits[split]["kind"] not in kinds:
+            raise ConfigError(
+                f"{key}: split {split!r} has kind {splits[split]['kind']!r}; allowed here: {list(kinds)}"
+            )
+
+    rs = exp.get("random_splits")
+    if rs:
+        for s in rs["splits"]:
+            need_split("experiment.random_splits.splits", s, ("random",))
+        for t in rs["targets"]:
+            if t not in ("A", "B"):
+                raise ConfigError(f"experiment.random_splits.targets: {t!r} is not a half (allowed: A, B)")
+    nm = exp.get("natman")
+    if nm:
+        need_split("experiment.natman.split", nm["split"], ("ranges", "ancestors"))
+        halves = halves_of(cfg, nm["split"])
+        for t in nm["targets"]:
+            if t not in halves:
+                raise ConfigError(f"experiment.natman.targets: {t!r} is not a half of {nm['split']!r} ({halves})")
+    rf = exp.get("random_filters")
+    if rf:
+        need_split("experiment.random_filters.split", rf["split"], ("all",))
+    for key, block in (("random_splits", rs), ("natman", nm), ("random_filters", rf)):
+        if block:
+            bad = [n for n in block["layers"] if not (isinstance(n, int) and 1 <= n <= 7)]
+            if bad:
+                raise ConfigError(f"experiment.{key}.layers: {bad} outside the allowed 1..7")

@@ -1,0 +1,3 @@
+from .loop import train_net
+
+__all__ = ["train_net"]

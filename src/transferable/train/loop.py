@@ -1,0 +1,240 @@
+"""Training one net of the experiment, from scratch or from a source net, with evaluation and resume.
+
+One code path for CPU and GPU. Everything a later reader needs is written next to the weights: the
+resolved config, the per-evaluation history and the scores (``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..data.loader import TrainStream, eval_batches
+from ..data.shards import Shards, atomic_write_text
+from ..models.caffenet import spec_from_config
+from ..paths import parse_net
+from ..transfer import CaffeSGD, build_net, param_groups
+
+HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
+
+
+def stable_seed(*parts) -> int:
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def lr_at(it: int, t: dict) -> float:
+    """Learning rate before iteration ``it`` (0-based). ``step``: Caffe's base_lr * gamma^floor(it/step);
+    ``cosine``: cosine decay to 0 over max_iter. Both after an optional linear warm-up."""
+    warm = int(t.get("warmup_iter", 0))
+    if warm and it < warm:
+        return t["lr"] * (it + 1) / warm
+    if t["lr_policy"] == "step":
+        return t["lr"] * t["gamma"] ** (it // t["lr_step"])
+    if t["lr_policy"] == "cosine":
+        frac = (it - warm) / max(1, t["max_iter"] - warm)
+        return t["lr"] * 0.5 * (1 + math.cos(math.pi * frac))
+    raise ValueError(f"train.lr_policy: unknown {t['lr_policy']!r} (allowed: step, cosine)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"resources.device: {name!r} requested but no CUDA device is visible")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, mean, crop, batch_size, device, frozen: int, amp: bool, scale: float) -> dict:
+    model.eval()
+    n, loss, top1, top5 = 0, 0.0, 0, 0
+    for xb, yb in eval_batches(images, labels, mean, crop, batch_size, device, scale):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb, frozen=frozen)
+        logits = logits.float()
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        top1 += (top[:, 0] == yb).sum().item()
+        top5 += (top == yb[:, None]).any(1).sum().item()
+        n += len(yb)
+    model.train()
+    return {"val_loss": loss / n, "top1": top1 / n, "top5": top5 / n}
+
+
+def best_k_mean(values, k: int) -> float:
+    """The paper's score: the mean of the k highest evaluations (reference §5)."""
+    v = sorted(values, reverse=True)[:k]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir: str, ckpt: str,
+              cfg: dict, source_model: str | None = None, device: str = "auto", threads: int = 1,
+              log=print) -> dict:
+    """Train ``net`` of ``split``; write model.pt, history.csv and metrics.json into ``out_dir``.
+
+    ``cfg`` holds the ``net``, ``train`` and ``metric`` config sections: everything that changes the
+    result. ``device`` and ``threads`` do not, so a run checkpointed on one device resumes on another.
+    An in-progress checkpoint at ``ckpt`` (outside the declared outputs) is resumed if it was written
+    for the same cfg, net and split."""
+    t_start = time.time()
+    name = parse_net(net)
+    tcfg, ncfg = cfg["train"], cfg["net"]
+    with open(manifest) as f:
+        man = json.load(f)
+    if name.target not in man["halves"]:
+        raise KeyError(f"{manifest}: split {split!r} has no half {name.target!r} (halves: {sorted(man['halves'])})")
+    half = man["halves"][name.target]
+    classes = half["classes"]
+    outputs = {"all": man["num_classes"], "half": len(classes)}.get(ncfg["outputs"], ncfg["outputs"])
+    if int(outputs) < len(classes):
+        raise ValueError(f"net.outputs: {outputs} < {len(classes)} classes of half {name.target}")
+    spec = spec_from_config(ncfg, outputs)
+
+    if threads:
+        torch.set_num_threads(threads)
+    if tcfg.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(device)
+    amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
+
+    shards = Shards(shards_index)
+    source_state = None
+    if name.is_base or name.is_random:
+        mean = shards.mean_image(classes)  # the net's own training set
+    else:
+        src = torch.load(source_model, map_location="cpu", weights_only=True)
+        source_state = src["state_dict"]
+        mean = src["mean"].numpy()  # a transferred net keeps its SOURCE net's mean image (reference §1)
+    seed = int(tcfg["seed"])
+    model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
+                      seed=stable_seed(seed, split, net))
+    frozen = 0 if name.finetune else name.n
+    model.to(device, memory_format=torch.channels_last)
+    model.train()
+    scale = float(ncfg.get("input_scale", 1.0))
+    opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                   weight_decay=tcfg["weight_decay"])
+
+    t_load = time.time()
+    x_train, y_train = shards.load("train", classes)
+    x_val, y_val = shards.load("val", classes)
+    # Every net that trains on the same half of the same split sees the same stream of batches, as every
+    # Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
+    stream = TrainStream(x_train, y_train, mean, spec.crop, tcfg["batch_size"],
+                         seed=stable_seed(seed, split, name.target, "data"), device=device, scale=scale)
+    log(f"[{split}/{net}] {name.treatment} n={name.n} on half {name.target} ({len(classes)} classes, "
+        f"{len(x_train)} train / {len(x_val)} val images, loaded in {time.time() - t_load:.1f} s); "
+        f"device {device}; trainable tensors {len(opt.param_groups)}; fc8 outputs {outputs}")
+
+    cfg_hash = stable_seed(json.dumps(cfg, sort_keys=True), split, net, manifest_digest(man))
+    ckpt_path = Path(ckpt)
+    history: list[dict] = []
+    it = 0
+    elapsed_before = 0.0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if int(state.get("cfg_hash", -1)) == cfg_hash:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            stream.load_state_dict(state["stream"])
+            torch.set_rng_state(state["torch_rng"])
+            history, it, elapsed_before = state["history"], int(state["iter"]), float(state["elapsed_s"])
+            log(f"[{split}/{net}] resumed from {ckpt_path} at iteration {it}")
+        else:
+            log(f"[{split}/{net}] ignoring {ckpt_path}: written for a different configuration")
+
+    max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
+    ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
+    clip = float(tcfg.get("grad_clip", 0) or 0)
+    eval_bs = int(tcfg.get("eval_batch_size", 256))
+    t0 = time.time() - elapsed_before
+    t_rate, it_rate = time.time(), it
+    running = []
+    while it < max_iter:
+        lr = lr_at(it, tcfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xb, yb = stream.next()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb, frozen=frozen)
+        loss = F.cross_entropy(logits.float(), yb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{split}/{net}] loss is {loss.item()} at iteration {it} (lr {lr:g})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+        opt.step()
+        it += 1
+        running.append(loss.item())
+        if it % eval_every == 0 or it == max_iter:
+            ev = evaluate(model, x_val, y_val, mean, spec.crop, eval_bs, device, frozen, amp, scale)
+            row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
+                   "train_loss": float(np.mean(running)), **ev, "elapsed_s": round(time.time() - t0, 3)}
+            history.append(row)
+            running = []
+            now = time.time()
+            rate = (it - it_rate) * tcfg["batch_size"] / max(now - t_rate, 1e-9)
+            eta = (max_iter - it) * tcfg["batch_size"] / max(rate, 1e-9)
+            t_rate, it_rate = now, it
+            log(f"[{split}/{net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
+                f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
+                f"| {rate:.0f} img/s, ETA {eta:.0f} s")
+        if it % ckpt_every == 0 and it < max_iter:
+            _atomic_torch_save({"cfg_hash": cfg_hash, "model": model.state_dict(), "optim": opt.state_dict(),
+                                "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
+                                "history": history, "iter": it, "elapsed_s": time.time() - t0}, ckpt_path)
+
+    wall = time.time() - t0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    top1 = [h["top1"] for h in history]
+    top5 = [h["top5"] for h in history]
+    k = int(cfg["metric"]["best_k"])
+    metrics = {
+        "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": net,
+        "treatment": name.treatment, "n": name.n,
+        "source_half": name.source, "target_half": name.target, "target_family": half.get("family", ""),
+        "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
+        "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(history),
+        "best_k": k, "iters": it, "wall_s": round(wall, 2), "device": str(device),
+        "history": "history.csv",
+        "provenance": {"transferable": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                       "host": platform.node(), "source_model": source_model, "config": cfg},
+    }
+    _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in model.state_dict().items()},
+                        "mean": torch.from_numpy(mean), "outputs": outputs, "classes": torch.tensor(classes)},
+                       out / "model.pt")
+    atomic_write_text(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    ckpt_path.unlink(missing_ok=True)
+    log(f"[{split}/{net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, final {metrics['top1_final']:.4f}, "
+        f"{wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
+    return metrics
+
+
+def manifest_digest(man: dict) -> str:
+    return str(zlib.crc32(json.dumps(man, sort_keys=True).encode()))

@@ -1,0 +1,81 @@
+"""Building a net for one treatment, and the solver's per-parameter learning rates and decay.
+
+Mechanics as in the authors' Caffe setup (reference §2):
+* copied layers 1..n take the source net's FINAL weights and biases, by layer name;
+* layers n+1..8 are re-initialised from the filler (Caffe: renamed ``*-new`` so nothing is copied);
+* frozen layers (BnB, AnB, random filters) get lr 0 and no decay on weights and biases; here they are
+  left out of the optimiser and run without autograd;
+* fine-tuned layers ("+") keep the full schedule: weights lr x1 decay x1, biases lr x2 decay x0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .models.caffenet import LAYERS, CaffeNet, NetSpec
+
+
+def build_net(spec: NetSpec, *, n: int = 0, source_state: dict | None = None, freeze: bool = False,
+              seed: int = 0) -> CaffeNet:
+    """A CaffeNet with layers 1..n copied from ``source_state`` (or left random if None) and, when
+    ``freeze``, those layers frozen; every other layer drawn from the filler with ``seed``."""
+    if not 0 <= n <= 7:
+        raise ValueError(f"n must be in 0..7 (fc8 is always new), got {n}")
+    torch.manual_seed(seed)
+    net = CaffeNet(spec)
+    net.reset_parameters(generator=torch.Generator().manual_seed(seed))
+    if source_state is not None:
+        for name in LAYERS[:n]:
+            for p in ("weight", "bias"):
+                key = f"{name}.{p}"
+                if key not in source_state:
+                    raise KeyError(f"source net has no parameter {key!r}")
+                dst = getattr(net.layer(name), p)
+                if tuple(source_state[key].shape) != tuple(dst.shape):
+                    raise ValueError(f"{key}: source shape {tuple(source_state[key].shape)} != {tuple(dst.shape)}")
+                with torch.no_grad():
+                    dst.copy_(source_state[key])
+    if freeze:
+        for name in LAYERS[:n]:
+            net.layer(name).requires_grad_(False)
+    return net
+
+
+def param_groups(net: CaffeNet) -> list[dict]:
+    """One group per trainable tensor, with Caffe's multipliers: weights (lr x1, decay x1), biases
+    (lr x2, decay x0). Frozen tensors (requires_grad False) are not in any group."""
+    groups = []
+    for name in LAYERS:
+        layer = net.layer(name)
+        for p, lr_mult, decay_mult in ((layer.weight, 1.0, 1.0), (layer.bias, 2.0, 0.0)):
+            if p.requires_grad:
+                groups.append({"params": [p], "lr_mult": lr_mult, "decay_mult": decay_mult,
+                               "name": f"{name}.{'weight' if p is layer.weight else 'bias'}"})
+    return groups
+
+
+class CaffeSGD(torch.optim.Optimizer):
+    """Caffe's SGD update: v = momentum * v + lr_eff * (grad + decay_eff * w); w -= v.
+
+    Unlike torch.optim.SGD the learning rate sits inside the momentum buffer, so after a step drop the
+    velocity already carries the old, larger steps (as in the paper's runs)."""
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, weight_decay: float):
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                  "lr_mult": 1.0, "decay_mult": 1.0})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401
+        for g in self.param_groups:
+            lr = g["lr"] * g["lr_mult"]
+            wd = g["weight_decay"] * g["decay_mult"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                st = self.state[p]
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    buf = st["momentum_buffer"] = torch.zeros_like(p)
+                buf.mul_(g["momentum"]).add_(d, alpha=lr)
+                p.sub_(buf)

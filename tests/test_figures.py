@@ -1,0 +1,369 @@
+"""Tables and figures: the paper's own per-net numbers must give back its published means and Table 1,
+and the figures must draw from the paper's numbers, from demo-like run files, and from incomplete runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transferable.figures import paper as paper_mod
+from transferable.figures import tables
+from transferable.figures.paper import PAPER_TABLE1, load_paper_networks, paper_line_means, paper_runs
+from transferable.figures.plots import _paper_axis, fig2, fig3
+from transferable.figures.tables import (
+    RUN_COLUMNS,
+    line_means,
+    load_history,
+    load_runs,
+    natman_mean_of_families,
+    natman_means,
+    paper_comparison,
+    random_filter_means,
+    read_runs_csv,
+    relative_top1,
+    table1,
+    table1_markdown,
+    write_paper_comparison,
+    write_runs_csv,
+    write_table1,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _paper_json() -> Path | None:
+    """The reference JSON, where this checkout can see it (env var, ./shared, or ../shared)."""
+    candidates = [os.environ.get("TRANSFERABLE_PAPER_RESULTS"),
+                  REPO / "shared/reference/paper_results.json",
+                  REPO.parent / "shared/reference/paper_results.json"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    return None
+
+
+def r4(x) -> float:
+    """Correctly rounded to 4 decimals, as the tables in paper.md print (not numpy's half-to-even on x*1e4)."""
+    return round(float(x), 4)
+
+
+@pytest.fixture(scope="module")
+def pruns() -> pd.DataFrame:
+    return paper_runs()
+
+
+@pytest.fixture(scope="module")
+def pmeans() -> pd.DataFrame:
+    return paper_line_means()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the packaged per-net table
+
+
+def test_paper_csv_is_what_the_generator_makes_from_the_json():
+    src = _paper_json()
+    if src is None:
+        pytest.skip("shared/reference/paper_results.json not available in this checkout")
+    packaged = Path(paper_mod.__file__).with_name(paper_mod.PAPER_CSV_NAME).read_text()
+    assert packaged == paper_mod.paper_networks_csv_text(src)
+
+
+def test_paper_table_contents():
+    p = load_paper_networks()
+    assert list(p.columns) == paper_mod.PAPER_COLUMNS
+    assert len(p) == 136  # 112 nets of Figure 2 + 2 + 14 natural/man-made + netbase + 7 random-filter nets
+    assert not p["run"].str.startswith("reduced-").any()
+    counts = p.groupby(["split_kind", "treatment"]).size().to_dict()
+    assert counts == {("random", "base"): 8, ("random", "BnB"): 28, ("random", "AnB"): 56,
+                      ("random", "BnB+"): 10, ("random", "AnB+"): 10, ("natman", "base"): 2,
+                      ("natman", "AnB"): 14, ("all", "base"): 1, ("all", "random"): 7}
+    # BnB is the selffer (same half), AnB the transfer between halves
+    rnd = p[p["split_kind"] == "random"]
+    assert (rnd.loc[rnd["treatment"].str.startswith("BnB"), "source_half"]
+            == rnd.loc[rnd["treatment"].str.startswith("BnB"), "target_half"]).all()
+    assert (rnd.loc[rnd["treatment"].str.startswith("AnB"), "source_half"]
+            != rnd.loc[rnd["treatment"].str.startswith("AnB"), "target_half"]).all()
+    # paper orientation of the natural/man-made split: repo halfnatmanA (natural) is the paper's B
+    by_run = p.set_index("run")
+    assert by_run.loc["halfnatmanA", ["target_half", "target_family", "num_classes"]].tolist() == \
+        ["B", "natural", 449]
+    assert by_run.loc["halfnatmanB", ["target_half", "target_family", "num_classes"]].tolist() == \
+        ["A", "man-made", 551]
+    # transfernatmanAB: layers from repo A (natural) trained on repo B (man-made)
+    assert by_run.loc["transfernatmanAB_1_3", ["source_half", "target_half", "target_family"]].tolist() == \
+        ["B", "A", "man-made"]
+    assert by_run.loc["transfer2B2A_1_4", "evals"] == 90
+    assert r4(by_run.loc["netbase", "top1"]) == 0.5763
+
+
+def test_paper_runs_has_the_runs_schema(pruns):
+    assert list(pruns.columns) == RUN_COLUMNS
+    assert pruns["n"].dtype.kind == "i"
+    assert (pruns.loc[pruns["treatment"] == "base", "n"] == 0).all()
+    assert not pruns.duplicated(["split", "net"]).any()
+    assert set(pruns.loc[pruns["treatment"] == "AnB+", "net"]) >= {"A1B_ft", "A3B_ft"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the paper's published numbers come back from its per-net numbers
+
+
+def test_line_means_reproduce_figure2(pruns, pmeans):
+    ours = line_means(pruns)
+    pub = pmeans[pmeans["panel"] == "fig2"]
+    for t in ("BnB", "BnB+", "AnB", "AnB+"):
+        a = ours[ours["treatment"] == t].sort_values("n")
+        b = pub[pub["series"] == t].sort_values("n")
+        assert a["n"].tolist() == list(range(8))
+        assert [r4(v) for v in a["mean"]] == b["top1"].tolist(), t
+        assert a["count"].tolist() == b["count"].tolist(), t
+    base = ours[ours["treatment"] == "base"].iloc[0]
+    assert (r4(base["mean"]), r4(base["std"]), base["count"]) == (0.6251, 0.0055, 8)
+
+
+def test_line_means_match_the_json_exactly(pruns):
+    src = _paper_json()
+    if src is None:
+        pytest.skip("reference JSON not available")
+    ref = json.loads(src.read_text())
+    ours = line_means(pruns)
+    for t, values in ref["figure2_line_means_n0_to_7"].items():
+        got = ours[ours["treatment"] == t].sort_values("n")["mean"].to_numpy()
+        np.testing.assert_allclose(got, values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(natman_mean_of_families(pruns)["mean"],
+                               ref["figure3"]["natman_mean_of_two_directions_n0_to_7"], atol=1e-12)
+    np.testing.assert_allclose(random_filter_means(pruns)["mean"],
+                               ref["figure3"]["random_frozen_filters_fullImageNet_n0_to_7"], atol=1e-12)
+
+
+def test_table1_pooled_reproduces_paper(pruns):
+    t1 = table1(pruns).set_index("layers")
+    for (lo, hi), want in PAPER_TABLE1.items():
+        row = t1.loc[f"{lo}-{hi}"]
+        assert round(row["boost_over_base"], 1) == want["over_base"]
+        assert round(row["boost_over_bnb_plus"], 1) == want["over_BnB+"]
+    assert t1[["anb_plus_count", "base_count", "bnb_plus_count"]].values.tolist() == \
+        [[10, 8, 10], [7, 8, 8], [3, 8, 5]]
+    # the test can tell pooling from averaging the per-layer line means (1.67 -> 1.7 for layers 1-7)
+    lm = line_means(pruns)
+    per_layer = lm[(lm["treatment"] == "AnB+") & (lm["n"] > 0)]["mean"].mean()
+    base = lm[lm["treatment"] == "base"]["mean"].iloc[0]
+    assert round(100 * (per_layer - base), 1) != PAPER_TABLE1[(1, 7)]["over_base"]
+
+
+def test_figure3_values_reproduce_paper(pruns, pmeans):
+    nm = natman_means(pruns)
+    for fam in ("natural", "man-made"):
+        got = nm[nm["target_family"] == fam].sort_values("n")
+        want = pmeans[(pmeans["panel"] == "fig3_natman") & (pmeans["series"] == fam)]
+        assert got["n"].tolist() == list(range(8))
+        assert [r4(v) for v in got["mean"]] == want["top1"].tolist(), fam
+    both = natman_mean_of_families(pruns)
+    want = pmeans[(pmeans["panel"] == "fig3_natman") & (pmeans["series"] == "mean")]
+    assert [r4(v) for v in both["mean"]] == want["top1"].tolist()
+    rf = random_filter_means(pruns)
+    want = pmeans[pmeans["panel"] == "fig3_random"]
+    assert [r4(v) for v in rf["mean"]] == want["top1"].tolist()
+    rel = relative_top1(pruns)
+    want = pmeans[pmeans["panel"] == "fig3_relative"]
+    for series in tables.RELATIVE_SERIES:
+        got = rel[(rel["series"] == series) & (rel["n"] > 0)].sort_values("n")
+        assert [r4(v) for v in got["relative"]] == want[want["series"] == series]["top1"].tolist(), series
+
+
+def test_paper_compared_with_itself(pruns):
+    cmp = paper_comparison(pruns)
+    assert {"panel", "treatment", "target_family", "n", "mean", "std", "count", "paper_mean", "paper_count",
+            "diff"} == set(cmp.columns)
+    assert np.allclose(cmp["diff"], 0) and (cmp["count"] == cmp["paper_count"]).all()
+    assert len(cmp) == 1 + 4 * 7 + 2 * 8 + 8
+
+
+# ---------------------------------------------------------------------------------------------------------
+# demo-like run files
+
+
+DEMO_MEANS = {  # shaped like the small calibration run (paper.md's numbers are not reachable on a CPU)
+    "BnB": [0.806, 0.800, 0.812, 0.812, 0.806, 0.808, 0.796],
+    "AnB": [0.802, 0.789, 0.798, 0.780, 0.768, 0.734, 0.725],
+    "BnB+": [0.80, 0.81, 0.81, 0.82, 0.81, 0.81, 0.80],
+    "AnB+": [0.808, 0.827, 0.820, 0.823, 0.833, 0.835, 0.850],
+}
+
+
+def _write_run(root: Path, row: dict, rng) -> Path:
+    d = root / row["split"] / row["net"]
+    d.mkdir(parents=True, exist_ok=True)
+    evals = 6
+    top1 = np.clip(row["top1"] - np.linspace(0.2, 0, evals) + rng.normal(0, 0.003, evals), 0, 1)
+    hist = pd.DataFrame({"iter": np.arange(1, evals + 1) * 50, "epoch": np.arange(1, evals + 1), "lr": 0.02,
+                         "train_loss": np.linspace(3, 0.5, evals), "val_loss": np.linspace(3, 0.7, evals),
+                         "top1": top1, "top5": np.minimum(top1 + 0.1, 1), "elapsed_s": np.arange(evals) * 3.0})
+    hist.to_csv(d / "history.csv", index=False)
+    metrics = {**row, "top1_final": float(top1[-1]), "top5": row["top1"] + 0.1, "top5_final": float(top1[-1]) + 0.1,
+               "top1_max": float(top1.max()), "evals": evals, "iters": 300, "wall_s": 12.5, "device": "cpu",
+               "history": "history.csv", "config": {"ignored": True}}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d / "metrics.json"
+
+
+def make_demo_runs(root: Path, finetune: bool = True, natman: bool = True, random_filters: bool = True,
+                   nmax: int = 7) -> list[Path]:
+    """A few fake metrics.json + history.csv files: 2 random splits, optional natman and random filters."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in (0, 1):
+        split = f"rand{s}"
+        for half, base in (("A", 0.785), ("B", 0.797)):
+            rows.append(dict(split=split, split_kind="random", net=f"base{half}", treatment="base", n=0,
+                             source_half="", target_half=half, target_family="", num_classes=20,
+                             top1=base + 0.004 * s))
+        for t, means in DEMO_MEANS.items():
+            if t.endswith("+") and not finetune:
+                continue
+            for n in range(1, nmax + 1):
+                src, tgt = ("B", "B") if t.startswith("BnB") else ("A", "B")
+                rows.append(dict(split=split, split_kind="random", treatment=t, n=n, source_half=src,
+                                 target_half=tgt, target_family="", num_classes=20,
+                                 net=f"{src}{n}{tgt}" + ("_ft" if t.endswith("+") else ""),
+                                 top1=means[n - 1] + rng.normal(0, 0.005)))
+    if natman:
+        for half, fam, base, step in (("A", "man-made", 0.770, 0.027), ("B", "natural", 0.734, 0.030)):
+            rows.append(dict(split="natman", split_kind="natman", net=f"base{half}", treatment="base", n=0,
+                             source_half="", target_half=half, target_family=fam, num_classes=20, top1=base))
+            other = "B" if half == "A" else "A"
+            for n in range(1, nmax + 1):
+                rows.append(dict(split="natman", split_kind="natman", net=f"{other}{n}{half}", treatment="AnB",
+                                 n=n, source_half=other, target_half=half, target_family=fam, num_classes=20,
+                                 top1=base - step * n))
+    if random_filters:
+        rows.append(dict(split="all", split_kind="all", net="baseA", treatment="base", n=0, source_half="",
+                         target_half="A", target_family="", num_classes=40, top1=0.76))
+        for n in range(1, nmax + 1):
+            rows.append(dict(split="all", split_kind="all", net=f"R{n}A", treatment="random", n=n,
+                             source_half="R", target_half="A", target_family="", num_classes=40,
+                             top1=max(0.76 - 0.12 * n, 0.025)))
+    return [_write_run(root, r, rng) for r in rows]
+
+
+def _assert_pdf_png(pdf: Path, png: Path) -> None:
+    assert pdf.read_bytes()[:4] == b"%PDF" and pdf.stat().st_size > 5000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert png.parent == pdf.parent and png.stem == pdf.stem
+    assert not [p for p in pdf.parent.iterdir() if p.name.endswith(".tmp")]  # atomic writes left nothing
+    assert pdf.stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_load_runs_reads_metrics_and_round_trips(tmp_path):
+    paths = make_demo_runs(tmp_path / "results", nmax=3)
+    df = load_runs(paths)
+    assert list(df.columns) == RUN_COLUMNS
+    assert len(df) == len(paths) == 2 * (2 + 4 * 3) + 2 * 4 + 4
+    assert set(df["treatment"]) == set(tables.TREATMENTS)
+    assert df["n"].dtype.kind == "i" and df["top1"].dtype.kind == "f"
+    assert (df["history"] == "history.csv").all() and (df["device"] == "cpu").all()
+    # a run directory works as well as its metrics.json
+    assert load_runs([paths[0].parent]).equals(load_runs([paths[0]]))
+    h = load_history(paths[0])
+    assert list(h.columns) == tables.HISTORY_COLUMNS and len(h) == 6
+    out = write_runs_csv(df, tmp_path / "tables" / "runs.csv")
+    back = read_runs_csv(out)
+    pd.testing.assert_frame_equal(back, df)
+
+
+def test_load_runs_rejects_bad_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    f = tmp_path / "a" / "metrics.json"
+    f.write_text(json.dumps({"split": "rand0", "split_kind": "random", "net": "baseA", "treatment": "base",
+                             "n": 0, "target_half": "A"}))
+    with pytest.raises(ValueError, match="top1"):
+        load_runs([f])
+    f.write_text(json.dumps({"split": "rand0", "split_kind": "random", "net": "x", "treatment": "AnB++",
+                             "n": 1, "target_half": "A", "top1": 0.5}))
+    with pytest.raises(ValueError, match="treatment"):
+        load_runs([f])
+
+
+def test_tables_on_demo_runs(tmp_path):
+    df = load_runs(make_demo_runs(tmp_path / "results"))
+    lm = line_means(df)
+    assert lm.loc[lm["treatment"] == "AnB", "count"].tolist() == [4] + [2] * 7
+    base = df[(df["split_kind"] == "random") & (df["treatment"] == "base")]["top1"]
+    assert np.isclose(lm.loc[lm["n"] == 0, "mean"], base.mean()).all()
+    t1 = table1(df)
+    anb = df[(df["treatment"] == "AnB+") & df["n"].between(5, 7)]["top1"].mean()
+    assert np.isclose(t1.set_index("layers").loc["5-7", "boost_over_base"], 100 * (anb - base.mean()))
+    rel = relative_top1(df)
+    assert set(rel["series"]) == set(tables.RELATIVE_SERIES)
+    mn = rel[rel["series"] == "AnB m/n split"].set_index("n")
+    assert np.isclose(mn.loc[0, "reference"], (0.770 + 0.734) / 2)
+    write_table1(t1, tmp_path / "t" / "table1.csv", tmp_path / "t" / "table1.md")
+    md = (tmp_path / "t" / "table1.md").read_text()
+    assert md.startswith("| layers aggregated") and "| 5–7 |" in md and "2.1" in md  # paper's value shown
+    assert pd.read_csv(tmp_path / "t" / "table1.csv").shape == t1.shape
+    cmp = paper_comparison(df)
+    write_paper_comparison(cmp, tmp_path / "t" / "paper_comparison.csv")
+    back = pd.read_csv(tmp_path / "t" / "paper_comparison.csv", keep_default_na=False, na_values=[""])
+    assert len(back) == len(cmp) and (cmp["paper_count"] > 0).all()
+    assert (cmp.loc[cmp["panel"] == "fig2", "count"] > 0).all()
+
+
+def test_figures_from_the_paper_numbers(tmp_path, pruns):
+    _assert_pdf_png(*fig2(pruns, tmp_path / "fig2.pdf"))
+    _assert_pdf_png(*fig3(pruns, tmp_path / "fig3.pdf", paper=False))
+
+
+def test_figures_from_demo_runs(tmp_path):
+    df = load_runs(make_demo_runs(tmp_path / "results"))
+    _assert_pdf_png(*fig2(df, tmp_path / "figs" / "fig2.pdf"))
+    _assert_pdf_png(*fig3(df, tmp_path / "figs" / "fig3.pdf"))
+
+
+def test_figures_without_finetuned_or_other_splits(tmp_path):
+    df = load_runs(make_demo_runs(tmp_path / "results", finetune=False, natman=False, random_filters=False,
+                                  nmax=4))
+    assert not df["treatment"].str.endswith("+").any()
+    lm = line_means(df)
+    assert set(lm["treatment"]) == {"base", "BnB", "AnB"}
+    t1 = table1(df)
+    assert t1["boost_over_base"].isna().all() and (t1["anb_plus_count"] == 0).all()
+    assert "–" in table1_markdown(t1)
+    assert relative_top1(df)["series"].unique().tolist() == ["AnB random splits"]
+    _assert_pdf_png(*fig2(df, tmp_path / "fig2.pdf"))
+    _assert_pdf_png(*fig3(df, tmp_path / "fig3.pdf"))
+    # and with nothing but base nets
+    only_base = df[df["treatment"] == "base"]
+    _assert_pdf_png(*fig2(only_base, tmp_path / "base_only.pdf", paper=False))
+
+
+def test_paper_lines_get_their_own_axis_only_when_levels_differ():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert _paper_axis(ax, [0.60, 0.64], [0.54, 0.65]) is ax
+    assert _paper_axis(ax, [0.72, 0.85], [0.54, 0.65]) is not ax
+    plt.close(fig)
+
+
+def test_figures_package_does_not_import_torch():
+    code = ("import sys, transferable.figures, transferable.figures.plots; "
+            "sys.exit(int('torch' in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_figures_and_tables_from_an_empty_frame(tmp_path):
+    empty = load_runs([])
+    assert list(empty.columns) == RUN_COLUMNS and empty.empty
+    assert line_means(empty).empty and relative_top1(empty).empty
+    assert table1(empty)["boost_over_base"].isna().all()
+    _assert_pdf_png(*fig2(empty, tmp_path / "fig2.pdf"))
+    _assert_pdf_png(*fig3(empty, tmp_path / "fig3.pdf"))

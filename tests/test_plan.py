@@ -1,0 +1,58 @@
+import copy
+
+import pytest
+import yaml
+
+from transferable import paths, plan
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def cfg():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_net_names_round_trip():
+    for name, treatment, n, src in [("baseB", "base", 0, ""), ("A3B", "AnB", 3, "A"), ("B5B_ft", "BnB+", 5, "B"),
+                                    ("A7B_ft", "AnB+", 7, "A"), ("R2A", "random", 2, "R")]:
+        p = paths.parse_net(name)
+        assert (p.treatment, p.n, p.source) == (treatment, n, src)
+        assert paths.net_name(p.target, p.n, p.source, p.finetune) == name
+    for bad in ("A8B", "A0B", "baseb", "R2A_ft", "x"):
+        with pytest.raises(ValueError):
+            paths.parse_net(bad)
+
+
+def test_demo_plan_counts(cfg):
+    fig2 = plan.figure_nets(cfg, "fig2")
+    assert len(fig2) == 2 + 4 * 7  # baseA (source), baseB, 28 treatment nets on half B
+    fig3 = plan.figure_nets(cfg, "fig3")
+    assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
+    assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in range(1, 8)}
+    assert len(plan.figure_nets(cfg, "all")) == 30 + 16 + 8
+
+
+def test_fig2_plans_no_natman_or_random(cfg):
+    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0"}
+
+
+def test_sources(cfg):
+    assert plan.source_of(plan.Net("rand0", "A3B_ft")) == plan.Net("rand0", "baseA")
+    assert plan.source_of(plan.Net("all", "R3A")) is None
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c["experiment"]["random_splits"].update(splits=["nope"]), "not defined"),
+        (lambda c: c["experiment"]["natman"].update(targets=["C"]), "not a half"),
+        (lambda c: c["experiment"]["random_filters"].update(split="rand0"), "kind"),
+        (lambda c: c["experiment"]["natman"].update(layers=[0, 8]), "outside the allowed 1..7"),
+    ],
+)
+def test_semantic_errors_name_the_key(cfg, edit, match):
+    bad = copy.deepcopy(cfg)
+    edit(bad)
+    with pytest.raises(plan.ConfigError, match=match):
+        plan.check(bad)

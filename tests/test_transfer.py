@@ -1,0 +1,112 @@
+"""Copy / freeze / re-initialise semantics and the solver's per-parameter multipliers (reference §2)."""
+
+import torch
+import torch.nn.functional as F
+
+from transferable.models.caffenet import LAYERS, CaffeNet, param_counts, spec_from_config
+from transferable.transfer import CaffeSGD, build_net, param_groups
+
+SMALL = {"arch": "caffenet-small", "widths": [8, 8, 12, 12, 8, 16, 16], "crop": 16, "init": "caffe", "dropout": 0.5}
+
+
+def _step(net, frozen, steps=3, lr=0.1):
+    opt = CaffeSGD(param_groups(net), lr=lr, momentum=0.9, weight_decay=0.01)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 16, 16, generator=g)
+        y = torch.randint(0, 10, (4,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(net(x, frozen=frozen), y).backward()
+        opt.step()
+
+
+def test_paper_caffenet_parameter_counts():
+    # From the layer table (reference §1): (in/groups * k*k) * out + out.
+    table = {"conv1": (3, 11, 96, 1), "conv2": (96, 5, 256, 2), "conv3": (256, 3, 384, 1),
+             "conv4": (384, 3, 384, 2), "conv5": (384, 3, 256, 2)}
+    expected = {n: (cin // g) * k * k * cout + cout for n, (cin, k, cout, g) in table.items()}
+    expected.update(fc6=256 * 6 * 6 * 4096 + 4096, fc7=4096 * 4096 + 4096, fc8=4096 * 1000 + 1000)
+    expected["total"] = sum(expected.values())
+    net = CaffeNet(spec_from_config({"arch": "caffenet", "crop": 227}, 1000))
+    assert param_counts(net) == expected
+
+
+def test_paper_caffenet_fillers():
+    net = CaffeNet(spec_from_config({"arch": "caffenet", "crop": 227, "init": "caffe"}, 1000))
+    for name, (std, bias) in {"conv1": (0.01, 0), "conv2": (0.01, 1), "conv3": (0.01, 0), "conv4": (0.01, 1),
+                              "conv5": (0.01, 1), "fc6": (0.005, 1), "fc7": (0.005, 1), "fc8": (0.01, 0)}.items():
+        layer = net.layer(name)
+        assert abs(layer.weight.std().item() - std) < 0.1 * std, name
+        assert torch.all(layer.bias == bias), name
+
+
+def test_copied_layers_equal_source_and_rest_reinitialised():
+    spec = spec_from_config(SMALL, 10)
+    source = build_net(spec, seed=1)
+    _step(source, 0)
+    net = build_net(spec, n=3, source_state=source.state_dict(), freeze=True, seed=2)
+    fresh = build_net(spec, seed=2)
+    for i, name in enumerate(LAYERS):
+        w, w_src, w_fresh = net.layer(name).weight, source.layer(name).weight, fresh.layer(name).weight
+        if i < 3:
+            assert torch.equal(w, w_src), name
+        else:
+            assert torch.equal(w, w_fresh), name  # drawn from the filler with the net's own seed
+            assert not torch.equal(w, w_src), name
+
+
+def test_frozen_layers_are_bit_identical_after_steps_and_not_decayed():
+    spec = spec_from_config(SMALL, 10)
+    source = build_net(spec, seed=1)
+    net = build_net(spec, n=4, source_state=source.state_dict(), freeze=True, seed=2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _step(net, frozen=4)
+    after = net.state_dict()
+    for name in LAYERS:
+        for p in ("weight", "bias"):
+            same = torch.equal(before[f"{name}.{p}"], after[f"{name}.{p}"])
+            assert same == (name in LAYERS[:4]), f"{name}.{p}"
+    names = {g["name"] for g in param_groups(net)}
+    assert not any(n.split(".")[0] in LAYERS[:4] for n in names)
+
+
+def test_finetuned_layers_train():
+    spec = spec_from_config(SMALL, 10)
+    source = build_net(spec, seed=1)
+    net = build_net(spec, n=4, source_state=source.state_dict(), freeze=False, seed=2)
+    before = net.conv1.weight.clone()
+    _step(net, frozen=0)
+    assert not torch.equal(before, net.conv1.weight)
+    assert len(param_groups(net)) == 16
+
+
+def test_lr_and_decay_multipliers():
+    net = build_net(spec_from_config(SMALL, 10), seed=0)
+    for g in param_groups(net):
+        if g["name"].endswith("weight"):
+            assert (g["lr_mult"], g["decay_mult"]) == (1.0, 1.0)
+        else:
+            assert (g["lr_mult"], g["decay_mult"]) == (2.0, 0.0)
+
+
+def test_caffe_sgd_update_rule():
+    # One parameter, by hand: v = m v + lr_eff (g + wd_eff w); w -= v; bias: lr x2, no decay.
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = CaffeSGD([{"params": [w], "lr_mult": 1.0, "decay_mult": 1.0},
+                    {"params": [b], "lr_mult": 2.0, "decay_mult": 0.0}], lr=0.1, momentum=0.9, weight_decay=0.5)
+    vw = vb = 0.0
+    wv, bv = 1.0, 1.0
+    for step in range(3):
+        w.grad, b.grad = torch.tensor([0.2]), torch.tensor([0.2])
+        opt.step()
+        vw = 0.9 * vw + 0.1 * (0.2 + 0.5 * wv)
+        vb = 0.9 * vb + 0.2 * 0.2
+        wv, bv = wv - vw, bv - vb
+        assert abs(w.item() - wv) < 1e-6 and abs(b.item() - bv) < 1e-6
+
+
+def test_frozen_forward_matches_full_forward():
+    net = build_net(spec_from_config(SMALL, 10), seed=0).eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(net(x), net(x, frozen=5))

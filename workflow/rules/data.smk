@@ -1,0 +1,46 @@
+# Raw data: the generated demo dataset, or the user's copy; then the catalog and image index.
+
+
+rule demo_data:
+    output:
+        multiext(
+            paths.demo_dir() + "/ILSVRC2012_",
+            "img_train.tar",
+            "img_val.tar",
+            "devkit_t12.tar.gz",
+        ),
+    params:
+        demo=lambda w: json.dumps(config.get("demo", {}), sort_keys=True),
+        out=paths.demo_dir(),
+    log:
+        paths.log(paths.demo_dir()),
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "transferable demo-data --out {params.out} --params '{params.demo}' > {log} 2>&1"
+
+
+def ingest_inputs(wildcards):
+    if config["data"]["source"] == "demo":
+        return rules.demo_data.output
+    return []
+
+
+rule ingest:
+    input:
+        ingest_inputs,
+    output:
+        catalog=paths.catalog(),
+        images=paths.images(),
+    params:
+        root=data_root(),
+        fmt=config["data"].get("format", "auto"),
+    log:
+        paths.log(paths.catalog()),
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "transferable ingest --root {params.root} --format {params.fmt} "
+        "--catalog {output.catalog} --images {output.images} > {log} 2>&1"

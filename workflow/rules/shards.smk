@@ -1,0 +1,42 @@
+# Preprocessed shards, written once per preprocessing setting (the prep id encodes it) and shared by
+# every split and net. Each part is a block of classes, so parts run as independent jobs.
+
+PARTS = config["preprocess"].get("parts", 2)
+
+
+rule shard_part:
+    input:
+        images=paths.images(),
+    output:
+        directory(paths.shard_part("{prep}", "{k}")),
+    params:
+        size=lambda w: int(w.prep[len("warp") :]),
+        parts=PARTS,
+        on_corrupt=config["data"].get("on_corrupt", "error"),
+    log:
+        paths.log(paths.shard_part("{prep}", "{k}")),
+    threads: 1
+    resources:
+        mem_mb=RES.get("shard_mem_mb", 2000),
+        runtime=240,
+    shell:
+        "transferable shard --images {input.images} --part {wildcards.k} --parts {params.parts} "
+        "--size {params.size} --on-corrupt {params.on_corrupt} --out {output} > {log} 2>&1"
+
+
+rule shard_index:
+    input:
+        lambda w: [paths.shard_part(w.prep, k) for k in range(PARTS)],
+    output:
+        index=paths.shard_index("{prep}"),
+        rejects=f"{paths.RESULTS}/shards/{{prep}}/rejects.csv",
+    params:
+        size=lambda w: int(w.prep[len("warp") :]),
+    log:
+        paths.log(paths.shard_index("{prep}")),
+    resources:
+        mem_mb=500,
+        runtime=10,
+    shell:
+        "transferable shard-index --parts {input} --size {params.size} --out {output.index} "
+        "--rejects {output.rejects} > {log} 2>&1"

@@ -1,0 +1,18 @@
+# Class-split manifests. They depend on the catalog only: changing a split never touches the shards.
+
+
+rule split_manifest:
+    input:
+        catalog=paths.catalog(),
+    output:
+        paths.split_manifest("{split}"),
+    params:
+        spec=lambda w: json.dumps(config["splits"][w.split], sort_keys=True),
+    log:
+        paths.log(paths.split_manifest("{split}")),
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "transferable split manifest --name {wildcards.split} --params '{params.spec}' "
+        "--catalog {input.catalog} --out {output} > {log} 2>&1"
