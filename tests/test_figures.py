@@ -295,8 +295,9 @@ def test_load_runs_rejects_bad_files(tmp_path):
 def test_tables_on_demo_runs(tmp_path):
     df = load_runs(make_demo_runs(tmp_path / "results"))
     lm = line_means(df)
-    assert lm.loc[lm["treatment"] == "AnB", "count"].tolist() == [4] + [2] * 7
-    base = df[(df["split_kind"] == "random") & (df["treatment"] == "base")]["top1"]
+    # the reference is the base nets of the TARGET halves (B of both splits), not baseA (only a source)
+    assert lm.loc[lm["treatment"] == "AnB", "count"].tolist() == [2] + [2] * 7
+    base = df[(df["split_kind"] == "random") & (df["treatment"] == "base") & (df["target_half"] == "B")]["top1"]
     assert np.isclose(lm.loc[lm["n"] == 0, "mean"], base.mean()).all()
     t1 = table1(df)
     anb = df[(df["treatment"] == "AnB+") & df["n"].between(5, 7)]["top1"].mean()

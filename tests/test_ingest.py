@@ -105,8 +105,13 @@ def test_shards_of_demo_and_mean_image(demo_small, tmp_path):
     idx = write_index(parts, 12, str(tmp_path / "index.json"), str(tmp_path / "rejects.csv"))
     assert idx["num_classes"] == 6 and all(v == [6, 3] for v in idx["counts"].values())
     sh = Shards(tmp_path / "index.json")
-    x, y = sh.load("train", [4, 1])
-    assert x.shape == (12, 3, 12, 12) and list(np.bincount(y)) == [6, 6]
+    images_set, y = sh.load("train", [4, 1])
+    assert images_set.in_memory and images_set.shape == (12, 3, 12, 12) and list(np.bincount(y)) == [6, 6]
+    x = images_set.data
+    mapped, _ = sh.load("train", [4, 1], ram_limit=0)  # the paper-scale path: read on demand from memory maps
+    assert not mapped.in_memory
+    idx = np.array([11, 0, 5, 6, 6])
+    assert np.array_equal(mapped.take(idx), x[idx]) and np.array_equal(mapped.slice(3, 9), x[3:9])
     # the mean image from per-class sums equals the mean over the images themselves
     assert np.allclose(sh.mean_image([4, 1]), x.astype(np.float64).mean(0), atol=1e-4)
     # one class's file holds exactly the decoded images of that class, in index order

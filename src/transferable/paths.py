@@ -82,6 +82,13 @@ def demo_dir() -> str:
     return f"{RESULTS}/demo_data"
 
 
+DEMO_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
+
+
+def demo_files() -> list[str]:
+    return [f"{demo_dir()}/{f}" for f in DEMO_FILES]
+
+
 def catalog() -> str:
     return f"{RESULTS}/ingest/catalog.csv"
 

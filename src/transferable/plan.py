@@ -131,10 +131,24 @@ def used_splits(cfg: dict) -> list[str]:
     return sorted({n.split for n in figure_nets(cfg, "all")})
 
 
-def check(cfg: dict) -> None:
-    """Semantic checks the JSON Schema cannot express. Raises ConfigError naming the key."""
+def check(cfg: dict, num_classes: int | None = None) -> None:
+    """Semantic checks the JSON Schema cannot express. Raises ConfigError naming the key.
+    ``num_classes``, when known before ingest runs, bounds class ranges."""
     splits = cfg["splits"]
     exp = cfg["experiment"]
+    if num_classes is not None:
+        from .data.splits import SplitError, parse_ranges
+
+        for name, spec in splits.items():
+            if spec["kind"] == "ranges":
+                for h, hs in spec["halves"].items():
+                    key = f"splits.{name}.halves.{h}.ranges"
+                    try:
+                        parse_ranges(hs.get("ranges", ""), num_classes, key)
+                    except SplitError as e:
+                        raise ConfigError(f"{e} (the dataset has {num_classes} classes)") from e
+            if spec["kind"] == "random" and num_classes < 2:
+                raise ConfigError(f"splits.{name}: a random split needs at least 2 classes, the dataset has {num_classes}")
     for name, spec in splits.items():
         if spec["kind"] in ("ranges", "ancestors"):
             halves = spec.get("halves") or {}

@@ -2,24 +2,49 @@
 # src/transferable/{paths,plan}.py, where unit tests call it.
 import json
 
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from transferable import paths, plan
 
 
-validate(config, "../schemas/config.schema.yaml")
-if config.get("data_root"):  # `--config data_root=/path/to/imagenet`
-    config["data"].update(source="path", root=str(config["data_root"]))
-try:
-    plan.check(config)
-except plan.ConfigError as e:
-    raise WorkflowError(f"config: {e}")
-if config["data"]["source"] == "path":
-    _root = config["data"].get("root")
-    if not _root:
-        raise WorkflowError("config: data.root is required when data.source is 'path' (e.g. --config data_root=...)")
-    if not os.path.isdir(_root):
-        raise WorkflowError(f"config: data.root {_root!r} does not exist or is not a directory")
+def known_num_classes():
+    """The number of classes, when it is known before any job runs (demo config, or an earlier ingest)."""
+    if config["data"]["source"] == "demo":
+        return 2 * config.get("demo", {}).get("classes_per_family", 20)
+    if os.path.isfile(paths.catalog()):
+        with open(paths.catalog()) as f:
+            return sum(1 for _ in f) - 1
+    return None
+
+
+def check_config():
+    """Everything that can be wrong with the config, found before any job starts."""
+    validate(config, "../schemas/config.schema.yaml")  # types, allowed values, unknown keys; fills defaults
+    if config.get("data_root"):  # `--config data_root=/path/to/imagenet`
+        config["data"].update(source="path", root=str(config["data_root"]))
+    if config["data"]["source"] == "path":
+        root = config["data"].get("root")
+        if not root:
+            raise WorkflowError("config: data.root is required when data.source is 'path' (--config data_root=...)")
+        if not os.path.isdir(root):
+            raise WorkflowError(f"config: data.root {root!r} does not exist or is not a directory")
+    try:
+        plan.check(config, known_num_classes())
+    except plan.ConfigError as e:
+        raise WorkflowError(f"config: {e}")
+
+
+check_config()
+
+# Every rule runs the `transferable` command. Under --use-conda the envs/*.yaml environments carry the
+# third-party packages only (Snakemake copies env files, so they cannot pip-install this checkout), so
+# `transferable` becomes a shell function that runs the package from the workflow's own src/.
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    shell.prefix(
+        f"set -euo pipefail; export PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}}; "
+        'transferable() { python -m transferable "$@"; }; '
+    )
 
 PREP = paths.prep_name(config["preprocess"]["size"])
 RES = config.get("resources", {})
@@ -65,3 +90,12 @@ def train_params(wildcards):
 def source_model(wildcards):
     src = plan.source_of(plan.Net(wildcards.split, wildcards.net))
     return [paths.net_file(src.split, src.name, "model.pt")] if src else []
+
+
+def ingest_inputs(wildcards):
+    """The raw files ingest reads, so that a replaced archive reruns everything after it."""
+    if config["data"]["source"] == "demo":
+        return paths.demo_files()
+    root = config["data"]["root"]
+    official = [os.path.join(root, f) for f in paths.DEMO_FILES]
+    return [f for f in official if os.path.isfile(f)]

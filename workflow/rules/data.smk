@@ -3,15 +3,12 @@
 
 rule demo_data:
     output:
-        multiext(
-            paths.demo_dir() + "/ILSVRC2012_",
-            "img_train.tar",
-            "img_val.tar",
-            "devkit_t12.tar.gz",
-        ),
+        paths.demo_files(),
     params:
         demo=lambda w: json.dumps(config.get("demo", {}), sort_keys=True),
-        out=paths.demo_dir(),
+        out=lambda w, output: os.path.dirname(output[0]),
+    conda:
+        "../../envs/data.yaml"
     log:
         paths.log(paths.demo_dir()),
     resources:
@@ -19,12 +16,6 @@ rule demo_data:
         runtime=10,
     shell:
         "transferable demo-data --out {params.out} --params '{params.demo}' > {log} 2>&1"
-
-
-def ingest_inputs(wildcards):
-    if config["data"]["source"] == "demo":
-        return rules.demo_data.output
-    return []
 
 
 rule ingest:
@@ -36,6 +27,8 @@ rule ingest:
     params:
         root=data_root(),
         fmt=config["data"].get("format", "auto"),
+    conda:
+        "../../envs/data.yaml"
     log:
         paths.log(paths.catalog()),
     resources:

@@ -6,6 +6,8 @@ rule runs_table:
         net_outputs(plan.figure_nets(config, "all")),
     output:
         paths.table("runs.csv"),
+    conda:
+        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("runs.csv")),
     resources:
@@ -21,6 +23,8 @@ rule fig2:
     output:
         pdf=report(paths.figure("fig2.pdf"), caption="../report/fig2.rst", category="Figures"),
         png=paths.figure("fig2.png"),
+    conda:
+        "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("fig2.pdf")),
     resources:
@@ -36,6 +40,8 @@ rule fig3:
     output:
         pdf=report(paths.figure("fig3.pdf"), caption="../report/fig3.rst", category="Figures"),
         png=paths.figure("fig3.png"),
+    conda:
+        "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("fig3.pdf")),
     resources:
@@ -51,6 +57,8 @@ rule table1:
     output:
         csv=report(paths.table("table1.csv"), caption="../report/table1.rst", category="Tables"),
         md=paths.table("table1.md"),
+    conda:
+        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("table1.csv")),
     resources:
@@ -65,6 +73,8 @@ rule paper_comparison:
         net_outputs(plan.figure_nets(config, "fig2")),
     output:
         report(paths.table("paper_comparison.csv"), caption="../report/comparison.rst", category="Tables"),
+    conda:
+        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("paper_comparison.csv")),
     resources:

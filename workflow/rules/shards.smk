@@ -13,6 +13,8 @@ rule shard_part:
         size=lambda w: int(w.prep[len("warp") :]),
         parts=PARTS,
         on_corrupt=config["data"].get("on_corrupt", "error"),
+    conda:
+        "../../envs/data.yaml"
     log:
         paths.log(paths.shard_part("{prep}", "{k}")),
     threads: 1
@@ -32,6 +34,8 @@ rule shard_index:
         rejects=f"{paths.RESULTS}/shards/{{prep}}/rejects.csv",
     params:
         size=lambda w: int(w.prep[len("warp") :]),
+    conda:
+        "../../envs/data.yaml"
     log:
         paths.log(paths.shard_index("{prep}")),
     resources:

@@ -8,6 +8,8 @@ rule split_manifest:
         paths.split_manifest("{split}"),
     params:
         spec=lambda w: json.dumps(config["splits"][w.split], sort_keys=True),
+    conda:
+        "../../envs/data.yaml"
     log:
         paths.log(paths.split_manifest("{split}")),
     resources:

@@ -18,6 +18,8 @@ rule train:
         source=lambda w, input: f"--source-model {input.source}" if input.source else "",
         device=RES.get("device", "auto"),
         threads=RES.get("train_threads", 1),
+    conda:
+        "../../envs/train.yaml"
     log:
         paths.log(paths.net_dir("{split}", "{net}")),
     threads: max(1, RES.get("train_threads", 1))

@@ -33,26 +33,27 @@ class TrainStream:
     Its whole state (generator, current permutation, position) is saved in checkpoints, so a resumed run
     sees exactly the batches an uninterrupted one would."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
+    def __init__(self, images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0):
-        self.x = torch.from_numpy(images).to(device)
-        self.y = torch.from_numpy(labels).to(device)
+        self.images = images  # an ImageSet (in memory or memory-mapped) or a uint8 array (N, 3, S, S)
+        self.device = torch.device(device)
+        self.y = torch.from_numpy(labels)
         self.mean = torch.from_numpy(mean).to(device)
         self.size = images.shape[-1]
         if crop > self.size:
             raise ValueError(f"net.crop: {crop} is larger than the preprocessed size {self.size}")
         self.crop, self.batch_size, self.mirror, self.scale = crop, batch_size, mirror, float(scale)
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(self.x), generator=self.gen)
+        self.perm = torch.randperm(len(self.y), generator=self.gen)
         self.pos = 0
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos + self.batch_size > len(self.perm):  # Caffe wraps around; we reshuffle each epoch
-            self.perm = torch.randperm(len(self.x), generator=self.gen)
+            self.perm = torch.randperm(len(self.y), generator=self.gen)
             self.pos = 0
             self.epoch += 1
         idx = self.perm[self.pos : self.pos + self.batch_size]
@@ -62,14 +63,15 @@ class TrainStream:
         oy = torch.randint(span, (b,), generator=self.gen)
         ox = torch.randint(span, (b,), generator=self.gen)
         flip = torch.rand(b, generator=self.gen) < 0.5 if self.mirror else torch.zeros(b, dtype=torch.bool)
-        dev = self.x.device
-        idx_d = idx.to(dev)
-        xb = _gather_crops(self.x[idx_d], self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
-        return xb, self.y[idx_d]
+        dev = self.device
+        raw = torch.from_numpy(self.images.take(idx.numpy()) if hasattr(self.images, "take") else self.images[idx.numpy()])
+        raw = raw.to(dev, non_blocking=True)
+        xb = _gather_crops(raw, self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
+        return xb, self.y[idx].to(dev, non_blocking=True)
 
     @property
     def epochs_done(self) -> float:
-        return self.epoch + self.pos / len(self.x)
+        return self.epoch + self.pos / len(self.y)
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
@@ -79,14 +81,16 @@ class TrainStream:
         self.perm, self.pos, self.epoch = s["perm"], int(s["pos"]), int(s["epoch"])
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
+def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  device="cpu", scale: float = 1.0):
-    """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror)."""
+    """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror). ``images`` is an
+    ImageSet or a uint8 array (N, 3, S, S)."""
     size = images.shape[-1]
     off = (size - crop) // 2
     m = torch.from_numpy(np.ascontiguousarray(mean[:, off : off + crop, off : off + crop])).to(device)
     for i in range(0, len(images), batch_size):
-        xb = torch.from_numpy(images[i : i + batch_size, :, off : off + crop, off : off + crop]).to(device)
+        block = images.slice(i, i + batch_size) if hasattr(images, "slice") else images[i : i + batch_size]
+        xb = torch.from_numpy(np.ascontiguousarray(block[:, :, off : off + crop, off : off + crop])).to(device)
         xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
         if scale != 1.0:
             xb *= scale

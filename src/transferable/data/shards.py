@@ -175,11 +175,54 @@ class Shards:
         n = sum(self.count("train", c) for c in classes)
         return (total / n).astype(np.float32)
 
-    def load(self, subset: str, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """All images of ``classes`` in memory, with labels = position of the class in ``classes``."""
-        xs = [np.asarray(self.array(subset, c)) for c in classes]
-        ys = [np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)]
-        return np.concatenate(xs), np.concatenate(ys)
+    def load(self, subset: str, classes: list[int], ram_limit: float | None = None) -> tuple[ImageSet, np.ndarray]:
+        """The images of ``classes`` and their labels (= position of the class in ``classes``). In memory
+        when they take less than ``ram_limit`` bytes (default: a quarter of the available memory),
+        otherwise read on demand from the memory-mapped files (a paper-scale half is ~127 GB)."""
+        xs = [self.array(subset, c) for c in classes]
+        ys = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)])
+        return ImageSet(xs, ram_limit), ys
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ImageSet:
+    """Images of several classes as one indexable set: one array in memory, or per-class memory maps."""
+
+    def __init__(self, arrays: list[np.ndarray], ram_limit: float | None = None):
+        self.shape = (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+        nbytes = sum(a.nbytes for a in arrays)
+        limit = available_memory() / 4 if ram_limit is None else ram_limit
+        self.in_memory = nbytes <= limit
+        if self.in_memory:
+            self.data = np.concatenate([np.asarray(a) for a in arrays])
+        else:
+            self.arrays = arrays
+            self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        if self.in_memory:
+            return self.data[idx]
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
+        cls = np.searchsorted(self.starts, idx, side="right") - 1
+        for j in np.argsort(idx, kind="stable"):  # file order: sequential-ish reads
+            out[j] = self.arrays[cls[j]][idx[j] - self.starts[cls[j]]]
+        return out
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        return self.take(np.arange(start, min(stop, len(self))))
 
 
 def eprint(*a):

@@ -26,6 +26,7 @@ from .paper import paper_line_means  # noqa: E402
 from .tables import (  # noqa: E402
     FIG2_TREATMENTS,
     RELATIVE_SERIES,
+    base_nets,
     line_means,
     natman_means,
     random_filter_means,
@@ -133,7 +134,7 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     r = df[df["split_kind"] == "random"]
     handles, labels, ys = [], [], []
     for t, st in MARKERS.items():
-        g = r[r["treatment"] == t]
+        g = base_nets(df) if t == "base" else r[r["treatment"] == t]
         if g.empty:
             continue
         x = np.zeros(len(g)) if t == "base" else g["n"].to_numpy(float) + st["dx"]

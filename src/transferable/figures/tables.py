@@ -147,7 +147,15 @@ def _stats(values: pd.Series) -> dict:
 
 
 def base_nets(df: pd.DataFrame, split_kind: str = "random") -> pd.DataFrame:
-    return df[(df["split_kind"] == split_kind) & (df["treatment"] == "base")]
+    """The base nets that are the "baseB" reference: those of halves that some transfer or selffer net of
+    the same split targets (the paper targets every half, so all 8 base nets). A base net trained only as
+    a source (a design with ``targets: [B]``) is not a reference. With no treatment nets, all base nets."""
+    base = df[(df["split_kind"] == split_kind) & (df["treatment"] == "base")]
+    treated = df[(df["split_kind"] == split_kind) & (df["treatment"] != "base")]
+    if treated.empty:
+        return base
+    targets = set(zip(treated["split"], treated["target_half"]))
+    return base[[(s, h) in targets for s, h in zip(base["split"], base["target_half"])]]
 
 
 def line_means(df: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import signal
 import time
 import zlib
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..data.shards import Shards, atomic_write_text
 from ..models.caffenet import spec_from_config
 from ..paths import parse_net
 from ..transfer import CaffeSGD, build_net, param_groups
+from .devices import pick_device
 
 HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
 
@@ -45,14 +47,6 @@ def lr_at(it: int, t: dict) -> float:
         frac = (it - warm) / max(1, t["max_iter"] - warm)
         return t["lr"] * 0.5 * (1 + math.cos(math.pi * frac))
     raise ValueError(f"train.lr_policy: unknown {t['lr_policy']!r} (allowed: step, cosine)")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"resources.device: {name!r} requested but no CUDA device is visible")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -166,6 +160,20 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
         else:
             log(f"[{split}/{net}] ignoring {ckpt_path}: written for a different configuration")
 
+    # SLURM sends SIGTERM before killing a preempted or timed-out job: checkpoint at the next iteration
+    # boundary and exit, so the requeued or rerun job resumes from here.
+    stop = {"signal": None}
+
+    def _on_term(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, _on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def save_ckpt():
+        _atomic_torch_save({"cfg_hash": cfg_hash, "model": model.state_dict(), "optim": opt.state_dict(),
+                            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "history": history, "iter": it, "elapsed_s": time.time() - t0}, ckpt_path)
+
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
     ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
     clip = float(tcfg.get("grad_clip", 0) or 0)
@@ -203,10 +211,14 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
             log(f"[{split}/{net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
                 f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
                 f"| {rate:.0f} img/s, ETA {eta:.0f} s")
-        if it % ckpt_every == 0 and it < max_iter:
-            _atomic_torch_save({"cfg_hash": cfg_hash, "model": model.state_dict(), "optim": opt.state_dict(),
-                                "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
-                                "history": history, "iter": it, "elapsed_s": time.time() - t0}, ckpt_path)
+        if it < max_iter and (it % ckpt_every == 0 or stop["signal"]):
+            save_ckpt()
+            if stop["signal"]:
+                log(f"[{split}/{net}] got signal {stop['signal']}: checkpointed iteration {it} to {ckpt_path}; "
+                    "rerun to resume")
+                raise SystemExit(128 + stop["signal"])
+    for s_, h in old_handlers.items():
+        signal.signal(s_, h)
 
     wall = time.time() - t0
     out = Path(out_dir)

@@ -1,0 +1,33 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+# Both create .venv with pinned versions (envs/constraints.txt) on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test test-fast setup clean
+
+$(BIN)/transferable: pyproject.toml envs/constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c envs/constraints.txt -e '.[all,workflow,test]'
+	@touch $@
+
+setup: $(BIN)/transferable
+
+## The whole pipeline on the embedded demo dataset: results/figures/fig2.pdf, fig3.pdf, results/tables/*.
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+	@echo "Figures: results/figures/fig2.pdf results/figures/fig3.pdf  Tables: results/tables/"
+
+## Every test, the end-to-end and live-cluster ones included (slow: minutes).
+test: setup
+	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q
+
+## Unit tests only (seconds).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not slurm" -q
+
+clean:
+	rm -rf results logs .snakemake report.html

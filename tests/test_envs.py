@@ -1,0 +1,66 @@
+"""The conda files in envs/ and the pip pins agree with each other and with pyproject's dependencies."""
+
+import re
+import tomllib
+
+import yaml
+from conftest import ROOT
+
+FAMILIES = {"data": set(), "train": {"torch", "torchvision"}, "figures": {"matplotlib", "seaborn"}}
+
+
+def _constraints():
+    pins = {}
+    for line in (ROOT / "envs/constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    return pins
+
+
+def _env(name):
+    deps = yaml.safe_load((ROOT / f"envs/{name}.yaml").read_text())["dependencies"]
+    pins = {}
+    for d in deps:
+        items = d["pip"] if isinstance(d, dict) else [d]
+        for item in items:
+            m = re.match(r"^([A-Za-z0-9_.-]+)\s*={1,2}\s*([^\s#]+)", item.split("#")[0].strip())
+            if m and m.group(1) != "python":
+                pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def _names(reqs):
+    return {re.split(r"[<>=!\[ ]", r)[0].lower() for r in reqs}
+
+
+def test_every_conda_pin_matches_constraints():
+    pins = _constraints()
+    for fam in FAMILIES:
+        for name, version in _env(fam).items():
+            assert pins.get(name) == version, f"envs/{fam}.yaml pins {name}={version}, constraints say {pins.get(name)}"
+
+
+def test_each_family_has_what_the_package_needs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = _names(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for fam, extra_names in FAMILIES.items():
+        need = base | (_names(extras[fam]) if fam in extras else set())
+        assert need <= set(_env(fam)), f"envs/{fam}.yaml lacks {sorted(need - set(_env(fam)))}"
+        assert extra_names <= need
+
+
+def test_every_dependency_is_pinned():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = _names(project["dependencies"])
+    for key in ("train", "figures", "workflow", "test"):
+        names |= _names(project["optional-dependencies"][key])
+    assert names <= set(_constraints()), f"not pinned in envs/constraints.txt: {sorted(names - set(_constraints()))}"
+
+
+def test_every_rule_names_an_existing_env():
+    for smk in (ROOT / "workflow/rules").glob("*.smk"):
+        for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
+            assert (smk.parent / env).resolve().is_file(), f"{smk.name}: {env} does not exist"

@@ -1,0 +1,67 @@
+"""The whole DAG on configs/micro.yaml, and what each target plans (dry runs)."""
+
+import re
+
+import pandas as pd
+import pytest
+from conftest import run_snakemake
+
+MICRO = ["--configfile", "configs/micro.yaml"]
+
+
+def planned(proc):
+    """{rule: count} from a dry run's job table."""
+    table = proc.stdout.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in proc.stdout else ""
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if m[0] != "total"}
+
+
+def planned_nets(proc):
+    return sorted(set(re.findall(r"results/nets/([\w-]+/\w+)/metrics.json", proc.stdout)))
+
+
+def test_default_config_plans_the_paper_design(workdir):
+    jobs = planned(run_snakemake(["-n", "--cores", "2"], workdir))
+    assert jobs["train"] == 54 and jobs["shard_part"] == 2 and jobs["split_manifest"] == 3
+
+
+def test_fig2_plans_only_random_split_nets(workdir):
+    proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf"], workdir)
+    nets = planned_nets(proc)
+    assert len(nets) == 30 and all(n.startswith("rand0/") for n in nets)
+    assert "fig3" not in planned(proc)
+
+
+def test_fig3_plans_no_selffer_or_finetuned_nets(workdir):
+    nets = planned_nets(run_snakemake(["-n", "--cores", "2", "results/figures/fig3.pdf"], workdir))
+    rand = [n.split("/")[1] for n in nets if n.startswith("rand0/")]
+    assert sorted(rand) == ["A1B", "A2B", "A3B", "A4B", "A5B", "A6B", "A7B", "baseA", "baseB"]
+    assert len([n for n in nets if n.startswith("natman/")]) == 16
+    assert len([n for n in nets if n.startswith("all/")]) == 8
+
+
+def test_paper_config_plans_every_net(workdir, tmp_path):
+    root = tmp_path / "imagenet"
+    root.mkdir()
+    jobs = planned(run_snakemake(["-n", "--configfile", "configs/paper.yaml", "--config", f"data_root={root}"], workdir))
+    # 4 splits x (2 base + 2 targets x 4 treatments x 7) + natman (2 + 14) + random filters (1 + 7)
+    assert jobs["train"] == 4 * 58 + 16 + 8 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
+
+
+def test_paper_config_without_data_root_fails_before_any_job(workdir):
+    proc = run_snakemake(["-n", "--configfile", "configs/paper.yaml"], workdir, check=False)
+    assert proc.returncode != 0 and "data.root is required" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_micro_config_runs_the_whole_dag(workdir):
+    run_snakemake(MICRO + ["--cores", "2"], workdir)
+    for f in ("figures/fig2.pdf", "figures/fig2.png", "figures/fig3.pdf", "figures/fig3.png",
+              "tables/runs.csv", "tables/table1.csv", "tables/table1.md", "tables/paper_comparison.csv"):
+        assert (workdir / "results" / f).stat().st_size > 0, f
+    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    assert len(runs) == 12
+    assert set(runs.treatment) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
+    assert runs.top1.between(0, 1).all() and (runs.evals == 2).all()
+    assert not list((workdir / "results/ckpt").rglob("*.pt"))  # finished runs leave no checkpoint
+    again = run_snakemake(MICRO + ["--cores", "2"], workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr
