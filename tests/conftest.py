@@ -40,3 +40,25 @@ def demo_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     demo.generate(out, seed=1, classes_per_family=3, train_per_class=6, val_per_class=3, min_side=16, max_side=40)
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """Ingested, sharded demo data (4 classes) and a random split, as the pipeline makes them."""
+    import json
+
+    from transferable.data import demo
+    from transferable.data.ilsvrc import ingest
+    from transferable.data.shards import write_index, write_part
+    from transferable.data.splits import make_manifest
+
+    d = tmp_path_factory.mktemp("prepared")
+    demo.generate(d / "raw", seed=0, classes_per_family=2, train_per_class=40, val_per_class=10,
+                  min_side=20, max_side=30)
+    cat, images = ingest(d / "raw")
+    images.to_csv(d / "images.csv", index=False)
+    cat.to_csv(d / "catalog.csv", index=False)
+    write_part(str(d / "images.csv"), 0, 1, 20, str(d / "shards/part0"), log=lambda *a: None)
+    write_index([str(d / "shards/part0")], 20, str(d / "shards/index.json"), str(d / "shards/rejects.csv"))
+    (d / "rand0.json").write_text(json.dumps(make_manifest("rand0", {"kind": "random", "seed": 0}, cat)))
+    return d

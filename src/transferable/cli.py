@@ -101,6 +101,13 @@ def cmd_figure(a):
     _log(f"wrote {a.out}")
 
 
+def cmd_curves(a):
+    from .figures import plots
+
+    plots.training_curves(a.metrics, a.out, title=a.title)
+    _log(f"wrote {a.out}")
+
+
 def cmd_table1(a):
     from .figures import tables
 
@@ -116,6 +123,12 @@ def cmd_compare(a):
     cmp = tables.paper_comparison(df)
     tables.write_paper_comparison(cmp, a.out)
     _log(f"wrote {a.out} ({len(cmp)} rows)")
+
+
+def cmd_bench(a):
+    from . import bench
+
+    bench.run(a.which, a.workdir)
 
 
 def cmd_describe_net(a):
@@ -198,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-paper", action="store_true", help="do not draw the paper's numbers")
     s.set_defaults(func=cmd_figure)
 
+    s = sub.add_parser("curves", help="training curves of a set of nets (PDF and a PNG copy)")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--title", default="")
+    s.set_defaults(func=cmd_curves)
+
     s = sub.add_parser("table1", help="Table 1: boost of AnB+ over baseB and BnB+")
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--out", required=True)
@@ -208,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
+    s.add_argument("which", choices=["shards", "loader", "step", "all"])
+    s.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")
     s.add_argument("arch", choices=["caffenet", "caffenet-small"])

@@ -5,6 +5,7 @@ import json
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
+import transferable
 from transferable import paths, plan
 
 
@@ -46,6 +47,23 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         'transferable() { python -m transferable "$@"; }; '
     )
 
+# The package modules each stage runs, as inputs: editing one reruns that stage and what follows, nothing
+# else (cli.py only dispatches and is not listed).
+_PKG = os.path.dirname(transferable.__file__)
+STAGE_CODE = {
+    "demo": ["data/demo.py"],
+    "ingest": ["data/ilsvrc.py"],
+    "splits": ["data/splits.py"],
+    "shards": ["data/shards.py"],
+    "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "data/loader.py"],
+    "figures": ["figures/tables.py", "figures/plots.py", "figures/paper.py", "figures/paper_networks.csv"],
+}
+
+
+def code(stage):
+    return [os.path.join(_PKG, f) for f in STAGE_CODE[stage]]
+
+
 PREP = paths.prep_name(config["preprocess"]["size"])
 RES = config.get("resources", {})
 
@@ -71,6 +89,7 @@ def final_targets():
         out += [paths.figure("fig2.pdf"), paths.table("table1.csv"), paths.table("paper_comparison.csv")]
     if exp.get("natman") or exp.get("random_filters"):
         out.append(paths.figure("fig3.pdf"))
+    out += [paths.figure(f"curves_{s}.pdf") for s in plan.used_splits(config)]
     return out
 
 

@@ -2,6 +2,8 @@
 
 
 rule demo_data:
+    input:
+        code=code("demo"),
     output:
         paths.demo_files(),
     params:
@@ -20,7 +22,8 @@ rule demo_data:
 
 rule ingest:
     input:
-        ingest_inputs,
+        raw=ingest_inputs,
+        code=code("ingest"),
     output:
         catalog=paths.catalog(),
         images=paths.images(),

@@ -3,7 +3,8 @@
 
 rule runs_table:
     input:
-        net_outputs(plan.figure_nets(config, "all")),
+        metrics=net_outputs(plan.figure_nets(config, "all")),
+        code=code("figures"),
     output:
         paths.table("runs.csv"),
     conda:
@@ -14,12 +15,13 @@ rule runs_table:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable runs --metrics {input} --out {output} > {log} 2>&1"
+        "transferable runs --metrics {input.metrics} --out {output} > {log} 2>&1"
 
 
 rule fig2:
     input:
-        net_outputs(plan.figure_nets(config, "fig2")),
+        metrics=net_outputs(plan.figure_nets(config, "fig2")),
+        code=code("figures"),
     output:
         pdf=report(paths.figure("fig2.pdf"), caption="../report/fig2.rst", category="Figures"),
         png=paths.figure("fig2.png"),
@@ -31,12 +33,13 @@ rule fig2:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig2 --metrics {input} --out {output.pdf} > {log} 2>&1"
+        "transferable figure fig2 --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
 
 
 rule fig3:
     input:
-        net_outputs(plan.figure_nets(config, "fig3")),
+        metrics=net_outputs(plan.figure_nets(config, "fig3")),
+        code=code("figures"),
     output:
         pdf=report(paths.figure("fig3.pdf"), caption="../report/fig3.rst", category="Figures"),
         png=paths.figure("fig3.png"),
@@ -48,12 +51,13 @@ rule fig3:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig3 --metrics {input} --out {output.pdf} > {log} 2>&1"
+        "transferable figure fig3 --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
 
 
 rule table1:
     input:
-        net_outputs(plan.figure_nets(config, "table1")),
+        metrics=net_outputs(plan.figure_nets(config, "table1")),
+        code=code("figures"),
     output:
         csv=report(paths.table("table1.csv"), caption="../report/table1.rst", category="Tables"),
         md=paths.table("table1.md"),
@@ -65,12 +69,13 @@ rule table1:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable table1 --metrics {input} --out {output.csv} --markdown {output.md} > {log} 2>&1"
+        "transferable table1 --metrics {input.metrics} --out {output.csv} --markdown {output.md} > {log} 2>&1"
 
 
 rule paper_comparison:
     input:
-        net_outputs(plan.figure_nets(config, "fig2")),
+        metrics=net_outputs(plan.figure_nets(config, "fig2")),
+        code=code("figures"),
     output:
         report(paths.table("paper_comparison.csv"), caption="../report/comparison.rst", category="Tables"),
     conda:
@@ -81,4 +86,28 @@ rule paper_comparison:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable compare --metrics {input} --out {output} > {log} 2>&1"
+        "transferable compare --metrics {input.metrics} --out {output} > {log} 2>&1"
+
+
+rule training_curves:
+    input:
+        metrics=lambda w: net_outputs([n for n in plan.figure_nets(config, "all") if n.split == w.split]),
+        code=code("figures"),
+    output:
+        pdf=paths.figure("curves_{split}.pdf"),
+        png=report(
+            paths.figure("curves_{split}.png"),
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"split": "{split}"},
+        ),
+    conda:
+        "../../envs/figures.yaml"
+    log:
+        paths.log(paths.figure("curves_{split}.pdf")),
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "transferable curves --metrics {input.metrics} --out {output.pdf} --title 'split {wildcards.split}' "
+        "> {log} 2>&1"

@@ -7,6 +7,7 @@ PARTS = config["preprocess"].get("parts", 2)
 rule shard_part:
     input:
         images=paths.images(),
+        code=code("shards"),
     output:
         directory(paths.shard_part("{prep}", "{k}")),
     params:
@@ -28,7 +29,8 @@ rule shard_part:
 
 rule shard_index:
     input:
-        lambda w: [paths.shard_part(w.prep, k) for k in range(PARTS)],
+        parts=lambda w: [paths.shard_part(w.prep, k) for k in range(PARTS)],
+        code=code("shards"),
     output:
         index=paths.shard_index("{prep}"),
         rejects=f"{paths.RESULTS}/shards/{{prep}}/rejects.csv",
@@ -42,5 +44,5 @@ rule shard_index:
         mem_mb=500,
         runtime=10,
     shell:
-        "transferable shard-index --parts {input} --size {params.size} --out {output.index} "
+        "transferable shard-index --parts {input.parts} --size {params.size} --out {output.index} "
         "--rejects {output.rejects} > {log} 2>&1"

@@ -4,6 +4,7 @@
 rule split_manifest:
     input:
         catalog=paths.catalog(),
+        code=code("splits"),
     output:
         paths.split_manifest("{split}"),
     params:

@@ -8,6 +8,7 @@ rule train:
         manifest=paths.split_manifest("{split}"),
         shards=paths.shard_index(PREP),
         source=source_model,
+        code=code("train"),
     output:
         model=paths.net_file("{split}", "{net}", "model.pt"),
         history=paths.net_file("{split}", "{net}", "history.csv"),

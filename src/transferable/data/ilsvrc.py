@@ -132,11 +132,12 @@ def catalog_from_devkit(root: Path) -> tuple[pd.DataFrame, dict[int, int], np.nd
         }
     )
     id_to_index = {s.ilsvrc_id: i for i, s in enumerate(leaves)}
+    gt_where = f"{where}: data/ILSVRC2012_validation_ground_truth.txt"
     try:
         labels = np.array([int(x) for x in gt.decode().split()], dtype=np.int64)
     except ValueError as e:
-        raise IngestError(f"{where}: data/ILSVRC2012_validation_ground_truth.txt is not a list of integers") from e
-    return cat, id_to_index, labels, where
+        raise IngestError(f"{gt_where}: not a list of integers") from e
+    return cat, id_to_index, labels, gt_where
 
 
 # ---------------------------------------------------------------------------------------------- indexing

@@ -422,3 +422,36 @@ def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tupl
         _fig3_relative(ax_rel, runs_df, nmax, paper)
         fig.tight_layout()
         return _save(fig, out_pdf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training curves (for the report)
+
+CURVE_COLOURS = {"base": "k", "BnB": "b", "BnB+": "#8888ff", "AnB": "r", "AnB+": "#ff8888", "random": "y"}
+
+
+def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tuple[Path, Path]:
+    """Validation top-1 and training loss over iterations, one line per net, coloured by treatment and
+    darker for larger n. Writes a PDF and a PNG copy."""
+    from .tables import load_history, load_runs
+
+    paths = sorted(Path(p) for p in metrics_paths)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6))
+    for p in paths:
+        run = load_runs([p]).iloc[0]
+        hist = load_history(p)
+        colour = CURVE_COLOURS.get(run["treatment"], "g")
+        alpha = 0.35 + 0.65 * (int(run["n"]) / 7)
+        label = run["net"] if run["n"] in (0, 1, 7) else None
+        ax1.plot(hist["iter"], hist["top1"], color=colour, alpha=alpha, lw=1.5, label=label)
+        ax2.plot(hist["iter"], hist["train_loss"], color=colour, alpha=alpha, lw=1.5)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("validation top-1")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("training loss (mean since the previous evaluation)")
+    ax2.set_yscale("log")
+    if paths:
+        ax1.legend(loc="lower right", fontsize=10, ncol=2)
+    fig.suptitle(title or "Training curves")
+    fig.tight_layout()
+    return _save(fig, out_pdf)

@@ -146,6 +146,7 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     cfg_hash = stable_seed(json.dumps(cfg, sort_keys=True), split, net, manifest_digest(man))
     ckpt_path = Path(ckpt)
     history: list[dict] = []
+    running: list[float] = []  # train losses since the last evaluation
     it = 0
     elapsed_before = 0.0
     if ckpt_path.is_file():
@@ -156,6 +157,7 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
             stream.load_state_dict(state["stream"])
             torch.set_rng_state(state["torch_rng"])
             history, it, elapsed_before = state["history"], int(state["iter"]), float(state["elapsed_s"])
+            running = list(state.get("running", []))
             log(f"[{split}/{net}] resumed from {ckpt_path} at iteration {it}")
         else:
             log(f"[{split}/{net}] ignoring {ckpt_path}: written for a different configuration")
@@ -172,7 +174,8 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     def save_ckpt():
         _atomic_torch_save({"cfg_hash": cfg_hash, "model": model.state_dict(), "optim": opt.state_dict(),
                             "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "history": history, "iter": it, "elapsed_s": time.time() - t0}, ckpt_path)
+                            "history": history, "running": running, "iter": it,
+                            "elapsed_s": time.time() - t0}, ckpt_path)
 
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
     ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
@@ -180,7 +183,6 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     eval_bs = int(tcfg.get("eval_batch_size", 256))
     t0 = time.time() - elapsed_before
     t_rate, it_rate = time.time(), it
-    running = []
     while it < max_iter:
         lr = lr_at(it, tcfg)
         for g in opt.param_groups:

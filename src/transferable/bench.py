@@ -1,0 +1,198 @@
+"""Benchmarks, each beside a plain baseline measured in the same run; every result is printed as JSON.
+
+    transferable bench shards   # shard writing vs a plain Pillow decode-resize-save loop, images/s per core
+    transferable bench loader   # our batches vs torchvision ImageFolder + DataLoader with the same transforms
+    transferable bench step     # a CaffeNet training step (full and n frozen) vs a bare PyTorch loop
+    transferable bench all
+
+Numbers depend on the machine; the README's "Performance" section lists what was measured and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _timeit(fn, min_time: float = 2.0, warmup: int = 2) -> tuple[float, int]:
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time and n >= 3:
+            return dt / n, n
+
+
+def _demo(root: Path, classes_per_family: int, per_class: int) -> Path:
+    from .data import demo
+
+    raw = root / "raw"
+    if not (raw / "ILSVRC2012_img_train.tar").exists():
+        demo.generate(raw, seed=0, classes_per_family=classes_per_family, train_per_class=per_class,
+                      val_per_class=2, min_side=32, max_side=64)
+    return raw
+
+
+def bench_shards(root: Path, size: int = 36, per_class: int = 100) -> dict:
+    """Images/s on one core: our shard writer (reads the official tar by offset) against a plain loop
+    that decodes each extracted JPEG with Pillow, warps it and saves it as a JPEG file."""
+    from PIL import Image
+
+    from .data.ilsvrc import ingest, read_image_bytes
+    from .data.shards import write_part
+
+    raw = _demo(root, 10, per_class)
+    _, images = ingest(raw)
+    images = images[images.subset == "train"]
+    images.to_csv(root / "images.csv", index=False)
+    n = len(images)
+    t0 = time.perf_counter()
+    write_part(str(root / "images.csv"), 0, 1, size, str(root / "shards_part0"), log=lambda *a: None)
+    ours = n / (time.perf_counter() - t0)
+
+    src = root / "extracted"
+    src.mkdir(exist_ok=True)
+    handles: dict = {}
+    files = []
+    for i, r in enumerate(images.itertuples()):
+        f = src / f"{i}.JPEG"
+        f.write_bytes(read_image_bytes(r.source, r.path, r.offset, r.size, r.member, handles))
+        files.append(f)
+    out = root / "baseline_out"
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC).save(out / f"{i}.JPEG", quality=90)
+    base = n / (time.perf_counter() - t0)
+    return {"bench": "shards", "images": n, "size": size, "ours_img_s": round(ours, 1),
+            "baseline": "Pillow open+convert+resize+save JPEG per file", "baseline_img_s": round(base, 1),
+            "ratio": round(ours / base, 2)}
+
+
+def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, per_class: int = 100,
+                 workers: int = 2) -> dict:
+    """Training batches/s -> images/s: our gather (crop + mirror + mean, batched) against torchvision's
+    ImageFolder + DataLoader with RandomCrop, RandomHorizontalFlip, ToTensor and the mean subtracted, on
+    the same warped images."""
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    from .data.loader import TrainStream
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    n_cls = 10
+    x = rng.integers(0, 256, (n_cls * per_class, 3, size, size), dtype=np.uint8)
+    y = np.repeat(np.arange(n_cls), per_class)
+    mean = x.mean(0).astype(np.float32)
+    stream = TrainStream(x, y, mean, crop, batch, seed=0)
+    ours = batch / _timeit(stream.next)[0]
+
+    folder = root / f"folder{size}"
+    if not folder.exists():
+        for i, (img, c) in enumerate(zip(x, y)):
+            d = folder / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i}.png")
+    m = torch.from_numpy(mean.mean((1, 2)) / 255.0)
+    tf = T.Compose([T.RandomCrop(crop), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(m, [1 / 255.0] * 3)])
+    results = {}
+    for w in sorted({0, workers}):
+        dl = DataLoader(ImageFolder(str(folder), tf), batch_size=batch, shuffle=True, num_workers=w,
+                        drop_last=True, persistent_workers=w > 0)
+        it = iter(dl)
+        next(it)
+        t0, k = time.perf_counter(), 0
+        for _ in range(min(20, len(dl) - 1)):
+            next(it)
+            k += 1
+        results[w] = batch * k / (time.perf_counter() - t0)
+    best_w = max(results, key=results.get)
+    return {"bench": "loader", "size": size, "crop": crop, "batch": batch, "ours_img_s": round(ours, 1),
+            "ours_threads": 1, "baseline": "torchvision ImageFolder(PNG) + DataLoader + RandomCrop/Flip/ToTensor/Normalize",
+            "baseline_img_s": {f"workers={w}": round(v, 1) for w, v in results.items()},
+            "ratio_vs_best_baseline": round(ours / results[best_w], 2)}
+
+
+def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, threads: int = 1,
+               widths=(16, 32, 48, 48, 32, 128, 128), outputs: int = 40, frozen=(0, 5, 7)) -> dict:
+    """Images/s of one training step: our path (frozen layers without autograd, Caffe's SGD with lr and
+    decay multipliers, channels_last) against a bare loop (torch.optim.SGD over the trainable parameters,
+    plain forward, NCHW) on the same model."""
+    import torch
+    import torch.nn.functional as F
+
+    from .models.caffenet import spec_from_config
+    from .transfer import CaffeSGD, build_net, param_groups
+
+    torch.set_num_threads(threads)
+    spec = spec_from_config({"arch": arch, "crop": crop, "widths": list(widths), "init": "kaiming"}, outputs)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop, generator=g)
+    y = torch.randint(0, outputs, (batch,), generator=g)
+    out = {"bench": "step", "arch": arch, "crop": crop, "batch": batch, "threads": threads, "runs": []}
+    for n in frozen:
+        ours_net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
+        ours_net = ours_net.to(memory_format=torch.channels_last)
+        opt = CaffeSGD(param_groups(ours_net), lr=0.001, momentum=0.9, weight_decay=5e-4)
+        xc = x.contiguous(memory_format=torch.channels_last)
+
+        def ours():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(ours_net(xc, frozen=n), y).backward()
+            opt.step()
+
+        bare_net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
+        bare_opt = torch.optim.SGD([p for p in bare_net.parameters() if p.requires_grad], lr=0.001, momentum=0.9,
+                                   weight_decay=5e-4)
+
+        def bare():
+            bare_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(bare_net(x), y).backward()
+            bare_opt.step()
+
+        bare_net_cl = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
+        bare_net_cl = bare_net_cl.to(memory_format=torch.channels_last)
+        bare_opt_cl = torch.optim.SGD([p for p in bare_net_cl.parameters() if p.requires_grad], lr=0.001,
+                                      momentum=0.9, weight_decay=5e-4)
+
+        def bare_cl():
+            bare_opt_cl.zero_grad(set_to_none=True)
+            F.cross_entropy(bare_net_cl(xc), y).backward()
+            bare_opt_cl.step()
+
+        t_ours, t_bare, t_bare_cl = _timeit(ours)[0], _timeit(bare)[0], _timeit(bare_cl)[0]
+        out["runs"].append({"frozen": n, "ours_img_s": round(batch / t_ours, 1),
+                            "bare_img_s": round(batch / t_bare, 1), "bare_channels_last_img_s": round(batch / t_bare_cl, 1),
+                            "ratio_vs_bare": round(t_bare / t_ours, 3),
+                            "overhead_vs_bare_channels_last": round(t_ours / t_bare_cl - 1, 3)})
+    full = out["runs"][0]["ours_img_s"]
+    for r in out["runs"]:
+        r["speedup_vs_ours_full"] = round(r["ours_img_s"] / full, 2)
+    return out
+
+
+def run(which: str, workdir: str | None = None, **kw) -> list[dict]:
+    root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    results = []
+    todo = ["shards", "loader", "step"] if which == "all" else [which]
+    for w in todo:
+        r = {"shards": lambda: bench_shards(root), "loader": lambda: bench_loader(root), "step": bench_step}[w]()
+        r.update(env)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    return results

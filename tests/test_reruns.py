@@ -1,0 +1,83 @@
+"""Reruns redo exactly what a change invalidated (read from dry-run job lists after a full micro run)."""
+
+import os
+import shutil
+
+import pytest
+import yaml
+from conftest import ROOT, run_snakemake
+from test_workflow import planned
+
+import transferable
+
+AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """configs/micro.yaml run to the end once, in a copy of the workflow."""
+    wd = tmp_path_factory.mktemp("reruns")
+    for name in ("Snakefile", "config.yaml", "workflow", "configs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, wd / name)
+    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml"], wd)
+    return wd
+
+
+def _plan(wd, edit=None, text_edit=None):
+    cfg_path = wd / "configs/edited.yaml"
+    text = (wd / "configs/micro.yaml").read_text()
+    if edit:
+        cfg = yaml.safe_load(text)
+        edit(cfg)
+        text = yaml.safe_dump(cfg)
+    if text_edit:
+        text = text_edit(text)
+    cfg_path.write_text(text)
+    return planned(run_snakemake(["-n", "--cores", "2", "--configfile", str(cfg_path)], wd))
+
+
+@pytest.mark.slow
+def test_nothing_changed_nothing_to_do(done):
+    assert _plan(done) == {}
+
+
+@pytest.mark.slow
+def test_comment_only_edit_reruns_nothing(done):
+    assert _plan(done, text_edit=lambda t: "# a comment\n" + t.replace("lr: 0.01", "lr: 0.01   # tuned")) == {}
+
+
+@pytest.mark.slow
+def test_training_hyperparameter_reruns_nets_and_aggregates_only(done):
+    jobs = _plan(done, edit=lambda c: c["train"].update(lr=0.02))
+    assert jobs == {"train": 12, **AGGREGATES}
+
+
+@pytest.mark.slow
+def test_split_seed_reruns_that_split_only_never_shards(done):
+    jobs = _plan(done, edit=lambda c: c["splits"]["rand0"].update(seed=5))
+    # rand0: baseA, baseB, B1B, B1B_ft, A1B, A1B_ft
+    assert jobs == {"split_manifest": 1, "train": 6, **AGGREGATES}
+
+
+@pytest.mark.slow
+def test_preprocessing_reruns_shards_and_everything_after(done):
+    jobs = _plan(done, edit=lambda c: c["preprocess"].update(size=22))
+    assert jobs == {"shard_part": 2, "shard_index": 1, "train": 12, **AGGREGATES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, expected", [
+    ("figures/plots.py", AGGREGATES),
+    ("train/loop.py", {"train": 12, **AGGREGATES}),
+    ("data/splits.py", {"split_manifest": 3, "train": 12, **AGGREGATES}),
+    ("data/shards.py", {"shard_part": 2, "shard_index": 1, "train": 12, **AGGREGATES}),
+])
+def test_stage_code_change_reruns_that_stage_and_downstream(done, module, expected):
+    path = os.path.join(os.path.dirname(transferable.__file__), module)
+    st = os.stat(path)
+    try:
+        os.utime(path, (st.st_atime, st.st_mtime + 3600))  # as if edited now (dry run only: nothing is written)
+        assert _plan(done) == expected
+    finally:
+        os.utime(path, (st.st_atime, st.st_mtime))

@@ -1,0 +1,74 @@
+"""One net end to end on the CPU: outputs, the metric, the source-mean rule, fc8 width, the lr schedule."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import ROOT
+
+from transferable.data.shards import Shards
+from transferable.train.loop import best_k_mean, lr_at, train_net
+
+MICRO = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
+
+
+def _cfg(**train):
+    cfg = {"net": dict(MICRO["net"]), "train": dict(MICRO["train"], max_iter=8, eval_every=2, amp=False),
+           "metric": {"best_k": 2}, "split_kind": "random"}
+    cfg["train"].update(train)
+    return cfg
+
+
+def _train(prepared, tmp_path, net, source=None, cfg=None):
+    out = tmp_path / net
+    return train_net(split="rand0", net=net, manifest=str(prepared / "rand0.json"),
+                     shards_index=str(prepared / "shards/index.json"), out_dir=str(out),
+                     ckpt=str(tmp_path / f"{net}.ckpt"), cfg=cfg or _cfg(), device="cpu",
+                     source_model=str(source) if source else None, log=lambda *a: None), out
+
+
+def test_base_then_transfer_keeps_the_source_mean(prepared, tmp_path):
+    man = json.loads((prepared / "rand0.json").read_text())
+    shards = Shards(prepared / "shards/index.json")
+    m_base, out_a = _train(prepared, tmp_path, "baseA")
+    saved = torch.load(out_a / "model.pt", weights_only=True)
+    assert np.allclose(saved["mean"].numpy(), shards.mean_image(man["halves"]["A"]["classes"]))
+    m_t, out_t = _train(prepared, tmp_path, "A1B", source=out_a / "model.pt")
+    mean_t = torch.load(out_t / "model.pt", weights_only=True)["mean"].numpy()
+    assert np.array_equal(mean_t, saved["mean"].numpy())  # the SOURCE's mean, not half B's own
+    assert not np.allclose(mean_t, shards.mean_image(man["halves"]["B"]["classes"]))
+    # the copied, frozen conv1 is the source's
+    assert torch.equal(torch.load(out_t / "model.pt", weights_only=True)["state_dict"]["conv1.weight"],
+                       saved["state_dict"]["conv1.weight"])
+    assert m_t["treatment"] == "AnB" and m_t["n"] == 1 and m_t["source_half"] == "A" and m_t["target_half"] == "B"
+
+
+def test_metrics_and_history(prepared, tmp_path):
+    m, out = _train(prepared, tmp_path, "baseB")
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist.iter) == [2, 4, 6, 8] and m["evals"] == 4 and m["iters"] == 8
+    assert m["top1"] == pytest.approx(hist.top1.nlargest(2).mean())
+    assert m["top1_final"] == hist.top1.iloc[-1] and m["top1_max"] == hist.top1.max()
+    assert (hist.top5 >= hist.top1).all()
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert state["fc8.weight"].shape[0] == 4  # outputs: all = every class of the dataset, as the paper's 1000
+    json.loads((out / "metrics.json").read_text())
+
+
+def test_fc8_width_half(prepared, tmp_path):
+    cfg = _cfg()
+    cfg["net"]["outputs"] = "half"
+    _, out = _train(prepared, tmp_path, "baseB", cfg=cfg)
+    assert torch.load(out / "model.pt", weights_only=True)["state_dict"]["fc8.weight"].shape[0] == 2
+
+
+def test_best_k_mean_is_the_papers_metric():
+    assert best_k_mean([0.1, 0.5, 0.3, 0.4], 2) == pytest.approx(0.45)
+
+
+def test_step_schedule_is_caffes():
+    t = {"lr": 0.01, "lr_policy": "step", "lr_step": 100000, "gamma": 0.1, "max_iter": 450000}
+    assert [lr_at(i, t) for i in (0, 99999, 100000, 250000, 449999)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-6])
