@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def run_snakemake(args, cwd, timeout=900, check=True):
+def run_snakemake(args, cwd, timeout=900, check=True, env=None):
     """Run snakemake from the project's environment, with its bin/ first on PATH (rules call `transferable`)."""
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = dict(os.environ, **(env or {}), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     exe = shutil.which("snakemake", path=env["PATH"])
     proc = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -20,16 +20,20 @@ def run_snakemake(args, cwd, timeout=900, check=True):
     return proc
 
 
-@pytest.fixture
-def workdir(tmp_path):
-    """A copy of the workflow (not of results/) to run snakemake in."""
-    for name in ("Snakefile", "config.yaml", "workflow", "configs", "profiles"):
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow (not of results/) to run snakemake in; the package runs from this checkout."""
+    for name in ("Snakefile", "config.yaml", "workflow", "configs", "profiles", "envs"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name)
+            shutil.copytree(src, dest / name)
         else:
-            shutil.copy(src, tmp_path / name)
-    return tmp_path
+            shutil.copy(src, dest / name)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return copy_workflow(tmp_path)
 
 
 @pytest.fixture(scope="session")

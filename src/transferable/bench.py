@@ -52,7 +52,6 @@ def bench_shards(root: Path, size: int = 36, per_class: int = 100) -> dict:
 
     raw = _demo(root, 10, per_class)
     _, images = ingest(raw)
-    images = images[images.subset == "train"]
     images.to_csv(root / "images.csv", index=False)
     n = len(images)
     t0 = time.perf_counter()

@@ -48,8 +48,9 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
     )
 
 # The package modules each stage runs, as inputs: editing one reruns that stage and what follows, nothing
-# else (cli.py only dispatches and is not listed).
-_PKG = os.path.dirname(transferable.__file__)
+# else (cli.py only dispatches and is not listed). Snakemake compares contents, so a mere touch reruns
+# nothing. TRANSFERABLE_CODE_DIR points elsewhere (the tests use it to edit a copy).
+_PKG = os.environ.get("TRANSFERABLE_CODE_DIR") or os.path.dirname(transferable.__file__)
 STAGE_CODE = {
     "demo": ["data/demo.py"],
     "ingest": ["data/ilsvrc.py"],

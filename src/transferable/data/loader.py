@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .shards import ImageSet
+
 
 def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:
     """x uint8 (B,3,S,S), mean float (3,S,S), offsets/flip (B,) -> float (B,3,crop,crop), channels_last
@@ -35,7 +37,8 @@ class TrainStream:
 
     def __init__(self, images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0):
-        self.images = images  # an ImageSet (in memory or memory-mapped) or a uint8 array (N, 3, S, S)
+        # an ImageSet (in memory or memory-mapped), or a uint8 array (N, 3, S, S)
+        self.images = images if isinstance(images, ImageSet) else ImageSet([images])
         self.device = torch.device(device)
         self.y = torch.from_numpy(labels)
         self.mean = torch.from_numpy(mean).to(device)
@@ -64,8 +67,7 @@ class TrainStream:
         ox = torch.randint(span, (b,), generator=self.gen)
         flip = torch.rand(b, generator=self.gen) < 0.5 if self.mirror else torch.zeros(b, dtype=torch.bool)
         dev = self.device
-        raw = torch.from_numpy(self.images.take(idx.numpy()) if hasattr(self.images, "take") else self.images[idx.numpy()])
-        raw = raw.to(dev, non_blocking=True)
+        raw = torch.from_numpy(self.images.take(idx.numpy())).to(dev, non_blocking=True)
         xb = _gather_crops(raw, self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
         return xb, self.y[idx].to(dev, non_blocking=True)
 
@@ -85,11 +87,12 @@ def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_
                  device="cpu", scale: float = 1.0):
     """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror). ``images`` is an
     ImageSet or a uint8 array (N, 3, S, S)."""
+    images = images if isinstance(images, ImageSet) else ImageSet([images])
     size = images.shape[-1]
     off = (size - crop) // 2
     m = torch.from_numpy(np.ascontiguousarray(mean[:, off : off + crop, off : off + crop])).to(device)
     for i in range(0, len(images), batch_size):
-        block = images.slice(i, i + batch_size) if hasattr(images, "slice") else images[i : i + batch_size]
+        block = images.slice(i, i + batch_size)
         xb = torch.from_numpy(np.ascontiguousarray(block[:, :, off : off + crop, off : off + crop])).to(device)
         xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
         if scale != 1.0:
