@@ -3,7 +3,9 @@
     transferable bench shards   # shard writing vs a plain Pillow decode-resize-save loop, images/s per core
     transferable bench loader   # our batches vs torchvision ImageFolder + DataLoader with the same transforms
     transferable bench step     # a CaffeNet training step (full and n frozen) vs a bare PyTorch loop
-    transferable bench all
+    transferable bench all      # the three above
+    transferable bench dag      # the whole demo pipeline from an empty results/ (minutes)
+    transferable bench gpu      # CaffeNet at 227 px on one CUDA device: images/s and fraction of the ceiling
 
 Numbers depend on the machine; the README's "Performance" section lists what was measured and where.
 """
@@ -183,14 +185,92 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
     return out
 
 
+def bench_dag(root: Path, cores: int = 2) -> dict:
+    """Wall time of the demo pipeline (config.yaml) from an empty results/, in a copy of the workflow."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    wd = root / "dag"
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml", "workflow", "envs"):
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, wd / name)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", str(cores), "--quiet"], cwd=wd,
+                   env=env, check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    import pandas as pd
+
+    runs = pd.read_csv(wd / "results/tables/runs.csv")
+    return {"bench": "dag", "config": "config.yaml", "cores": cores, "wall_s": round(wall, 1), "nets": len(runs),
+            "net_wall_s_sum": round(float(runs.wall_s.sum()), 1), "target_s": 600}
+
+
+def bench_gpu(batch: int = 256, iters: int = 50, compile_model: bool = True) -> dict:
+    """CaffeNet (the paper's, 227 px, 1000 outputs) training steps on one CUDA device, bf16 autocast and
+    channels_last, batches cropped and mirrored on the device from uint8 256x256 images held in GPU memory.
+    Reports images/s for full training and n = 5, 7 frozen, and the fraction of the H100 bf16 ceiling
+    (~240k images/s, reference performance.md)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .data.loader import TrainStream
+    from .models.caffenet import spec_from_config
+    from .transfer import CaffeSGD, build_net, param_groups
+
+    if not torch.cuda.is_available():
+        return {"bench": "gpu", "skipped": "no CUDA device visible"}
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    spec = spec_from_config({"arch": "caffenet", "crop": 227, "init": "caffe"}, 1000)
+    n_img = 4096
+    x = np.random.default_rng(0).integers(0, 256, (n_img, 3, 256, 256), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 1000, n_img)
+    stream = TrainStream(x, y, x[:64].mean(0).astype(np.float32), 227, batch, seed=0, device=dev)
+    assert stream.on_device is not None, "the benchmark set should sit in GPU memory"
+    out = {"bench": "gpu", "device": torch.cuda.get_device_name(0), "batch": batch, "compile": compile_model,
+           "runs": []}
+    for n in (0, 5, 7):
+        net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
+        net = net.to(dev, memory_format=torch.channels_last)
+        fwd = torch.compile(net) if compile_model else net
+        opt = CaffeSGD(param_groups(net), lr=0.001, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            xb, yb = stream.next()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(fwd(xb, frozen=n).float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+        ips = batch * iters / (time.perf_counter() - t0)
+        out["runs"].append({"frozen": n, "img_s": round(ips, 1), "fraction_of_240k_ceiling": round(ips / 240000, 3)})
+    return out
+
+
 def run(which: str, workdir: str | None = None, **kw) -> list[dict]:
     root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     results = []
     todo = ["shards", "loader", "step"] if which == "all" else [which]
+    benches = {"shards": lambda: bench_shards(root), "loader": lambda: bench_loader(root), "step": bench_step,
+               "dag": lambda: bench_dag(root), "gpu": bench_gpu}
     for w in todo:
-        r = {"shards": lambda: bench_shards(root), "loader": lambda: bench_loader(root), "step": bench_step}[w]()
+        r = benches[w]()
         r.update(env)
         print(json.dumps(r), flush=True)
         results.append(r)

@@ -79,7 +79,7 @@ def cmd_train(a):
 
     train_net(split=a.split, net=a.net, manifest=a.manifest, shards_index=a.shards, out_dir=a.out_dir,
               ckpt=a.ckpt, cfg=_json(a.params), source_model=a.source_model, device=a.device,
-              threads=a.threads, log=_log)
+              threads=a.threads, compile_model=bool(a.compile), log=_log)
 
 
 def cmd_runs(a):
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
     s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    s.add_argument("--compile", type=int, choices=[0, 1], default=0,
+                   help="1: torch.compile the net (GPU: faster after warm-up)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("runs", help="collect metrics.json files into runs.csv")
@@ -229,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "step", "all"])
+    s.add_argument("which", choices=["shards", "loader", "step", "all", "dag", "gpu"])
     s.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
     s.set_defaults(func=cmd_bench)
 

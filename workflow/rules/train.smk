@@ -17,18 +17,20 @@ rule train:
         cfg=train_params,
         ckpt=paths.checkpoint("{split}", "{net}"),
         source=lambda w, input: f"--source-model {input.source}" if input.source else "",
-        device=RES.get("device", "auto"),
-        threads=RES.get("train_threads", 1),
     conda:
         "../../envs/train.yaml"
     log:
         paths.log(paths.net_dir("{split}", "{net}")),
     threads: max(1, RES.get("train_threads", 1))
     resources:
+        # device, threads and compile are not params: changing them must not rerun finished nets
+        train_device=RES.get("device", "auto"),
+        train_compile=int(RES.get("compile", False)),
         gpu=RES.get("train_gpus", 1),
         mem_mb=RES.get("train_mem_mb", 4000),
         runtime=RES.get("train_runtime_min", 60),
     shell:
         "transferable train --split {wildcards.split} --net {wildcards.net} --manifest {input.manifest} "
         "--shards {input.shards} {params.source} --out-dir $(dirname {output.model}) --ckpt {params.ckpt} "
-        "--device {params.device} --threads {params.threads} --params '{params.cfg}' > {log} 2>&1"
+        "--device {resources.train_device} --threads {threads} --compile {resources.train_compile} "
+        "--params '{params.cfg}' > {log} 2>&1"

@@ -46,6 +46,13 @@ class TrainStream:
         if crop > self.size:
             raise ValueError(f"net.crop: {crop} is larger than the preprocessed size {self.size}")
         self.crop, self.batch_size, self.mirror, self.scale = crop, batch_size, mirror, float(scale)
+        # On a GPU, a set that fits in half the free device memory is copied there once as uint8: every
+        # batch is then gathered, cropped, mirrored and normalised on the device, with no host traffic.
+        self.on_device = None
+        if self.device.type == "cuda" and self.images.in_memory:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if self.images.data.nbytes < 0.5 * free:
+                self.on_device = torch.from_numpy(self.images.data).to(self.device)
         self.gen = torch.Generator().manual_seed(seed)
         self.perm = torch.randperm(len(self.y), generator=self.gen)
         self.pos = 0
@@ -67,7 +74,13 @@ class TrainStream:
         ox = torch.randint(span, (b,), generator=self.gen)
         flip = torch.rand(b, generator=self.gen) < 0.5 if self.mirror else torch.zeros(b, dtype=torch.bool)
         dev = self.device
-        raw = torch.from_numpy(self.images.take(idx.numpy())).to(dev, non_blocking=True)
+        if self.on_device is not None:
+            raw = self.on_device[idx.to(dev)]
+        else:
+            raw = torch.from_numpy(self.images.take(idx.numpy()))
+            if dev.type == "cuda":
+                raw = raw.pin_memory()
+            raw = raw.to(dev, non_blocking=True)
         xb = _gather_crops(raw, self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
         return xb, self.y[idx].to(dev, non_blocking=True)
 

@@ -86,11 +86,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir: str, ckpt: str,
               cfg: dict, source_model: str | None = None, device: str = "auto", threads: int = 1,
-              log=print) -> dict:
+              compile_model: bool = False, log=print) -> dict:
     """Train ``net`` of ``split``; write model.pt, history.csv and metrics.json into ``out_dir``.
 
     ``cfg`` holds the ``net``, ``train`` and ``metric`` config sections: everything that changes the
-    result. ``device`` and ``threads`` do not, so a run checkpointed on one device resumes on another.
+    result. ``device``, ``threads`` and ``compile_model`` (torch.compile) do not, so a run checkpointed on
+    one device resumes on another.
     An in-progress checkpoint at ``ckpt`` (outside the declared outputs) is resumed if it was written
     for the same cfg, net and split."""
     t_start = time.time()
@@ -129,6 +130,7 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     model.to(device, memory_format=torch.channels_last)
     model.train()
     scale = float(ncfg.get("input_scale", 1.0))
+    forward = torch.compile(model) if compile_model else model
     opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
                    weight_decay=tcfg["weight_decay"])
 
@@ -189,7 +191,7 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
             g["lr"] = lr
         xb, yb = stream.next()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(xb, frozen=frozen)
+            logits = forward(xb, frozen=frozen)
         loss = F.cross_entropy(logits.float(), yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{split}/{net}] loss is {loss.item()} at iteration {it} (lr {lr:g})")

@@ -1,0 +1,246 @@
+"""Live SLURM test: a real one-node cluster (tests/cluster/start.sh: Debian's Slurm 22.05 on 127.0.0.1, two fake
+GPUs) runs configs/micro.yaml through profiles/slurm, to the figures.
+
+Checked: every training job asked SLURM for a GPU and the small jobs went out in 4 bundled jobs; the scores
+equal those of a local run (profiles/local) of the same configuration; a training job signalled mid-training
+(as SLURM does before a time limit or preemption) checkpoints, is retried by Snakemake, resumes from its
+checkpoint and ends with exactly the metrics of an uninterrupted run.
+
+Needs root on Linux and apt-get (the cluster's packages are installed if missing): skipped otherwise.
+About 3-4 minutes on 2 cores. Run alone with `pytest -m slurm tests/test_slurm.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN, copy_workflow
+
+CLUSTER = ROOT / "tests" / "cluster"
+# Every micro run pins training to the CPU: on a host with real GPUs the fake GPU indices SLURM hands out would
+# map onto them, and GPU (bf16) results are not reproducible bit for bit.
+CPU = "resources={device: cpu}"
+# The local test cluster has no job accounting (sacct fails there): poll with squeue, partition "debug". These
+# are the profile's site settings; no account (--slurm-no-account) and a fast first status check on the CLI.
+SITE = {"TRANSFERABLE_SLURM_PARTITION": "debug", "TRANSFERABLE_SLURM_STATUS_COMMAND": "squeue"}
+CLUSTER_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
+                 "--slurm-keep-successful-logs", "--verbose"]
+GROUP_JOBS = {"rule_data_demo_data_ingest", "rule_shards_shard_part", "rule_prepare_shard_index_split_manifest"}
+SCORES = ["top1", "top1_final", "top5", "top5_final", "top1_max", "evals", "iters"]
+
+
+def _why_skip() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "the live SLURM test needs Linux"
+    if os.geteuid() != 0:
+        return "the live SLURM test starts slurmctld/slurmd (and apt-installs them if missing): run it as root"
+    if not shutil.which("apt-get") and not all(map(shutil.which, ("slurmctld", "slurmd", "sbatch", "munged"))):
+        return "no apt-get to install slurmctld slurmd slurm-client munge, and they are not installed"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_why_skip() is not None, reason=str(_why_skip()))]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRANSFERABLE_SLURM_", "SLURM_")) and k not in ("TRANSFERABLE_GPUS",)}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def _snakemake(args, cwd: Path, env: dict, timeout: int, log: str):
+    """Run snakemake with its output in cwd/log; (returncode, output, seconds)."""
+    t0 = time.time()
+    with open(cwd / log, "w") as out:
+        proc = subprocess.run([str(VENV_BIN / "snakemake"), *args], cwd=cwd, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+    return proc.returncode, (cwd / log).read_text(), time.time() - t0
+
+
+def _sbatch_calls(output: str) -> dict[str, list[str]]:
+    """The sbatch command lines snakemake --verbose printed, by the job's --comment (rule and wildcards)."""
+    calls: dict[str, list[str]] = {}
+    for line in re.findall(r"^sbatch call: (sbatch .*)$", output, re.M):
+        calls.setdefault(re.search(r"--comment (\S+)", line).group(1), []).append(line)
+    return calls
+
+
+def _run_id(output: str) -> str:
+    return re.search(r"SLURM run ID: (\S+)", output).group(1)
+
+
+def _jobs(run_id: str) -> list[dict]:
+    """This run's SLURM jobs, finished ones included (MinJobAge=600 keeps them in squeue)."""
+    out = subprocess.run(["squeue", "--states=all", "--json"], capture_output=True, text=True, check=True).stdout
+    return [j for j in json.loads(out)["jobs"] if j["name"] == run_id]
+
+
+def _state(job: dict) -> str:
+    s = job["job_state"]
+    return s[0] if isinstance(s, list) else s
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The cluster, started for this module and stopped after it, even when the start fails half-way.
+    A cluster this harness had already started before (by hand) is reused and left running."""
+    already = subprocess.run(["scontrol", "ping"], capture_output=True, text=True) if shutil.which("scontrol") else None
+    ours = not (already and already.returncode == 0 and "is UP" in already.stdout
+                and Path("/run/transferable-slurm/slurmctld.started").exists())
+    try:
+        proc = subprocess.run([str(CLUSTER / "start.sh"), "--fresh"], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"tests/cluster/start.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        yield
+    finally:
+        if ours:
+            subprocess.run([str(CLUSTER / "stop.sh"), "--purge"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def micro(cluster, tmp_path_factory):
+    """configs/micro.yaml run on the cluster with profiles/slurm, from a copy of the workflow."""
+    wd = copy_workflow(tmp_path_factory.mktemp("slurm-micro"))
+    rc, out, seconds = _snakemake(["--profile", "profiles/slurm", *CLUSTER_FLAGS,
+                                   "--configfile", "configs/micro.yaml", "--config", CPU],
+                                  wd, _env(**SITE), timeout=900, log="slurm-micro.log")
+    assert rc == 0, f"snakemake on SLURM failed ({rc}) after {seconds:.0f} s:\n{out[-6000:]}"
+    print(f"\nmicro on SLURM: {seconds:.0f} s")
+    return SimpleNamespace(dir=wd, out=out, seconds=seconds, run_id=_run_id(out))
+
+
+def test_micro_runs_on_slurm_with_gpu_requests(micro):
+    wd = micro.dir
+    for target in ("tables/runs.csv", "tables/table1.csv", "tables/paper_comparison.csv",
+                   "figures/fig2.pdf", "figures/fig3.pdf"):
+        assert (wd / "results" / target).stat().st_size > 0, target
+    nets = sorted(p.parent for p in (wd / "results" / "nets").glob("*/*/metrics.json"))
+    assert len(nets) == 12
+    assert all(json.loads((n / "metrics.json").read_text())["device"] == "cpu" for n in nets)
+
+    calls = _sbatch_calls(micro.out)
+    train = {c: lines for c, lines in calls.items() if c.startswith("rule_train_wildcards_")}
+    assert sorted(train) == sorted(f"rule_train_wildcards_{n.parent.name}_{n.name}" for n in nets)
+    for comment, lines in train.items():
+        assert len(lines) == 1, f"{comment} was submitted {len(lines)} times"
+        assert re.search(r" (--gpus=1|--gres=gpu:1)( |$)", lines[0]), lines[0]
+        assert "--cpus-per-gpu=1" in lines[0] and "--signal=TERM@120" in lines[0] and "--requeue" in lines[0]
+    # the 17 small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, 5 aggregates, 3 curves) went
+    # out as 4 SLURM jobs, each asking for one CPU: its jobs run one after the other
+    small = {c: lines for c, lines in calls.items() if c not in train}
+    summary = [c for c in small if c.startswith("rule_summary_")]
+    assert set(small) == GROUP_JOBS | set(summary) and len(summary) == 1, sorted(small)
+    for comment, lines in small.items():
+        assert len(lines) == 1 and "--gpus" not in lines[0] and "--gres" not in lines[0], lines
+        assert "--cpus-per-task=1" in lines[0] and " -p debug " in lines[0], lines[0]
+    assert len(calls) == 16
+
+    # SLURM's own record: the GPU requests it accepted, and every job completed
+    jobs = _jobs(micro.run_id)
+    assert len(jobs) == 16 and {_state(j) for j in jobs} == {"COMPLETED"}
+    assert sorted(j["comment"] for j in jobs if j["tres_per_job"] == "gres:gpu:1") == sorted(train)
+
+
+def test_slurm_scores_equal_a_local_run(micro):
+    """Retrain every net in the same directory with profiles/local (no GPU: K = 0, the training jobs still run)
+    and compare: CPU training with the same seeds is deterministic, wherever it runs."""
+    wd = micro.dir
+    on_slurm = pd.read_csv(wd / "results" / "tables" / "runs.csv")
+    rc, out, seconds = _snakemake(["results/tables/runs.csv", "--profile", "profiles/local", "--forcerun", "train",
+                                   "--configfile", "configs/micro.yaml", "--config", CPU],
+                                  wd, _env(TRANSFERABLE_GPUS="0"), timeout=600, log="local-micro.log")
+    assert rc == 0, out[-6000:]
+    assert re.search(r"^train\s+12$", out, re.M), "all 12 nets retrained locally"
+    local = pd.read_csv(wd / "results" / "tables" / "runs.csv")
+    key = ["split", "net"]
+    pd.testing.assert_frame_equal(on_slurm.sort_values(key).reset_index(drop=True)[key + SCORES],
+                                  local.sort_values(key).reset_index(drop=True)[key + SCORES])
+
+
+# A longer rand0/baseA: ~10 s of training, a checkpoint every 250 iterations.
+LONG = {"max_iter": 6000, "eval_every": 500, "checkpoint_every": 250, "lr_step": 2000}
+NET = ("rand0", "baseA")
+
+
+def test_signalled_training_job_resumes(micro):
+    wd = micro.dir
+    split, net = NET
+    target = f"results/nets/{split}/{net}/metrics.json"
+    out_dir, ckpt, log = wd / "results/nets" / split / net, wd / f"results/ckpt/{split}/{net}/last.pt", \
+        wd / f"logs/nets/{split}/{net}.log"
+
+    cfg = yaml.safe_load((wd / "configs" / "micro.yaml").read_text())
+    cfg["train"].update(LONG)
+    (wd / "configs" / "micro-long.yaml").write_text(yaml.safe_dump(cfg))
+
+    # the reference: the same net trained uninterrupted, locally
+    rc, out, _ = _snakemake([target, "--cores", "1", "--configfile", "configs/micro-long.yaml", "--config", CPU],
+                            wd, _env(), timeout=300, log="local-long.log")
+    assert rc == 0, out[-4000:]
+    ref_metrics = json.loads((out_dir / "metrics.json").read_text())
+    ref_history = pd.read_csv(out_dir / "history.csv")
+    assert ref_metrics["iters"] == 6000 and not ckpt.exists()
+    for f in out_dir.iterdir():
+        f.unlink()
+
+    # on SLURM: SIGTERM to the job's steps (what --signal=TERM@120 or a preemption does) once it has checkpointed
+    args = [target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--configfile", "configs/micro-long.yaml",
+            "--config", CPU]
+    t0 = time.time()
+    with open(wd / "slurm-long.log", "w") as f:
+        proc = subprocess.Popen([str(VENV_BIN / "snakemake"), *args], cwd=wd, env=_env(**SITE), stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        comment = f"rule_train_wildcards_{split}_{net}"
+        job = None
+        while time.time() - t0 < 180 and proc.poll() is None:
+            if ckpt.exists():
+                out = (wd / "slurm-long.log").read_text()
+                running = [j for j in _jobs(_run_id(out)) if j["comment"] == comment and _state(j) == "RUNNING"]
+                if running:
+                    job = running[0]["job_id"]
+                    subprocess.run(["scancel", "--signal=TERM", str(job)], check=True)
+                    break
+            time.sleep(0.2)
+        assert job is not None, "no checkpoint of a running training job to interrupt within 180 s"
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (wd / "slurm-long.log").read_text()
+    print(f"\ninterrupted + resumed on SLURM: {time.time() - t0:.0f} s")
+    assert rc == 0, out[-6000:]
+
+    # the signalled job failed, Snakemake resubmitted it (attempt 2), and it resumed. Its time limit is the
+    # configuration's resources.train_runtime_min (10); 20 on attempt 2 once the rule scales it by attempt.
+    lines = _sbatch_calls(out)[comment]
+    assert len(lines) == 2, lines
+    limits = [int(re.search(r" -t (\d+) ", line).group(1)) for line in lines]
+    assert limits[0] == 10 and limits[1] in (10, 20), limits
+    states = {j["job_id"]: _state(j) for j in _jobs(_run_id(out))}
+    assert states[job] == "FAILED" and sorted(states.values()) == ["COMPLETED", "FAILED"], states
+    assert (wd / ".snakemake/slurm_logs/rule_train" / f"{split}_{net}" / f"{job}.log").exists(), \
+        "the failed attempt's SLURM log is kept"
+    m = re.search(rf"resumed from results/ckpt/{split}/{net}/last.pt at iteration (\d+)", log.read_text())
+    assert m and 0 < int(m.group(1)) < 6000, log.read_text()[-2000:]
+    assert not ckpt.exists(), "the checkpoint is removed once the net is done"
+
+    # ... to exactly the uninterrupted result
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert {k: metrics[k] for k in SCORES} == {k: ref_metrics[k] for k in SCORES}
+    pd.testing.assert_frame_equal(pd.read_csv(out_dir / "history.csv").drop(columns="elapsed_s"),
+                                  ref_history.drop(columns="elapsed_s"))
