@@ -65,3 +65,8 @@ def test_micro_config_runs_the_whole_dag(workdir):
     assert not list((workdir / "results/ckpt").rglob("*.pt"))  # finished runs leave no checkpoint
     again = run_snakemake(MICRO + ["--cores", "2"], workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # the README's report command: figures, tables and the training curves, self-contained
+    run_snakemake(MICRO + ["--report", "report.html"], workdir)
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("fig2.pdf", "fig3.pdf", "table1.csv", "paper_comparison.csv", "curves_rand0.png"):
+        assert name in html, name
