@@ -139,7 +139,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         assert len(lines) == 1, f"{comment} was submitted {len(lines)} times"
         assert re.search(r" (--gpus=1|--gres=gpu:1)( |$)", lines[0]), lines[0]
         assert "--cpus-per-gpu=1" in lines[0] and "--signal=TERM@120" in lines[0] and "--requeue" in lines[0]
-    # the 17 small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, 5 aggregates, 3 curves) went
+    # the 16 small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, 5 aggregates, 3 curves) went
     # out as 4 SLURM jobs, each asking for one CPU: its jobs run one after the other
     small = {c: lines for c, lines in calls.items() if c not in train}
     summary = [c for c in small if c.startswith("rule_summary_")]

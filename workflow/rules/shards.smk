@@ -20,7 +20,7 @@ rule shard_part:
         paths.log(paths.shard_part("{prep}", "{k}")),
     threads: 1
     resources:
-        mem_mb=RES.get("shard_mem_mb", 2000),
+        mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
         runtime=240,
     shell:
         "transferable shard --images {input.images} --part {wildcards.k} --parts {params.parts} "

@@ -27,10 +27,11 @@ rule train:
         train_device=RES.get("device", "auto"),
         train_compile=int(RES.get("compile", False)),
         gpu=RES.get("train_gpus", 1),
-        mem_mb=RES.get("train_mem_mb", 4000),
-        runtime=RES.get("train_runtime_min", 60),
+        mem_mb=lambda w, attempt: RES.get("train_mem_mb", 4000) * attempt,  # a retry gets more
+        runtime=lambda w, attempt: RES.get("train_runtime_min", 60) * attempt,
     shell:
-        "transferable train --split {wildcards.split} --net {wildcards.net} --manifest {input.manifest} "
+        # exec: SIGTERM from SLURM reaches the trainer itself, which checkpoints before it exits
+        "exec transferable train --split {wildcards.split} --net {wildcards.net} --manifest {input.manifest} "
         "--shards {input.shards} {params.source} --out-dir $(dirname {output.model}) --ckpt {params.ckpt} "
         "--device {resources.train_device} --threads {threads} --compile {resources.train_compile} "
         "--params '{params.cfg}' > {log} 2>&1"
