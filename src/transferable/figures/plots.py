@@ -187,9 +187,13 @@ def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, fl
     if len(b) and np.isfinite(bm):
         i = int((b["mean"] - bm).to_numpy().argmin())
         n_star, dip = int(b["n"].iloc[i]), float(b["mean"].iloc[i]) - bm
-        if dip < 0:
+        if dip < -0.15 * dy:  # room inside the gap between the base line and the dip, as in the paper
             ax.text(n_star - 0.3, bm + dip / 2, "2: Performance drops\n due to fragile\n co-adaptation",
                     fontsize=fs, ha="center", va="center")
+        elif dip < 0:  # a shallow dip: the note goes under it, clear of the base marker at n = 0
+            x = min(max(n_star, 1.3), nmax - 1.2) if nmax > 2 else nmax / 2
+            ax.text(x, bm + dip - 0.03 * dy, "2: Performance drops\n due to fragile\n co-adaptation",
+                    fontsize=fs, ha="center", va="top")
         else:  # keep the note inside the axes, under the base line
             x = min(max(n_star, 1.0), nmax - 1.2) if nmax > 2 else nmax / 2
             ax.text(x, min(bm, bm + dip) - 0.03 * dy, "2: no drop from fragile\nco-adaptation here",
