@@ -13,6 +13,7 @@ rule demo_data:
         "../../envs/data.yaml"
     log:
         paths.log(paths.demo_dir()),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
@@ -34,6 +35,7 @@ rule ingest:
         "../../envs/data.yaml"
     log:
         paths.log(paths.catalog()),
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=120,

@@ -11,6 +11,7 @@ rule runs_table:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.table("runs.csv")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
@@ -29,6 +30,7 @@ rule fig2:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("fig2.pdf")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
@@ -47,6 +49,7 @@ rule fig3:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("fig3.pdf")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
@@ -65,6 +68,7 @@ rule table1:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.table("table1.csv")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
@@ -82,6 +86,7 @@ rule paper_comparison:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.table("paper_comparison.csv")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
@@ -105,6 +110,7 @@ rule training_curves:
         "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("curves_{split}.pdf")),
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=5,

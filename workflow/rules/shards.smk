@@ -40,6 +40,7 @@ rule shard_index:
         "../../envs/data.yaml"
     log:
         paths.log(paths.shard_index("{prep}")),
+    threads: 1
     resources:
         mem_mb=500,
         runtime=10,

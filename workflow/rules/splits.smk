@@ -13,6 +13,7 @@ rule split_manifest:
         "../../envs/data.yaml"
     log:
         paths.log(paths.split_manifest("{split}")),
+    threads: 1
     resources:
         mem_mb=500,
         runtime=5,
