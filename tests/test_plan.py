@@ -56,3 +56,10 @@ def test_semantic_errors_name_the_key(cfg, edit, match):
     edit(bad)
     with pytest.raises(plan.ConfigError, match=match):
         plan.check(bad)
+
+
+def test_stream_groups(cfg):
+    groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
+    assert set(groups) == {("rand0", "B"), ("natman", "A"), ("natman", "B"), ("all", "A")}
+    assert len(groups[("rand0", "B")]) == 28 and "baseB" not in groups[("rand0", "B")]
+    assert groups[("all", "A")] == [f"R{n}A" for n in range(1, 8)]

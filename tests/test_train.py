@@ -72,3 +72,26 @@ def test_best_k_mean_is_the_papers_metric():
 def test_step_schedule_is_caffes():
     t = {"lr": 0.01, "lr_policy": "step", "lr_step": 100000, "gamma": 0.1, "max_iter": 450000}
     assert [lr_at(i, t) for i in (0, 99999, 100000, 250000, 449999)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-6])
+
+
+def test_nets_trained_together_equal_nets_trained_alone(prepared, tmp_path):
+    """One data stream and shared frozen passes for many nets give exactly the weights and histories of
+    training each net alone (no dropout in the frozen layers)."""
+    from transferable.train.loop import train_nets
+
+    cfg = _cfg(max_iter=6)
+    cfg["net"]["dropout"] = 0.0
+    _, out_a = _train(prepared, tmp_path, "baseA", cfg=cfg)
+    _, out_b = _train(prepared, tmp_path, "baseB", cfg=cfg)
+    group = ["B1B", "B3B_ft", "A1B", "A2B", "A5B", "A5B_ft"]
+    sources = {n: str((out_b if n.startswith("B") else out_a) / "model.pt") for n in group}
+    train_nets(split="rand0", nets=group, manifest=str(prepared / "rand0.json"),
+               shards_index=str(prepared / "shards/index.json"), out_dirs={n: str(tmp_path / "g" / n) for n in group},
+               ckpt=str(tmp_path / "g.ckpt"), cfg=cfg, source_models=sources, device="cpu", log=lambda *a: None)
+    for n in group:
+        _, alone = _train(prepared, tmp_path / "alone", n, source=sources[n], cfg=cfg)
+        a = torch.load(alone / "model.pt", weights_only=True)["state_dict"]
+        g = torch.load(tmp_path / "g" / n / "model.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], g[k]) for k in a), n
+        ha, hg = (pd.read_csv(p / "history.csv").drop(columns="elapsed_s") for p in (alone, tmp_path / "g" / n))
+        pd.testing.assert_frame_equal(ha, hg)

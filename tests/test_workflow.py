@@ -70,3 +70,34 @@ def test_micro_config_runs_the_whole_dag(workdir):
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("fig2.pdf", "fig3.pdf", "table1.csv", "paper_comparison.csv", "curves_rand0.png"):
         assert name in html, name
+
+
+def _micro_variant(workdir, name, **resources):
+    import yaml
+
+    cfg = yaml.safe_load((workdir / "configs/micro.yaml").read_text())
+    cfg["net"]["dropout"] = 0.0  # frozen passes shared between nets are then exactly the nets' own
+    cfg["resources"].update(resources)
+    (workdir / f"configs/{name}.yaml").write_text(yaml.safe_dump(cfg))
+    return ["--configfile", f"configs/{name}.yaml"]
+
+
+def test_shared_stream_plans_one_job_per_half(workdir):
+    jobs = planned(run_snakemake(["-n", "--cores", "2", *_micro_variant(workdir, "shared", shared_stream=True)], workdir))
+    assert jobs["train"] == 5  # the base nets: rand0 A, B; natman A, B; all A
+    assert {k for k in jobs if k.startswith("train_together_")} == {
+        "train_together_rand0_B", "train_together_natman_A", "train_together_natman_B", "train_together_all_A"}
+
+
+@pytest.mark.slow
+def test_shared_stream_gives_the_same_nets(workdir, tmp_path):
+    import shutil
+
+    alone = run_snakemake(["--cores", "2", *_micro_variant(workdir, "alone")], workdir)
+    ref = pd.read_csv(workdir / "results/tables/runs.csv").set_index(["split", "net"]).sort_index()
+    shutil.rmtree(workdir / "results")
+    run_snakemake(["--cores", "2", *_micro_variant(workdir, "shared", shared_stream=True)], workdir)
+    got = pd.read_csv(workdir / "results/tables/runs.csv").set_index(["split", "net"]).sort_index()
+    assert alone.returncode == 0 and len(got) == 12
+    pd.testing.assert_series_equal(ref.top1, got.top1)
+    pd.testing.assert_series_equal(ref.top1_final, got.top1_final)

@@ -82,6 +82,16 @@ def cmd_train(a):
               threads=a.threads, compile_model=bool(a.compile), log=_log)
 
 
+def cmd_train_group(a):
+    from .train.loop import train_nets
+
+    nets = a.nets.split(",")
+    sources = dict(kv.split("=", 1) for kv in a.sources.split(",")) if a.sources else {}
+    train_nets(split=a.split, nets=nets, manifest=a.manifest, shards_index=a.shards,
+               out_dirs={n: f"{a.out_root}/{n}" for n in nets}, ckpt=a.ckpt, cfg=_json(a.params),
+               source_models=sources, device=a.device, threads=a.threads, compile_model=bool(a.compile), log=_log)
+
+
 def cmd_runs(a):
     from .figures import tables
 
@@ -200,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", type=int, choices=[0, 1], default=0,
                    help="1: torch.compile the net (GPU: faster after warm-up)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-group", help="train several nets of one target half on one stream of batches")
+    s.add_argument("--split", required=True)
+    s.add_argument("--nets", required=True, help="comma-separated net names, all with the same target half")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--shards", required=True, help="shard index.json")
+    s.add_argument("--sources", default="", help="comma-separated NET=path/to/source/model.pt")
+    s.add_argument("--out-root", required=True, help="each net writes to OUT_ROOT/NET/")
+    s.add_argument("--ckpt", required=True, help="the group's in-progress checkpoint")
+    s.add_argument("--params", required=True)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--compile", type=int, choices=[0, 1], default=0)
+    s.set_defaults(func=cmd_train_group)
 
     s = sub.add_parser("runs", help="collect metrics.json files into runs.csv")
     s.add_argument("--metrics", nargs="+", required=True)

@@ -117,6 +117,17 @@ def figure_nets(cfg: dict, figure: str) -> list[Net]:
     raise ValueError(f"unknown figure {figure!r}")
 
 
+def stream_groups(cfg: dict) -> list[tuple[str, str, list[str]]]:
+    """(split, target half, nets) for every set of non-base nets that train on the same half: with
+    ``resources.shared_stream`` each set trains in one job on one stream of batches."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for net in figure_nets(cfg, "all"):
+        p = net.parsed
+        if not p.is_base:
+            groups.setdefault((net.split, p.target), []).append(net.name)
+    return [(s, t, sorted(n)) for (s, t), n in sorted(groups.items())]
+
+
 def split_kind(cfg: dict, split: str) -> str:
     kind = cfg["splits"][split]["kind"]
     return {"random": "random", "all": "all"}.get(kind, "natman" if _is_natman(cfg, split) else kind)

@@ -94,17 +94,21 @@ def final_targets():
     return out
 
 
-def train_params(wildcards):
+def train_params_of(split):
     """Everything that changes a net's result: a change reruns exactly the nets (and what depends on them)."""
     return json.dumps(
         {
             "net": config["net"],
             "train": config["train"],
             "metric": config.get("metric", {}),
-            "split_kind": plan.split_kind(config, wildcards.split),
+            "split_kind": plan.split_kind(config, split),
         },
         sort_keys=True,
     )
+
+
+def train_params(wildcards):
+    return train_params_of(wildcards.split)
 
 
 def source_model(wildcards):

@@ -3,7 +3,13 @@
 # killed or preempted job resumes when rerun.
 
 
+SHARED_STREAM = RES.get("shared_stream", False)
+
+
 rule train:
+    wildcard_constraints:
+        # with resources.shared_stream, only base nets train alone (the others: rules train_together_*)
+        net=r"base[A-Z]" if SHARED_STREAM else r"base[A-Z]|[A-Z][1-7][A-Z](_ft)?",
     input:
         manifest=paths.split_manifest("{split}"),
         shards=paths.shard_index(PREP),
@@ -35,3 +41,45 @@ rule train:
         "--shards {input.shards} {params.source} --out-dir $(dirname {output.model}) --ckpt {params.ckpt} "
         "--device {resources.train_device} --threads {threads} --compile {resources.train_compile} "
         "--params '{params.cfg}' > {log} 2>&1"
+
+
+# resources.shared_stream: the non-base nets of each (split, target half) train in ONE job that reads
+# and augments every batch once and shares frozen forward passes (identical results without dropout in
+# the frozen layers; see README "Performance").
+for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else []:
+    _src = {n: paths.net_file(_split, paths.net_name(paths.parse_net(n).source), "model.pt")
+            for n in _nets if not paths.parse_net(n).is_random}
+
+    rule:
+        name:
+            f"train_together_{_split}_{_target}"
+        input:
+            manifest=paths.split_manifest(_split),
+            shards=paths.shard_index(PREP),
+            source=sorted(set(_src.values())),
+            code=code("train"),
+        output:
+            [paths.net_file(_split, n, f) for n in _nets for f in ("model.pt", "history.csv", "metrics.json")],
+        params:
+            cfg=train_params_of(_split),
+            nets=",".join(_nets),
+            sources=",".join(f"{n}={p}" for n, p in sorted(_src.items())),
+            ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt",
+            split=_split,
+            out_root=f"{paths.RESULTS}/nets/{_split}",
+        conda:
+            "../../envs/train.yaml"
+        log:
+            paths.log(f"{paths.RESULTS}/nets/{_split}/together_{_target}"),
+        threads: max(1, RES.get("train_threads", 1))
+        resources:
+            train_device=RES.get("device", "auto"),
+            train_compile=int(RES.get("compile", False)),
+            gpu=RES.get("train_gpus", 1),
+            mem_mb=RES.get("train_mem_mb", 4000),
+            runtime=RES.get("train_runtime_min", 60) * len(_nets),
+        shell:
+            "exec transferable train-group --split {params.split} --nets {params.nets} --manifest {input.manifest} "
+            "--shards {input.shards} --sources '{params.sources}' --out-root {params.out_root} "
+            "--ckpt {params.ckpt} --device {resources.train_device} --threads {threads} "
+            "--compile {resources.train_compile} --params '{params.cfg}' > {log} 2>&1"

@@ -62,6 +62,18 @@ class TrainStream:
         return len(self.y)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A float batch (crop, mirror, minus this stream's mean image, times scale) and its labels."""
+        raw, y = self.next_raw()
+        return self.crops(raw, self.mean), y
+
+    def crops(self, raw: tuple, mean: torch.Tensor) -> torch.Tensor:
+        """The float batch of ``next_raw``'s images with ``mean`` (3, S, S) subtracted: several nets with
+        different mean images (their sources') share one read of the data."""
+        x, oy, ox, flip = raw
+        return _gather_crops(x, mean, oy, ox, self.crop, flip, self.scale)
+
+    def next_raw(self) -> tuple[tuple, torch.Tensor]:
+        """The next batch before mean subtraction: ((uint8 images, crop offsets y, x, mirror flags), labels)."""
         if self.pos + self.batch_size > len(self.perm):  # Caffe wraps around; we reshuffle each epoch
             self.perm = torch.randperm(len(self.y), generator=self.gen)
             self.pos = 0
@@ -81,8 +93,7 @@ class TrainStream:
             if dev.type == "cuda":
                 raw = raw.pin_memory()
             raw = raw.to(dev, non_blocking=True)
-        xb = _gather_crops(raw, self.mean, oy.to(dev), ox.to(dev), self.crop, flip.to(dev), self.scale)
-        return xb, self.y[idx].to(dev, non_blocking=True)
+        return (raw, oy.to(dev), ox.to(dev), flip.to(dev)), self.y[idx].to(dev, non_blocking=True)
 
     @property
     def epochs_done(self) -> float:

@@ -132,6 +132,12 @@ class CaffeNet(nn.Module):
             return self.drop7(torch.relu(self.fc7(x)))
         return self.fc8(x)
 
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from the output of layer ``start`` (1-based; 0 = the image) on."""
+        for i in range(start, 8):
+            x = self._block(i, x)
+        return x
+
     def forward(self, x: torch.Tensor, frozen: int = 0) -> torch.Tensor:
         """Logits. The first ``frozen`` layers run without autograd (they get no gradient anyway), which
         saves their backward pass and activation memory."""

@@ -91,21 +91,63 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
 
     ``cfg`` holds the ``net``, ``train`` and ``metric`` config sections: everything that changes the
     result. ``device``, ``threads`` and ``compile_model`` (torch.compile) do not, so a run checkpointed on
-    one device resumes on another.
-    An in-progress checkpoint at ``ckpt`` (outside the declared outputs) is resumed if it was written
-    for the same cfg, net and split."""
+    one device resumes on another. An in-progress checkpoint at ``ckpt`` (outside the declared outputs)
+    is resumed if it was written for the same cfg, net and split."""
+    return train_nets(split=split, nets=[net], manifest=manifest, shards_index=shards_index,
+                      out_dirs={net: out_dir}, ckpt=ckpt, cfg=cfg,
+                      source_models={net: source_model} if source_model else {}, device=device,
+                      threads=threads, compile_model=compile_model, log=log)[net]
+
+
+class _Member:
+    """One net of a (possibly shared) training run: its model, optimiser, mean image and history."""
+
+    def __init__(self, net: str, model, opt, mean: np.ndarray, frozen: int, source_key: str, device):
+        self.net, self.name = net, parse_net(net)
+        self.model, self.opt, self.mean, self.frozen = model, opt, mean, frozen
+        self.mean_t = torch.from_numpy(mean).to(device)
+        self.source_key = source_key  # nets with the same key subtract the same mean image
+        self.history: list[dict] = []
+        self.running: list[float] = []  # train losses since the last evaluation
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optim": self.opt.state_dict(), "history": self.history,
+                "running": self.running}
+
+    def load(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optim"])
+        self.history, self.running = st["history"], list(st.get("running", []))
+
+
+def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
+               cfg: dict, source_models: dict | None = None, device: str = "auto", threads: int = 1,
+               compile_model: bool = False, log=print) -> dict:
+    """Train several nets of one split and target half together, on ONE stream of batches: each batch is
+    read and augmented once, and nets whose frozen layers come from the same source share that frozen
+    forward pass (computed once, to the deepest frozen layer, and tapped at each n). With dropout 0 in
+    the frozen layers this gives exactly the weights of training each net alone (tests/test_train.py);
+    with dropout there, the nets sharing a frozen pass share its dropout masks.
+
+    ``source_models`` maps each transferred net to its source's model.pt; ``out_dirs`` each net to its
+    output folder. Returns {net: metrics}."""
     t_start = time.time()
-    name = parse_net(net)
+    source_models = source_models or {}
+    names = {n: parse_net(n) for n in nets}
+    targets = {p.target for p in names.values()}
+    if len(targets) != 1:
+        raise ValueError(f"nets trained together must share one target half, got {sorted(targets)}")
+    target = targets.pop()
     tcfg, ncfg = cfg["train"], cfg["net"]
     with open(manifest) as f:
         man = json.load(f)
-    if name.target not in man["halves"]:
-        raise KeyError(f"{manifest}: split {split!r} has no half {name.target!r} (halves: {sorted(man['halves'])})")
-    half = man["halves"][name.target]
+    if target not in man["halves"]:
+        raise KeyError(f"{manifest}: split {split!r} has no half {target!r} (halves: {sorted(man['halves'])})")
+    half = man["halves"][target]
     classes = half["classes"]
     outputs = {"all": man["num_classes"], "half": len(classes)}.get(ncfg["outputs"], ncfg["outputs"])
     if int(outputs) < len(classes):
-        raise ValueError(f"net.outputs: {outputs} < {len(classes)} classes of half {name.target}")
+        raise ValueError(f"net.outputs: {outputs} < {len(classes)} classes of half {target}")
     spec = spec_from_config(ncfg, outputs)
 
     if threads:
@@ -114,55 +156,71 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(device)
     amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
+    scale = float(ncfg.get("input_scale", 1.0))
+    seed = int(tcfg["seed"])
 
     shards = Shards(shards_index)
-    source_state = None
-    if name.is_base or name.is_random:
-        mean = shards.mean_image(classes)  # the net's own training set
-    else:
-        src = torch.load(source_model, map_location="cpu", weights_only=True)
-        source_state = src["state_dict"]
-        mean = src["mean"].numpy()  # a transferred net keeps its SOURCE net's mean image (reference §1)
-    seed = int(tcfg["seed"])
-    model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
-                      seed=stable_seed(seed, split, net))
-    frozen = 0 if name.finetune else name.n
-    model.to(device, memory_format=torch.channels_last)
-    model.train()
-    scale = float(ncfg.get("input_scale", 1.0))
-    forward = torch.compile(model) if compile_model else model
-    opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                   weight_decay=tcfg["weight_decay"])
+    own_mean = None
+    members: list[_Member] = []
+    for net in nets:
+        name = names[net]
+        source_state = None
+        if name.is_base or name.is_random:
+            if own_mean is None:
+                own_mean = shards.mean_image(classes)  # the net's own training set
+            mean, key = own_mean, "own"
+        else:
+            if net not in source_models:
+                raise KeyError(f"{split}/{net}: no source model given (it copies layers 1..{name.n} of base{name.source})")
+            src = torch.load(source_models[net], map_location="cpu", weights_only=True)
+            source_state = src["state_dict"]
+            mean = src["mean"].numpy()  # a transferred net keeps its SOURCE net's mean image (reference §1)
+            key = f"base{name.source}"
+        model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
+                          seed=stable_seed(seed, split, net))
+        model.to(device, memory_format=torch.channels_last)
+        model.train()
+        opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                       weight_decay=tcfg["weight_decay"])
+        members.append(_Member(net, model, opt, mean, 0 if name.finetune else name.n, key, device))
+    forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
+    # Frozen nets copied from the same source share the frozen forward pass: the member frozen deepest
+    # computes it (its layers 1..n are the source's), the others tap it at their own n.
+    shared: dict[str, _Member] = {}
+    for m in members:
+        if m.frozen and m.source_key != "own" and m.frozen > getattr(shared.get(m.source_key), "frozen", 0):
+            shared[m.source_key] = m
 
     t_load = time.time()
     x_train, y_train = shards.load("train", classes)
     x_val, y_val = shards.load("val", classes)
     # Every net that trains on the same half of the same split sees the same stream of batches, as every
     # Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
-    stream = TrainStream(x_train, y_train, mean, spec.crop, tcfg["batch_size"],
-                         seed=stable_seed(seed, split, name.target, "data"), device=device, scale=scale)
-    log(f"[{split}/{net}] {name.treatment} n={name.n} on half {name.target} ({len(classes)} classes, "
-        f"{len(x_train)} train / {len(x_val)} val images, loaded in {time.time() - t_load:.1f} s); "
-        f"device {device}; trainable tensors {len(opt.param_groups)}; fc8 outputs {outputs}")
+    stream = TrainStream(x_train, y_train, own_mean if own_mean is not None else members[0].mean, spec.crop,
+                         tcfg["batch_size"], seed=stable_seed(seed, split, target, "data"), device=device,
+                         scale=scale)
+    tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
+    for m in members:
+        log(f"[{split}/{m.net}] {m.name.treatment} n={m.name.n} on half {target} ({len(classes)} classes, "
+            f"{len(x_train)} train / {len(x_val)} val images); device {device}; "
+            f"trainable tensors {len(m.opt.param_groups)}; fc8 outputs {outputs}")
+    log(f"[{tag}] data loaded in {time.time() - t_load:.1f} s")
 
-    cfg_hash = stable_seed(json.dumps(cfg, sort_keys=True), split, net, manifest_digest(man))
+    cfg_hash = stable_seed(json.dumps(cfg, sort_keys=True), split, ",".join(nets), manifest_digest(man))
     ckpt_path = Path(ckpt)
-    history: list[dict] = []
-    running: list[float] = []  # train losses since the last evaluation
     it = 0
     elapsed_before = 0.0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if int(state.get("cfg_hash", -1)) == cfg_hash:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optim"])
+            for m in members:
+                m.load(state["members"][m.net])
             stream.load_state_dict(state["stream"])
             torch.set_rng_state(state["torch_rng"])
-            history, it, elapsed_before = state["history"], int(state["iter"]), float(state["elapsed_s"])
-            running = list(state.get("running", []))
-            log(f"[{split}/{net}] resumed from {ckpt_path} at iteration {it}")
+            it, elapsed_before = int(state["iter"]), float(state["elapsed_s"])
+            log(f"[{tag}] resumed from {ckpt_path} at iteration {it}")
         else:
-            log(f"[{split}/{net}] ignoring {ckpt_path}: written for a different configuration")
+            log(f"[{tag}] ignoring {ckpt_path}: written for a different configuration")
 
     # SLURM sends SIGTERM before killing a preempted or timed-out job: checkpoint at the next iteration
     # boundary and exit, so the requeued or rerun job resumes from here.
@@ -174,82 +232,101 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     old_handlers = {s: signal.signal(s, _on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
 
     def save_ckpt():
-        _atomic_torch_save({"cfg_hash": cfg_hash, "model": model.state_dict(), "optim": opt.state_dict(),
-                            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "history": history, "running": running, "iter": it,
+        _atomic_torch_save({"cfg_hash": cfg_hash, "members": {m.net: m.state() for m in members},
+                            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
                             "elapsed_s": time.time() - t0}, ckpt_path)
 
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
     ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
     clip = float(tcfg.get("grad_clip", 0) or 0)
     eval_bs = int(tcfg.get("eval_batch_size", 256))
+    bs = tcfg["batch_size"]
     t0 = time.time() - elapsed_before
     t_rate, it_rate = time.time(), it
     while it < max_iter:
         lr = lr_at(it, tcfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        xb, yb = stream.next()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(xb, frozen=frozen)
-        loss = F.cross_entropy(logits.float(), yb)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{split}/{net}] loss is {loss.item()} at iteration {it} (lr {lr:g})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
-        opt.step()
+        raw, yb = stream.next_raw()
+        inputs = {key: stream.crops(raw, mm.mean_t) for key, mm in {m.source_key: m for m in members}.items()}
+        taps = {}
+        for key, deepest in shared.items():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                x = inputs[key]
+                taps[key] = {0: x}
+                for i in range(deepest.frozen):
+                    x = deepest.model._block(i, x)
+                    taps[key][i + 1] = x
+        for m in members:
+            for g in m.opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                if m.source_key in taps and m.frozen:
+                    logits = m.model.forward_from(taps[m.source_key][m.frozen], m.frozen)
+                else:
+                    logits = forwards[m.net](inputs[m.source_key], frozen=m.frozen)
+            loss = F.cross_entropy(logits.float(), yb)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{split}/{m.net}] loss is {loss.item()} at iteration {it} (lr {lr:g})")
+            m.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_([p for g in m.opt.param_groups for p in g["params"]], clip)
+            m.opt.step()
+            m.running.append(loss.item())
         it += 1
-        running.append(loss.item())
         if it % eval_every == 0 or it == max_iter:
-            ev = evaluate(model, x_val, y_val, mean, spec.crop, eval_bs, device, frozen, amp, scale)
-            row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
-                   "train_loss": float(np.mean(running)), **ev, "elapsed_s": round(time.time() - t0, 3)}
-            history.append(row)
-            running = []
             now = time.time()
-            rate = (it - it_rate) * tcfg["batch_size"] / max(now - t_rate, 1e-9)
-            eta = (max_iter - it) * tcfg["batch_size"] / max(rate, 1e-9)
-            t_rate, it_rate = now, it
-            log(f"[{split}/{net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
-                f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
-                f"| {rate:.0f} img/s, ETA {eta:.0f} s")
+            rate = (it - it_rate) * bs / max(now - t_rate, 1e-9)
+            eta = (max_iter - it) * bs / max(rate, 1e-9)
+            for m in members:
+                ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
+                row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
+                       "train_loss": float(np.mean(m.running)), **ev, "elapsed_s": round(time.time() - t0, 3)}
+                m.history.append(row)
+                m.running = []
+                log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
+                    f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
+                    f"| {rate:.0f} img/s, ETA {eta:.0f} s")
+            t_rate, it_rate = time.time(), it
         if it < max_iter and (it % ckpt_every == 0 or stop["signal"]):
             save_ckpt()
             if stop["signal"]:
-                log(f"[{split}/{net}] got signal {stop['signal']}: checkpointed iteration {it} to {ckpt_path}; "
+                log(f"[{tag}] got signal {stop['signal']}: checkpointed iteration {it} to {ckpt_path}; "
                     "rerun to resume")
                 raise SystemExit(128 + stop["signal"])
     for s_, h in old_handlers.items():
         signal.signal(s_, h)
 
     wall = time.time() - t0
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    top1 = [h["top1"] for h in history]
-    top5 = [h["top5"] for h in history]
     k = int(cfg["metric"]["best_k"])
-    metrics = {
-        "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": net,
-        "treatment": name.treatment, "n": name.n,
-        "source_half": name.source, "target_half": name.target, "target_family": half.get("family", ""),
-        "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
-        "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(history),
-        "best_k": k, "iters": it, "wall_s": round(wall, 2), "device": str(device),
-        "history": "history.csv",
-        "provenance": {"transferable": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                       "host": platform.node(), "source_model": source_model, "config": cfg},
-    }
-    _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in model.state_dict().items()},
-                        "mean": torch.from_numpy(mean), "outputs": outputs, "classes": torch.tensor(classes)},
-                       out / "model.pt")
-    atomic_write_text(out / "history.csv", pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    results = {}
+    for m in members:
+        out = Path(out_dirs[m.net])
+        out.mkdir(parents=True, exist_ok=True)
+        top1 = [h["top1"] for h in m.history]
+        top5 = [h["top5"] for h in m.history]
+        metrics = {
+            "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": m.net,
+            "treatment": m.name.treatment, "n": m.name.n,
+            "source_half": m.name.source, "target_half": target, "target_family": half.get("family", ""),
+            "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
+            "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(m.history),
+            "best_k": k, "iters": it, "wall_s": round(wall / len(members), 2), "device": str(device),
+            "trained_with": len(members), "history": "history.csv",
+            "provenance": {"transferable": __version__, "torch": torch.__version__,
+                           "python": platform.python_version(), "host": platform.node(),
+                           "source_model": source_models.get(m.net), "config": cfg},
+        }
+        _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
+                            "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes)},
+                           out / "model.pt")
+        atomic_write_text(out / "history.csv", pd.DataFrame(m.history, columns=HISTORY_COLUMNS).to_csv(index=False))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        results[m.net] = metrics
+        log(f"[{split}/{m.net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, "
+            f"final {metrics['top1_final']:.4f}")
     ckpt_path.unlink(missing_ok=True)
-    log(f"[{split}/{net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, final {metrics['top1_final']:.4f}, "
-        f"{wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
-    return metrics
+    log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
+    return results
 
 
 def manifest_digest(man: dict) -> str:
