@@ -39,8 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _paper_json() -> Path | None:
-    """The reference JSON, where this checkout can see it (env var, ./shared, or ../shared)."""
+    """The reference JSON: every network's score parsed from the authors' Caffe logs (a copy ships in
+    tests/data; an env var or a ../shared checkout can point elsewhere)."""
     candidates = [os.environ.get("TRANSFERABLE_PAPER_RESULTS"),
+                  REPO / "tests/data/paper_results.json",
                   REPO / "shared/reference/paper_results.json",
                   REPO.parent / "shared/reference/paper_results.json"]
     for c in candidates:
