@@ -34,7 +34,7 @@ def cmd_ingest(a):
     from .data.shards import atomic_write_text
 
     t = time.time()
-    cat, images = ingest(a.root, a.format)
+    cat, images = ingest(a.root, a.format, log=_log)
     atomic_write_text(a.images, images.to_csv(index=False))
     atomic_write_text(a.catalog, cat.to_csv(index=False))
     _log(f"ingested {a.root}: {len(cat)} classes, {int((images.subset == 'train').sum())} train and "

@@ -22,6 +22,7 @@ import io
 import os
 import re
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -141,11 +142,18 @@ def catalog_from_devkit(root: Path) -> tuple[pd.DataFrame, dict[int, int], np.nd
 
 
 # ---------------------------------------------------------------------------------------------- indexing
-def _index_train_tar(path: Path, wnid_to_index: dict[str, int]) -> list[tuple]:
+def _index_train_tar(path: Path, wnid_to_index: dict[str, int], log=None) -> list[tuple]:
     rows: list[tuple] = []
+    total, t0, shown = path.stat().st_size, time.time(), 0.0
     try:
         with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as outer:
             for m in outer:
+                done = m.offset_data / max(total, 1)
+                if log and done - shown >= 0.05:  # headers only: progress is the position in the archive
+                    shown = done
+                    rate = m.offset_data / max(time.time() - t0, 1e-9) / 1e6
+                    log(f"indexing {path.name}: {100 * done:.0f}% ({len(rows)} images so far), {rate:.0f} MB/s "
+                        f"of archive, ETA {(total - m.offset_data) / 1e6 / max(rate, 1e-9):.0f} s")
                 _safe_member(m.name, path)
                 if not m.isfile():
                     continue
@@ -230,8 +238,9 @@ def detect_format(root: Path) -> str:
     )
 
 
-def ingest(root: str | os.PathLike, fmt: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (catalog, images) for the dataset at ``root``. See the module docstring for layouts."""
+def ingest(root: str | os.PathLike, fmt: str = "auto", log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (catalog, images) for the dataset at ``root``. See the module docstring for layouts.
+    ``log`` (a print-like function) gets progress lines while the train archive is indexed."""
     root = Path(root)
     if not root.is_dir():
         raise IngestError(f"{root}: data root does not exist or is not a directory")
@@ -242,7 +251,7 @@ def ingest(root: str | os.PathLike, fmt: str = "auto") -> tuple[pd.DataFrame, pd
                 raise IngestError(f"{root / f}: missing (the official layout needs {TRAIN_TAR}, {VAL_TAR}, {DEVKIT_TAR})")
         cat, id_to_index, labels, gt_where = catalog_from_devkit(root)
         wnid_to_index = dict(zip(cat.wnid, cat.class_index))
-        rows = _index_train_tar(root / TRAIN_TAR, wnid_to_index)
+        rows = _index_train_tar(root / TRAIN_TAR, wnid_to_index, log)
         rows += _index_val_tar(root / VAL_TAR, labels, id_to_index, gt_where)
     elif fmt == "tree":
         cat, id_to_index, labels, gt_where = catalog_from_devkit(root)
