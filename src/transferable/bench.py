@@ -100,6 +100,9 @@ def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, p
     mean = x.mean(0).astype(np.float32)
     stream = TrainStream(x, y, mean, crop, batch, seed=0)
     ours = batch / _timeit(stream.next)[0]
+    torch.set_num_threads(workers)
+    ours_equal = batch / _timeit(stream.next)[0]  # as many threads as the baseline's workers
+    torch.set_num_threads(1)
 
     folder = root / f"folder{size}"
     if not folder.exists():
@@ -122,7 +125,8 @@ def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, p
         results[w] = batch * k / (time.perf_counter() - t0)
     best_w = max(results, key=results.get)
     return {"bench": "loader", "size": size, "crop": crop, "batch": batch, "ours_img_s": round(ours, 1),
-            "ours_threads": 1, "baseline": "torchvision ImageFolder(PNG) + DataLoader + RandomCrop/Flip/ToTensor/Normalize",
+            "ours_threads": 1, f"ours_img_s_{workers}_threads": round(ours_equal, 1),
+            "ratio_at_equal_cores": round(ours_equal / results[workers], 2), "baseline": "torchvision ImageFolder(PNG) + DataLoader + RandomCrop/Flip/ToTensor/Normalize",
             "baseline_img_s": {f"workers={w}": round(v, 1) for w, v in results.items()},
             "ratio_vs_best_baseline": round(ours / results[best_w], 2)}
 
