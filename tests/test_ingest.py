@@ -157,3 +157,29 @@ def test_tar_with_path_traversal_is_refused(tmp_path, demo_small):
         tf.addfile(info, io.BytesIO(b"abc"))
     with pytest.raises(IngestError, match="unsafe path"):
         ingest(d)
+
+
+def test_memory_mapped_stream_with_prefetch_equals_in_memory(demo_small, tmp_path):
+    """The paper-scale path (memory maps, next batch read ahead in a thread) gives exactly the batches of
+    the in-memory path, across epochs and after a state save/restore."""
+    import torch
+
+    from transferable.data.loader import TrainStream
+
+    _, images = ingest(demo_small)
+    images.to_csv(tmp_path / "images.csv", index=False)
+    write_part(str(tmp_path / "images.csv"), 0, 1, 12, str(tmp_path / "part0"), log=lambda *a: None)
+    write_index([str(tmp_path / "part0")], 12, str(tmp_path / "index.json"), str(tmp_path / "rejects.csv"))
+    sh = Shards(tmp_path / "index.json")
+    classes = [0, 2, 5]
+    mean = sh.mean_image(classes)
+    mem, y = sh.load("train", classes)
+    mapped, _ = sh.load("train", classes, ram_limit=0)
+    a = TrainStream(mem, y, mean, 10, 4, seed=3)
+    b = TrainStream(mapped, y, mean, 10, 4, seed=3)
+    assert a._pool is None and b._pool is not None
+    for step in range(12):  # 18 images, batch 4: several epoch boundaries
+        if step == 7:
+            b.load_state_dict(a.state_dict())
+        (xa, ya), (xb, yb) = a.next(), b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb), step

@@ -7,6 +7,8 @@ Crop, mirror and mean subtraction are one gather over the whole batch, on whiche
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -57,6 +59,11 @@ class TrainStream:
         self.perm = torch.randperm(len(self.y), generator=self.gen)
         self.pos = 0
         self.epoch = 0
+        # Memory-mapped sets (a paper-scale half): a background thread reads the NEXT batch's images while
+        # the current one trains. Only the reading moves ahead; every random draw stays in order, so the
+        # batches (and checkpoints) are exactly those of the in-memory path.
+        self._pool = None if self.images.in_memory or self.on_device is not None else ThreadPoolExecutor(1)
+        self._pending = None  # ((epoch, pos), future of the uint8 images)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -89,11 +96,25 @@ class TrainStream:
         if self.on_device is not None:
             raw = self.on_device[idx.to(dev)]
         else:
-            raw = torch.from_numpy(self.images.take(idx.numpy()))
+            raw = torch.from_numpy(self._read(idx))
             if dev.type == "cuda":
                 raw = raw.pin_memory()
             raw = raw.to(dev, non_blocking=True)
         return (raw, oy.to(dev), ox.to(dev), flip.to(dev)), self.y[idx].to(dev, non_blocking=True)
+
+    def _read(self, idx: torch.Tensor) -> np.ndarray:
+        """The uint8 images of the batch just drawn (ending at self.pos), from the prefetch when it has them;
+        then start reading the next batch of this epoch."""
+        key = (self.epoch, self.pos)
+        if self._pending is not None and self._pending[0] == key:
+            data = self._pending[1].result()
+        else:
+            data = self.images.take(idx.numpy())
+        self._pending = None
+        if self._pool is not None and self.pos + self.batch_size <= len(self.perm):
+            nxt = self.perm[self.pos : self.pos + self.batch_size].numpy()
+            self._pending = ((self.epoch, self.pos + self.batch_size), self._pool.submit(self.images.take, nxt))
+        return data
 
     @property
     def epochs_done(self) -> float:
@@ -105,6 +126,7 @@ class TrainStream:
     def load_state_dict(self, s: dict) -> None:
         self.gen.set_state(s["gen"])
         self.perm, self.pos, self.epoch = s["perm"], int(s["pos"]), int(s["epoch"])
+        self._pending = None
 
 
 def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
