@@ -265,7 +265,7 @@ def bench_gpu(batch: int = 256, iters: int = 50, compile_model: bool = True) -> 
     return out
 
 
-def run(which: str, workdir: str | None = None, **kw) -> list[dict]:
+def run(which: str, workdir: str | None = None) -> list[dict]:
     root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -223,7 +222,3 @@ class ImageSet:
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         return self.take(np.arange(start, min(stop, len(self))))
-
-
-def eprint(*a):
-    print(*a, file=sys.stderr, flush=True)
