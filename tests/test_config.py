@@ -50,3 +50,20 @@ def test_bad_config_fails_before_any_job(workdir, what, edit, needle):
 def test_micro_config_is_valid(workdir):
     rc, out = _dry_run(workdir, MICRO)
     assert rc == 0, out[-2000:]
+
+
+def test_class_range_beyond_a_data_roots_classes_fails_before_any_job(workdir, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mydata"
+    for subset in ("train", "val"):
+        for cls in ("cat", "dog", "eel"):
+            (root / subset / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / subset / cls / "0.png")
+    cfg = _edit(lambda c: c["splits"].update(nm={"kind": "ranges", "halves": {"A": {"ranges": "0"}, "B": {"ranges": "1-3"}}}))
+    cfg["data"] = {"source": "path", "root": str(root)}
+    rc, out = _dry_run(workdir, cfg)
+    assert rc != 0 and "splits.nm.halves.B.ranges" in out and "3 classes" in out
+    cfg["splits"]["nm"]["halves"]["B"]["ranges"] = "1-2"
+    rc, out = _dry_run(workdir, cfg)
+    assert rc == 0, out[-2000:]

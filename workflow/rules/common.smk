@@ -10,13 +10,13 @@ from transferable import paths, plan
 
 
 def known_num_classes():
-    """The number of classes, when it is known before any job runs (demo config, or an earlier ingest)."""
+    """The number of classes, known before any job runs: the demo's from its config, a data root's from
+    its devkit or train/ folders (never from an earlier run's catalog, which may be another dataset's)."""
     if config["data"]["source"] == "demo":
         return 2 * config.get("demo", {}).get("classes_per_family", 20)
-    if os.path.isfile(paths.catalog()):
-        with open(paths.catalog()) as f:
-            return sum(1 for _ in f) - 1
-    return None
+    from transferable.data.ilsvrc import count_classes
+
+    return count_classes(config["data"]["root"], config["data"].get("format", "auto"))
 
 
 def check_config():

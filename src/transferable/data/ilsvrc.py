@@ -238,6 +238,19 @@ def detect_format(root: Path) -> str:
     )
 
 
+def count_classes(root: str | os.PathLike, fmt: str = "auto") -> int | None:
+    """The number of classes at ``root``, cheaply (the devkit's leaves, or the train/ folders), so that a
+    config can be checked before any job runs. None when it cannot be told."""
+    root = Path(root)
+    try:
+        fmt = detect_format(root) if fmt == "auto" else fmt
+        if fmt in ("tars", "tree"):
+            return len(catalog_from_devkit(root)[0])
+        return sum(1 for p in (root / "train").iterdir() if p.is_dir())
+    except (IngestError, OSError):
+        return None  # ingest will say what is wrong, naming the file
+
+
 def ingest(root: str | os.PathLike, fmt: str = "auto", log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (catalog, images) for the dataset at ``root``. See the module docstring for layouts.
     ``log`` (a print-like function) gets progress lines while the train archive is indexed."""
