@@ -148,36 +148,30 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
     x = torch.randn(batch, 3, crop, crop, generator=g)
     y = torch.randint(0, outputs, (batch,), generator=g)
     out = {"bench": "step", "arch": arch, "crop": crop, "batch": batch, "threads": threads, "runs": []}
-    for n in frozen:
-        ours_net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
-        ours_net = ours_net.to(memory_format=torch.channels_last)
-        opt = CaffeSGD(param_groups(ours_net), lr=0.001, momentum=0.9, weight_decay=5e-4)
-        xc = x.contiguous(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    source = build_net(spec, seed=1).state_dict()
 
-        def ours():
+    def stepper(n: int, ours: bool, channels_last: bool):
+        """One training step of a net with n frozen layers: our path, or a bare loop."""
+        net = build_net(spec, n=n, source_state=source, freeze=True, seed=0)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if ours:
+            opt = CaffeSGD(param_groups(net), lr=0.001, momentum=0.9, weight_decay=5e-4)
+        else:
+            opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.001, momentum=0.9,
+                                  weight_decay=5e-4)
+        inp = xc if channels_last else x
+
+        def step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(ours_net(xc, frozen=n), y).backward()
+            F.cross_entropy(net(inp, frozen=n) if ours else net(inp), y).backward()
             opt.step()
 
-        bare_net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
-        bare_opt = torch.optim.SGD([p for p in bare_net.parameters() if p.requires_grad], lr=0.001, momentum=0.9,
-                                   weight_decay=5e-4)
+        return step
 
-        def bare():
-            bare_opt.zero_grad(set_to_none=True)
-            F.cross_entropy(bare_net(x), y).backward()
-            bare_opt.step()
-
-        bare_net_cl = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
-        bare_net_cl = bare_net_cl.to(memory_format=torch.channels_last)
-        bare_opt_cl = torch.optim.SGD([p for p in bare_net_cl.parameters() if p.requires_grad], lr=0.001,
-                                      momentum=0.9, weight_decay=5e-4)
-
-        def bare_cl():
-            bare_opt_cl.zero_grad(set_to_none=True)
-            F.cross_entropy(bare_net_cl(xc), y).backward()
-            bare_opt_cl.step()
-
+    for n in frozen:
+        ours, bare, bare_cl = stepper(n, True, True), stepper(n, False, False), stepper(n, False, True)
         t_ours, t_bare, t_bare_cl = _timeit(ours)[0], _timeit(bare)[0], _timeit(bare_cl)[0]
         out["runs"].append({"frozen": n, "ours_img_s": round(batch / t_ours, 1),
                             "bare_img_s": round(batch / t_bare, 1), "bare_channels_last_img_s": round(batch / t_bare_cl, 1),

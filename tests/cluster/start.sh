@@ -20,12 +20,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ETC=/etc/slurm
-MARK="# transferable test cluster"
-RUN=/run/transferable-slurm          # pid files and "<daemon>.started" markers
-STATE=/var/lib/transferable-slurm    # slurmctld + slurmd state
-LOGS=/var/log/transferable-slurm
-export SLURM_CONF=$ETC/slurm.conf   # (the default path; set so an inherited SLURM_CONF cannot mislead)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 FRESH=0
 for arg in "$@"; do
@@ -44,15 +40,6 @@ say() {
   printf '[cluster/start %d.%03ds] %s\n' $((ms / 1000)) $((ms % 1000)) "$*" >&2
 }
 
-# is_running PIDFILE NAME: the pid file names a live (not zombie) process whose comm starts with NAME
-is_running() {
-  local pid
-  [[ -s $1 ]] || return 1
-  pid=$(<"$1")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2"* ]] || return 1
-  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
-}
 
 # poll SECONDS WHAT CMD...: run CMD every 0.2 s until it succeeds
 poll() {

@@ -8,12 +8,9 @@
 #   tests/cluster/stop.sh --purge    # also delete job state, logs and our /etc/slurm/{slurm,gres}.conf
 set -uo pipefail
 
-ETC=/etc/slurm
-MARK="# transferable test cluster"
-RUN=/run/transferable-slurm
-STATE=/var/lib/transferable-slurm
-LOGS=/var/log/transferable-slurm
-export SLURM_CONF=$ETC/slurm.conf
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 PURGE=0
 for arg in "$@"; do
@@ -27,14 +24,6 @@ done
 
 say() { echo "[cluster/stop] $*" >&2; }
 
-is_running() {
-  local pid
-  [[ -s $1 ]] || return 1
-  pid=$(<"$1")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2"* ]] || return 1
-  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]   # PID 1 here reaps orphans late
-}
 
 # stop NAME PIDFILE: only if this harness started it
 stop() {

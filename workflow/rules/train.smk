@@ -3,6 +3,8 @@
 # killed or preempted job resumes when rerun.
 
 
+from types import SimpleNamespace
+
 SHARED_STREAM = RES.get("shared_stream", False)
 
 
@@ -47,8 +49,7 @@ rule train:
 # and augments every batch once and shares frozen forward passes (identical results without dropout in
 # the frozen layers; see README "Performance").
 for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else []:
-    _src = {n: paths.net_file(_split, paths.net_name(paths.parse_net(n).source), "model.pt")
-            for n in _nets if not paths.parse_net(n).is_random}
+    _src = {n: src for n in _nets for src in source_model(SimpleNamespace(split=_split, net=n))}
 
     rule:
         name:
