@@ -65,6 +65,33 @@ def test_fc8_width_half(prepared, tmp_path):
     assert torch.load(out / "model.pt", weights_only=True)["state_dict"]["fc8.weight"].shape[0] == 2
 
 
+def test_diverging_run_stops_with_the_net_and_iterations_and_writes_nothing(prepared, tmp_path):
+    """The loss is read back only at evaluations and checkpoints (no per-step sync), yet a run that
+    diverges still stops there, naming the net and the window, and leaves no model behind."""
+    cfg = _cfg(lr=1e12, grad_clip=0, warmup_iter=0, max_iter=8, eval_every=4, checkpoint_every=4)
+    with pytest.raises(FloatingPointError, match=r"rand0/baseB\] non-finite train loss between iterations 1 and 4"):
+        _train(prepared, tmp_path, "baseB", cfg=cfg)
+    assert not (tmp_path / "baseB").exists() and not (tmp_path / "baseB.ckpt").exists()
+
+
+def test_train_loss_in_history_is_the_mean_of_the_step_losses(prepared, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    seen = []
+    real = F.cross_entropy
+
+    def spy(*a, **k):
+        loss = real(*a, **k)
+        if "reduction" not in k:  # training steps (evaluation sums with reduction="sum")
+            seen.append(loss.item())
+        return loss
+
+    monkeypatch.setattr("transferable.train.loop.F.cross_entropy", spy)
+    _, out = _train(prepared, tmp_path, "baseB")
+    hist = pd.read_csv(out / "history.csv")
+    assert np.allclose(hist.train_loss, np.mean(np.reshape(seen, (4, 2)), axis=1), rtol=1e-6)
+
+
 def test_best_k_mean_is_the_papers_metric():
     assert best_k_mean([0.1, 0.5, 0.3, 0.4], 2) == pytest.approx(0.45)
 

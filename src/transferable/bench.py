@@ -2,12 +2,16 @@
 
     transferable bench shards   # shard writing vs a plain Pillow decode-resize-save loop, images/s per core
     transferable bench loader   # our batches vs torchvision ImageFolder + DataLoader with the same transforms
+    transferable bench mmap     # paper-resolution batches read from memory-mapped shards vs a DataLoader
     transferable bench step     # a CaffeNet training step (full and n frozen) vs a bare PyTorch loop
-    transferable bench all      # the three above
+    transferable bench stream   # the 28 nets of a half trained on one data stream vs one by one
+    transferable bench all      # all of the above (minutes on 2 cores)
     transferable bench dag      # the whole demo pipeline from an empty results/ (minutes)
-    transferable bench gpu      # CaffeNet at 227 px on one CUDA device: images/s and fraction of the ceiling
+    transferable bench gpu      # one CUDA device, the paper's CaffeNet: step, whole loop, shared stream
 
-Numbers depend on the machine; the README's "Performance" section lists what was measured and where.
+``--small`` shrinks every benchmark to seconds (the tests run them so); ``--device cpu`` runs the GPU
+benchmark's code on the CPU. Numbers depend on the machine; the README's "Performance" section lists what
+was measured and where.
 """
 
 from __future__ import annotations
@@ -22,13 +26,21 @@ from pathlib import Path
 import numpy as np
 
 
-def _timeit(fn, min_time: float = 2.0, warmup: int = 2) -> tuple[float, int]:
+def _timeit(fn, min_time: float = 2.0, warmup: int = 2, sync=None, block: int = 1) -> tuple[float, int]:
+    """Seconds per call of ``fn``. On a GPU, ``sync`` (torch.cuda.synchronize) is called after the warm-up
+    and after each block of ``block`` calls, so queued work is timed but steps still overlap inside a
+    block."""
     for _ in range(warmup):
         fn()
+    if sync:
+        sync()
     n, t0 = 0, time.perf_counter()
     while True:
-        fn()
-        n += 1
+        for _ in range(block):
+            fn()
+        n += block
+        if sync:
+            sync()
         dt = time.perf_counter() - t0
         if dt >= min_time and n >= 3:
             return dt / n, n
@@ -132,10 +144,12 @@ def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, p
 
 
 def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, threads: int = 1,
-               widths=(16, 32, 48, 48, 32, 128, 128), outputs: int = 40, frozen=(0, 5, 7)) -> dict:
+               widths=(16, 32, 48, 48, 32, 128, 128), outputs: int = 40, frozen=(0, 5, 7), device: str = "cpu",
+               amp: bool = False, compile_model: bool = False, min_time: float = 2.0) -> dict:
     """Images/s of one training step: our path (frozen layers without autograd, Caffe's SGD with lr and
     decay multipliers, channels_last) against a bare loop (torch.optim.SGD over the trainable parameters,
-    plain forward, NCHW) on the same model."""
+    plain forward; NCHW, and channels_last) on the same model and the same batch. On a GPU both run
+    under the same bf16 autocast (``amp``); ``compile_model`` adds our path under torch.compile."""
     import torch
     import torch.nn.functional as F
 
@@ -143,17 +157,21 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
     from .transfer import CaffeSGD, build_net, param_groups
 
     torch.set_num_threads(threads)
-    spec = spec_from_config({"arch": arch, "crop": crop, "widths": list(widths), "init": "kaiming"}, outputs)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    net_cfg = {"arch": arch, "crop": crop, "init": "kaiming"} | ({"widths": list(widths)} if widths else {})
+    spec = spec_from_config(net_cfg, outputs)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, crop, crop, generator=g)
-    y = torch.randint(0, outputs, (batch,), generator=g)
-    out = {"bench": "step", "arch": arch, "crop": crop, "batch": batch, "threads": threads, "runs": []}
+    x = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
+    y = torch.randint(0, outputs, (batch,), generator=g).to(dev)
+    out = {"bench": "step", "arch": arch, "crop": crop, "batch": batch, "threads": threads, "device": str(dev),
+           "amp_bf16": amp, "runs": []}
     xc = x.contiguous(memory_format=torch.channels_last)
     source = build_net(spec, seed=1).state_dict()
 
-    def stepper(n: int, ours: bool, channels_last: bool):
+    def stepper(n: int, ours: bool, channels_last: bool, compiled: bool = False):
         """One training step of a net with n frozen layers: our path, or a bare loop."""
-        net = build_net(spec, n=n, source_state=source, freeze=True, seed=0)
+        net = build_net(spec, n=n, source_state=source, freeze=True, seed=0).to(dev)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         if ours:
@@ -161,22 +179,30 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
         else:
             opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.001, momentum=0.9,
                                   weight_decay=5e-4)
+        fwd = torch.compile(net) if compiled else net
         inp = xc if channels_last else x
 
         def step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(inp, frozen=n) if ours else net(inp), y).backward()
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits = fwd(inp, frozen=n) if ours else fwd(inp)
+            F.cross_entropy(logits.float(), y).backward()
             opt.step()
 
         return step
 
+    timeit = {"min_time": min_time, "sync": torch.cuda.synchronize if cuda else None, "block": 10 if cuda else 1}
     for n in frozen:
-        ours, bare, bare_cl = stepper(n, True, True), stepper(n, False, False), stepper(n, False, True)
-        t_ours, t_bare, t_bare_cl = _timeit(ours)[0], _timeit(bare)[0], _timeit(bare_cl)[0]
-        out["runs"].append({"frozen": n, "ours_img_s": round(batch / t_ours, 1),
-                            "bare_img_s": round(batch / t_bare, 1), "bare_channels_last_img_s": round(batch / t_bare_cl, 1),
-                            "ratio_vs_bare": round(t_bare / t_ours, 3),
-                            "overhead_vs_bare_channels_last": round(t_ours / t_bare_cl - 1, 3)})
+        t_ours = _timeit(stepper(n, True, True), **timeit)[0]
+        t_bare = _timeit(stepper(n, False, False), **timeit)[0]
+        t_bare_cl = _timeit(stepper(n, False, True), **timeit)[0]
+        row = {"frozen": n, "ours_img_s": round(batch / t_ours, 1), "bare_img_s": round(batch / t_bare, 1),
+               "bare_channels_last_img_s": round(batch / t_bare_cl, 1), "ratio_vs_bare": round(t_bare / t_ours, 3),
+               "overhead_vs_bare_channels_last": round(t_ours / t_bare_cl - 1, 3)}
+        if compile_model:
+            t_comp = _timeit(stepper(n, True, True, compiled=True), warmup=3, **timeit)[0]
+            row["ours_compiled_img_s"] = round(batch / t_comp, 1)
+        out["runs"].append(row)
     full = out["runs"][0]["ours_img_s"]
     for r in out["runs"]:
         r["speedup_vs_ours_full"] = round(r["ours_img_s"] / full, 2)
@@ -207,66 +233,227 @@ def bench_dag(root: Path, cores: int = 2) -> dict:
             "net_wall_s_sum": round(float(runs.wall_s.sum()), 1), "target_s": 600}
 
 
-def bench_gpu(batch: int = 256, iters: int = 50, compile_model: bool = True) -> dict:
-    """CaffeNet (the paper's, 227 px, 1000 outputs) training steps on one CUDA device, bf16 autocast and
-    channels_last, batches cropped and mirrored on the device from uint8 256x256 images held in GPU memory.
-    Reports images/s for full training and n = 5, 7 frozen, and the fraction of the H100 bf16 ceiling
-    (~240k images/s, reference performance.md)."""
+def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, val_per_class: int, size: int,
+                          net_cfg: dict) -> Path:
+    """Random uint8 images in the pipeline's shard layout (one part + index.json), the random split
+    ``rand0`` of their classes and untrained baseA/baseB models as sources, under ``root``. Training speed
+    depends on shapes, not on pixels or weights, so the timing benchmarks use this."""
+    import pandas as pd
     import torch
-    import torch.nn.functional as F
+
+    from .data.shards import Shards, write_index
+    from .data.splits import make_manifest
+    from .models.caffenet import spec_from_config
+    from .transfer import build_net
+
+    part = root / "shards" / "part0"
+    index = root / "shards" / "index.json"
+    if not index.exists():
+        part.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for c in range(num_classes):
+            train = rng.integers(0, 256, (train_per_class, 3, size, size), dtype=np.uint8)
+            np.save(part / f"train_{c:05d}.npy", train)
+            np.save(part / f"val_{c:05d}.npy", rng.integers(0, 256, (val_per_class, 3, size, size), dtype=np.uint8))
+            np.save(part / f"sum_{c:05d}.npy", train.sum(0, dtype=np.float64))
+        pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"]).to_csv(part / "rejects.csv",
+                                                                                          index=False)
+        write_index([str(part)], size, str(index), str(root / "shards" / "rejects.csv"))
+    man = make_manifest("rand0", {"kind": "random", "seed": 0},
+                        pd.DataFrame({"wnid": [f"n{c:08d}" for c in range(num_classes)]}))
+    (root / "rand0.json").write_text(json.dumps(man))
+    shards = Shards(index)
+    spec = spec_from_config(net_cfg, num_classes)
+    for seed, half in enumerate("AB", start=1):
+        classes = man["halves"][half]["classes"]
+        torch.save({"state_dict": build_net(spec, seed=seed).state_dict(),
+                    "mean": torch.from_numpy(shards.mean_image(classes)), "outputs": num_classes,
+                    "classes": torch.tensor(classes)}, root / f"base{half}.pt")
+    return root
+
+
+def _train_timed(exp: Path, nets: list[str], cfg: dict, together: bool, tag: str, **kw) -> tuple[float, dict]:
+    """Wall seconds (data loading included, as one pipeline job has it) and metrics of training ``nets`` on
+    the synthetic experiment ``exp``: in one shared-stream job, or one job after the other."""
+    from .paths import parse_net
+    from .train.loop import train_nets
+
+    def job(group):
+        srcs = {n: str(exp / f"base{parse_net(n).source}.pt") for n in group if parse_net(n).source}
+        return train_nets(split="rand0", nets=group, manifest=str(exp / "rand0.json"),
+                          shards_index=str(exp / "shards" / "index.json"),
+                          out_dirs={n: str(exp / "runs" / tag / n) for n in group}, ckpt=str(exp / "runs" / f"{tag}.ckpt"),
+                          cfg=cfg, source_models=srcs, log=lambda *a: None, **kw)
+
+    t0 = time.perf_counter()
+    res = job(nets) if together else {k: v for n in nets for k, v in job([n]).items()}
+    return time.perf_counter() - t0, res
+
+
+def _repo_config(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / name).read_text())
+
+
+def _half_group(target: str = "B", layers=range(1, 8)) -> list[str]:
+    """The non-base nets that train on one half of a random split: BnB, BnB+, AnB, AnB+ (28 for n = 1..7)."""
+    other = "A" if target == "B" else "B"
+    return [f"{s}{n}{target}{ft}" for s in (target, other) for n in layers for ft in ("", "_ft")]
+
+
+def bench_stream(root: Path, iters: int = 64, small: bool = False, threads: int = 1) -> dict:
+    """The 28 nets of half B of the demo (its network, solver and data shapes; random pixels) trained in
+    one job on one data stream, against one job per net as the default pipeline runs them; each side
+    loads its data as a pipeline job would. Also checks that both give the same top-1 for every net."""
+    base = _repo_config("config.yaml")
+    cfg = {"net": base["net"], "train": dict(base["train"], max_iter=iters, eval_every=iters // 2,
+                                             checkpoint_every=iters),
+           "metric": {"best_k": 1}, "split_kind": "random"}
+    n_cls, per_class, val = (8, 32, 8) if small else (40, 200, 50)
+    exp = _synthetic_experiment(root / f"stream{n_cls}", n_cls, per_class, val, base["preprocess"]["size"],
+                                base["net"])
+    nets = _half_group(layers=(1, 4, 7) if small else range(1, 8))
+    t_one, r_one = _train_timed(exp, nets, cfg, False, "alone", device="cpu", threads=threads)
+    t_all, r_all = _train_timed(exp, nets, cfg, True, "together", device="cpu", threads=threads)
+    same = all(r_one[n]["top1"] == r_all[n]["top1"] and r_one[n]["top1_final"] == r_all[n]["top1_final"] for n in nets)
+    return {"bench": "stream", "nets": len(nets), "iters": iters, "classes_in_half": n_cls // 2,
+            "images_in_half": n_cls // 2 * per_class, "threads": threads, "together_s": round(t_all, 1),
+            "one_by_one_s": round(t_one, 1), "speedup": round(t_one / t_all, 2), "same_top1_every_net": same}
+
+
+def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, images: int = 4096,
+               workers: int = 2, min_time: float = 2.0) -> dict:
+    """Paper-resolution batches (256 px shards, 227 crop + mirror + mean) from memory-mapped per-class
+    files, as a half too large for memory is read: our stream (batched read of the drawn images, next
+    batch read ahead in a thread, one gather) against a torch Dataset over the same memory maps
+    (per-image read, crop, flip, mean) in a DataLoader with ``workers`` processes. Also the raw read
+    alone (what feeds a GPU, which crops on the device) per thread."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
 
     from .data.loader import TrainStream
-    from .models.caffenet import spec_from_config
-    from .transfer import CaffeSGD, build_net, param_groups
+    from .data.shards import ImageSet
 
-    if not torch.cuda.is_available():
+    d = root / f"mmap{size}"
+    n_cls = 16
+    per = images // n_cls
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for c in range(n_cls):
+        if not (d / f"{c}.npy").exists():
+            np.save(d / f"{c}.npy", rng.integers(0, 256, (per, 3, size, size), dtype=np.uint8))
+    arrays = [np.load(d / f"{c}.npy", mmap_mode="r") for c in range(n_cls)]
+    labels = np.repeat(np.arange(n_cls), per)
+    mean = np.full((3, size, size), 120.0, dtype=np.float32)
+    torch.set_num_threads(1)
+    stream = TrainStream(ImageSet(arrays, ram_limit=0), labels, mean, crop, batch, seed=0)
+    ours = batch / _timeit(stream.next, min_time=min_time)[0]
+    read = ImageSet(arrays, ram_limit=0)
+    read_img_s = batch / _timeit(lambda: read.take(rng.integers(0, len(read), batch)), min_time=min_time)[0]
+
+    class MemmapImages(Dataset):
+        def __len__(self):
+            return len(labels)
+
+        def __getitem__(self, i):
+            c, j = divmod(i, per)
+            oy, ox = np.random.randint(0, size - crop + 1, 2)
+            x = torch.from_numpy(np.array(arrays[c][j, :, oy:oy + crop, ox:ox + crop], dtype=np.float32))
+            x -= torch.from_numpy(mean[:, oy:oy + crop, ox:ox + crop])
+            return (x.flip(2) if np.random.rand() < 0.5 else x), int(labels[i])
+
+    dl = DataLoader(MemmapImages(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                    persistent_workers=True)
+    it = iter(dl)
+    next(it)
+    t0, k = time.perf_counter(), 0
+    while k < 3 or time.perf_counter() - t0 < min_time:
+        try:
+            next(it)
+        except StopIteration:
+            it = iter(dl)
+            continue
+        k += 1
+    base = batch * k / (time.perf_counter() - t0)
+    return {"bench": "mmap", "size": size, "crop": crop, "batch": batch, "images": len(labels),
+            "ours_img_s": round(ours, 1), "ours_threads": "1 + 1 read-ahead", "raw_read_img_s_1_thread": round(read_img_s, 1),
+            "baseline": f"Dataset over the same memory maps + DataLoader, {workers} workers",
+            "baseline_img_s": round(base, 1), "ratio": round(ours / base, 2)}
+
+
+def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_model: bool = True) -> dict:
+    """The paper's CaffeNet (227 px crops of 256 px images, 1000 outputs, bf16 autocast, channels_last) on
+    one CUDA device: (1) a training step, ours vs a bare loop, full and n = 5, 7 frozen, with the fraction
+    of the H100's bf16 ceiling (~240k images/s, performance.md); (2) our whole training loop on shards held
+    on the device, and read from memory-mapped files on the host; (3) 8 nets on one data stream vs one by
+    one. About 3 minutes on an H100. ``small`` (with ``device="cpu"``) runs the same code in seconds."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
         return {"bench": "gpu", "skipped": "no CUDA device visible"}
-    dev = torch.device("cuda")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    spec = spec_from_config({"arch": "caffenet", "crop": 227, "init": "caffe"}, 1000)
-    n_img = 4096
-    x = np.random.default_rng(0).integers(0, 256, (n_img, 3, 256, 256), dtype=np.uint8)
-    y = np.random.default_rng(1).integers(0, 1000, n_img)
-    stream = TrainStream(x, y, x[:64].mean(0).astype(np.float32), 227, batch, seed=0, device=dev)
-    assert stream.on_device is not None, "the benchmark set should sit in GPU memory"
-    out = {"bench": "gpu", "device": torch.cuda.get_device_name(0), "batch": batch, "compile": compile_model,
-           "runs": []}
-    for n in (0, 5, 7):
-        net = build_net(spec, n=n, source_state=build_net(spec, seed=1).state_dict(), freeze=True, seed=0)
-        net = net.to(dev, memory_format=torch.channels_last)
-        fwd = torch.compile(net) if compile_model else net
-        opt = CaffeSGD(param_groups(net), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = dev.type == "cuda"
+    if small:
+        net = {"arch": "caffenet-small", "crop": 32, "widths": [16, 32, 48, 48, 32, 128, 128], "init": "kaiming",
+               "input_scale": 0.017,
+               "dropout": 0.5, "outputs": "all", "lrn": True}
+        size, n_cls, per_class, val, batch, iters, outputs = 36, 10, 64, 8, 32, 8, 10
+    else:
+        net = {"arch": "caffenet", "crop": 227, "init": "caffe", "dropout": 0.5, "outputs": "all", "lrn": True}
+        size, n_cls, per_class, val, batch, iters, outputs = 256, 100, 100, 10, 256, 300, 1000
+    out = {"bench": "gpu", "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+           "torch": torch.__version__, "batch": batch}
+    step = bench_step(net["arch"], net["crop"], batch, threads=torch.get_num_threads(), widths=net.get("widths"),
+                      outputs=outputs, device=device, amp=amp, compile_model=compile_model and not small,
+                      min_time=0.2 if small else 3.0)
+    for r in step["runs"]:
+        r["fraction_of_240k_ceiling"] = round(r["ours_img_s"] / 240000, 3)
+    out["step"] = step["runs"]
 
-        def step():
-            xb, yb = stream.next()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(fwd(xb, frozen=n).float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        for _ in range(10):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            step()
-        torch.cuda.synchronize()
-        ips = batch * iters / (time.perf_counter() - t0)
-        out["runs"].append({"frozen": n, "img_s": round(ips, 1), "fraction_of_240k_ceiling": round(ips / 240000, 3)})
+    base = _repo_config("configs/paper-fast.yaml")
+    net["outputs"] = outputs  # fc8 keeps the paper's 1000 outputs although the synthetic set has fewer classes
+    cfg = {"net": net, "metric": {"best_k": 1}, "split_kind": "random",
+           "train": dict(base["train"], batch_size=batch, max_iter=iters, eval_every=iters, checkpoint_every=iters,
+                         amp=amp)}
+    exp = _synthetic_experiment(root / f"gpu{size}", n_cls, per_class, val, size, net)
+    loop = {}
+    for where, ram_limit in (("device_memory", None), ("host_memmap", 0)):
+        wall, res = _train_timed(exp, ["baseB"], cfg, True, f"loop_{where}", device=device, ram_limit=ram_limit)
+        loop[where] = {"img_s_incl_setup": round(iters * batch / wall, 1),
+                       "img_s_training": round(iters * batch / res["baseB"]["wall_s"], 1)}
+    out["loop"] = loop
+    nets = ["A1B", "A3B", "A5B", "A7B", "B1B", "B3B", "B5B", "B7B"][: 4 if small else 8]
+    t_one, r_one = _train_timed(exp, nets, cfg, False, "alone", device=device)
+    t_all, r_all = _train_timed(exp, nets, cfg, True, "together", device=device)
+    out["stream"] = {"nets": nets, "iters": iters, "together_s": round(t_all, 1), "one_by_one_s": round(t_one, 1),
+                     "speedup": round(t_one / t_all, 2),
+                     "top1_max_abs_diff": max(abs(r_one[n]["top1"] - r_all[n]["top1"]) for n in nets)}
     return out
 
 
-def run(which: str, workdir: str | None = None) -> list[dict]:
+def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None) -> list[dict]:
     root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    per_class = 10 if small else 100
+    mt = 0.2 if small else 2.0
+    benches = {
+        "shards": lambda: bench_shards(root, per_class=per_class),
+        "loader": lambda: bench_loader(root, per_class=40, batch=32) if small else bench_loader(root),
+        "mmap": lambda: bench_mmap(root, size=64 if small else 256, crop=56 if small else 227,
+                                   images=512 if small else 4096, min_time=mt),
+        "step": lambda: bench_step(min_time=mt, frozen=(0, 7) if small else (0, 5, 7)),
+        "stream": lambda: bench_stream(root, iters=4 if small else 64, small=small),
+        "dag": lambda: bench_dag(root),
+        "gpu": lambda: bench_gpu(root, device=device or "cuda", small=small),
+    }
+    todo = ["shards", "loader", "mmap", "step", "stream"] if which == "all" else [which]
     results = []
-    todo = ["shards", "loader", "step"] if which == "all" else [which]
-    benches = {"shards": lambda: bench_shards(root), "loader": lambda: bench_loader(root), "step": bench_step,
-               "dag": lambda: bench_dag(root), "gpu": bench_gpu}
     for w in todo:
         r = benches[w]()
         r.update(env)

@@ -138,7 +138,7 @@ def cmd_compare(a):
 def cmd_bench(a):
     from . import bench
 
-    bench.run(a.which, a.workdir)
+    bench.run(a.which, a.workdir, small=a.small, device=a.device)
 
 
 def cmd_describe_net(a):
@@ -255,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "step", "all", "dag", "gpu"])
+    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu"])
     s.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
+    s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
+    s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")

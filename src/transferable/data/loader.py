@@ -42,7 +42,7 @@ class TrainStream:
         # an ImageSet (in memory or memory-mapped), or a uint8 array (N, 3, S, S)
         self.images = images if isinstance(images, ImageSet) else ImageSet([images])
         self.device = torch.device(device)
-        self.y = torch.from_numpy(labels)
+        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.mean = torch.from_numpy(mean).to(device)
         self.size = images.shape[-1]
         if crop > self.size:
@@ -93,14 +93,17 @@ class TrainStream:
         ox = torch.randint(span, (b,), generator=self.gen)
         flip = torch.rand(b, generator=self.gen) < 0.5 if self.mirror else torch.zeros(b, dtype=torch.bool)
         dev = self.device
+        # indices, offsets, flags and labels travel to the device as ONE small pinned copy per batch
+        meta = torch.stack([idx, oy, ox, flip.long(), self.y[idx]])
+        if dev.type == "cuda":
+            meta = meta.pin_memory().to(dev, non_blocking=True)
         if self.on_device is not None:
-            raw = self.on_device[idx.to(dev)]
+            raw = self.on_device[meta[0]]
         else:
             raw = torch.from_numpy(self._read(idx))
             if dev.type == "cuda":
-                raw = raw.pin_memory()
-            raw = raw.to(dev, non_blocking=True)
-        return (raw, oy.to(dev), ox.to(dev), flip.to(dev)), self.y[idx].to(dev, non_blocking=True)
+                raw = raw.pin_memory().to(dev, non_blocking=True)
+        return (raw, meta[1], meta[2], meta[3].bool()), meta[4]
 
     def _read(self, idx: torch.Tensor) -> np.ndarray:
         """The uint8 images of the batch just drawn (ending at self.pos), from the prefetch when it has them;

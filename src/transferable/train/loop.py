@@ -108,21 +108,38 @@ class _Member:
         self.mean_t = torch.from_numpy(mean).to(device)
         self.source_key = source_key  # nets with the same key subtract the same mean image
         self.history: list[dict] = []
-        self.running: list[float] = []  # train losses since the last evaluation
+        # Train losses since the last evaluation, summed ON the device: reading a loss back every
+        # iteration (loss.item()) would make the host wait for the GPU at every step.
+        self.device = device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_n = 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss.detach()
+        self.loss_n += 1
+
+    def take_loss(self) -> float:
+        """Mean train loss since the last call (one device-to-host read), then reset."""
+        mean = self.loss_sum.item() / max(self.loss_n, 1)
+        self.loss_sum.zero_()
+        self.loss_n = 0
+        return mean
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optim": self.opt.state_dict(), "history": self.history,
-                "running": self.running}
+                "loss_sum": self.loss_sum.cpu(), "loss_n": self.loss_n}
 
     def load(self, st: dict) -> None:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optim"])
-        self.history, self.running = st["history"], list(st.get("running", []))
+        self.history = st["history"]
+        self.loss_sum = st["loss_sum"].to(self.device, torch.float64)
+        self.loss_n = int(st["loss_n"])
 
 
 def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
                cfg: dict, source_models: dict | None = None, device: str = "auto", threads: int = 1,
-               compile_model: bool = False, log=print) -> dict:
+               compile_model: bool = False, ram_limit: float | None = None, log=print) -> dict:
     """Train several nets of one split and target half together, on ONE stream of batches: each batch is
     read and augmented once, and nets whose frozen layers come from the same source share that frozen
     forward pass (computed once, to the deepest frozen layer, and tapped at each n). With dropout 0 in
@@ -130,7 +147,9 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     with dropout there, the nets sharing a frozen pass share its dropout masks.
 
     ``source_models`` maps each transferred net to its source's model.pt; ``out_dirs`` each net to its
-    output folder. Returns {net: metrics}."""
+    output folder. ``ram_limit`` (bytes) overrides when the images are read from memory-mapped shards
+    instead of memory (default: when they take more than a quarter of the available memory). Returns
+    {net: metrics}."""
     t_start = time.time()
     source_models = source_models or {}
     names = {n: parse_net(n) for n in nets}
@@ -192,8 +211,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             shared[m.source_key] = m
 
     t_load = time.time()
-    x_train, y_train = shards.load("train", classes)
-    x_val, y_val = shards.load("val", classes)
+    x_train, y_train = shards.load("train", classes, ram_limit)
+    x_val, y_val = shards.load("val", classes, ram_limit)
     # Every net that trains on the same half of the same split sees the same stream of batches, as every
     # Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
     stream = TrainStream(x_train, y_train, own_mean if own_mean is not None else members[0].mean, spec.crop,
@@ -264,15 +283,21 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                 else:
                     logits = forwards[m.net](inputs[m.source_key], frozen=m.frozen)
             loss = F.cross_entropy(logits.float(), yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{split}/{m.net}] loss is {loss.item()} at iteration {it} (lr {lr:g})")
             m.opt.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_([p for g in m.opt.param_groups for p in g["params"]], clip)
             m.opt.step()
-            m.running.append(loss.item())
+            m.add_loss(loss)
         it += 1
+        if it % eval_every == 0 or it == max_iter or it % ckpt_every == 0 or stop["signal"]:
+            # Checked where the host reads from the device anyway, never per step; a non-finite loss
+            # stops the run before it is evaluated or checkpointed.
+            for m in members:
+                if not torch.isfinite(m.loss_sum):
+                    raise FloatingPointError(f"[{split}/{m.net}] non-finite train loss between iterations "
+                                             f"{it - m.loss_n + 1} and {it} (lr {lr:g}); lower train.lr or "
+                                             "set train.grad_clip")
         if it % eval_every == 0 or it == max_iter:
             now = time.time()
             rate = (it - it_rate) * bs / max(now - t_rate, 1e-9)
@@ -280,9 +305,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             for m in members:
                 ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
                 row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
-                       "train_loss": float(np.mean(m.running)), **ev, "elapsed_s": round(time.time() - t0, 3)}
+                       "train_loss": m.take_loss(), **ev, "elapsed_s": round(time.time() - t0, 3)}
                 m.history.append(row)
-                m.running = []
                 log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
                     f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
                     f"| {rate:.0f} img/s, ETA {eta:.0f} s")

@@ -1,0 +1,48 @@
+"""The benchmarks run (at their --small sizes, in seconds) and report what the README's table quotes."""
+
+import json
+
+import pytest
+import torch
+
+from transferable import bench
+
+pytestmark = pytest.mark.slow
+
+
+def test_cpu_benchmarks_report_ours_beside_a_baseline(tmp_path, capsys):
+    results = {r["bench"]: r for r in bench.run("all", str(tmp_path), small=True)}
+    assert set(results) == {"shards", "loader", "mmap", "step", "stream"}
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["bench"] for p in printed] == ["shards", "loader", "mmap", "step", "stream"]
+    for key in ("shards", "mmap"):
+        r = results[key]
+        assert r["ours_img_s"] > 0 and r["baseline_img_s"] > 0
+        assert r["ratio"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"], rel=0.01)
+    assert results["loader"]["ratio_at_equal_cores"] > 0
+    assert [r["frozen"] for r in results["step"]["runs"]] == [0, 7]
+    for r in results["step"]["runs"]:
+        assert r["ours_img_s"] > 0 and r["bare_img_s"] > 0 and r["bare_channels_last_img_s"] > 0
+    s = results["stream"]
+    # the demo's nets (no dropout): one data stream gives every net exactly its one-by-one result
+    assert s["nets"] == 12 and s["same_top1_every_net"] is True
+    assert s["speedup"] == pytest.approx(s["one_by_one_s"] / s["together_s"], rel=0.1)
+
+
+def test_gpu_benchmark_code_runs_on_the_cpu(tmp_path):
+    """The GPU benchmark (step, whole loop from device memory and from memory maps, shared stream) is the
+    same code on any device: checked here, so it is ready when a GPU is there."""
+    r = bench.bench_gpu(tmp_path, device="cpu", small=True)
+    assert r["device"] == "cpu"
+    assert [s["frozen"] for s in r["step"]] == [0, 5, 7]
+    assert all(0 < s["fraction_of_240k_ceiling"] < 1 for s in r["step"])
+    assert set(r["loop"]) == {"device_memory", "host_memmap"}
+    assert all(v["img_s_incl_setup"] > 0 for v in r["loop"].values())
+    assert r["stream"]["nets"] == ["A1B", "A3B", "A5B", "A7B"] and r["stream"]["together_s"] > 0
+    # trained nets are written where the benchmark says
+    assert (tmp_path / "gpu36" / "runs" / "together" / "A7B" / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_gpu_benchmark_without_a_gpu_says_so(tmp_path):
+    assert bench.bench_gpu(tmp_path) == {"bench": "gpu", "skipped": "no CUDA device visible"}
