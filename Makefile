@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-fast setup clean
+.PHONY: demo test test-fast setup clean bench bench-gpu
 
 $(BIN)/transferable: pyproject.toml envs/constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,14 @@ test: setup
 ## Unit tests only (seconds).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not slurm" -q
+
+## CPU benchmarks, each beside a plain baseline (JSON lines; about 4 minutes on 2 cores).
+bench: setup
+	$(BIN)/python -m transferable bench all
+
+## The GPU benchmark with whatever python3 holds a CUDA torch (no .venv needed): under 5 minutes.
+bench-gpu:
+	PYTHONPATH=src PYTHONUNBUFFERED=1 $(PY) -m transferable bench gpu
 
 clean:
 	rm -rf results logs .snakemake report.html

@@ -19,11 +19,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+_T0 = time.perf_counter()
+
+
+def _note(msg: str) -> None:
+    """Progress on stderr (the results go to stdout as JSON)."""
+    print(f"[bench {time.perf_counter() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def _timeit(fn, min_time: float = 2.0, warmup: int = 2, sync=None, block: int = 1) -> tuple[float, int]:
@@ -193,13 +202,14 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
 
     timeit = {"min_time": min_time, "sync": torch.cuda.synchronize if cuda else None, "block": 10 if cuda else 1}
     for n in frozen:
+        _note(f"step: {arch} on {dev}, {n} frozen layers")
         t_ours = _timeit(stepper(n, True, True), **timeit)[0]
         t_bare = _timeit(stepper(n, False, False), **timeit)[0]
         t_bare_cl = _timeit(stepper(n, False, True), **timeit)[0]
         row = {"frozen": n, "ours_img_s": round(batch / t_ours, 1), "bare_img_s": round(batch / t_bare, 1),
                "bare_channels_last_img_s": round(batch / t_bare_cl, 1), "ratio_vs_bare": round(t_bare / t_ours, 3),
                "overhead_vs_bare_channels_last": round(t_ours / t_bare_cl - 1, 3)}
-        if compile_model:
+        if compile_model and n == 0:  # one compile (tens of seconds) for the costliest case
             t_comp = _timeit(stepper(n, True, True, compiled=True), warmup=3, **timeit)[0]
             row["ours_compiled_img_s"] = round(batch / t_comp, 1)
         out["runs"].append(row)
@@ -209,11 +219,13 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
     return out
 
 
-def bench_dag(root: Path, cores: int = 2) -> dict:
-    """Wall time of the demo pipeline (config.yaml) from an empty results/, in a copy of the workflow."""
+def bench_dag(root: Path, cores: int = 2, shared_stream: bool = False) -> dict:
+    """Wall time of the demo pipeline (config.yaml) from an empty results/, in a copy of the workflow;
+    ``shared_stream`` sets resources.shared_stream in the copy's config."""
     import shutil
     import subprocess
-    import sys
+
+    import yaml
 
     repo = Path(__file__).resolve().parents[2]
     wd = root / "dag"
@@ -221,7 +233,12 @@ def bench_dag(root: Path, cores: int = 2) -> dict:
     wd.mkdir(parents=True)
     for name in ("Snakefile", "config.yaml", "workflow", "envs"):
         (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, wd / name)
+    if shared_stream:
+        cfg = yaml.safe_load((wd / "config.yaml").read_text())
+        cfg["resources"]["shared_stream"] = True
+        (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    _note(f"dag: snakemake --cores {cores} in {wd} (minutes)")
     t0 = time.perf_counter()
     subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", str(cores), "--quiet"], cwd=wd,
                    env=env, check=True, capture_output=True)
@@ -229,7 +246,8 @@ def bench_dag(root: Path, cores: int = 2) -> dict:
     import pandas as pd
 
     runs = pd.read_csv(wd / "results/tables/runs.csv")
-    return {"bench": "dag", "config": "config.yaml", "cores": cores, "wall_s": round(wall, 1), "nets": len(runs),
+    return {"bench": "dag", "config": "config.yaml", "shared_stream": shared_stream, "cores": cores,
+            "wall_s": round(wall, 1), "nets": len(runs),
             "net_wall_s_sum": round(float(runs.wall_s.sum()), 1), "target_s": 600}
 
 
@@ -314,7 +332,9 @@ def bench_stream(root: Path, iters: int = 64, small: bool = False, threads: int 
     exp = _synthetic_experiment(root / f"stream{n_cls}", n_cls, per_class, val, base["preprocess"]["size"],
                                 base["net"])
     nets = _half_group(layers=(1, 4, 7) if small else range(1, 8))
+    _note(f"stream: {len(nets)} nets one by one, {iters} iterations each")
     t_one, r_one = _train_timed(exp, nets, cfg, False, "alone", device="cpu", threads=threads)
+    _note(f"stream: the same nets together ({t_one:.0f} s one by one)")
     t_all, r_all = _train_timed(exp, nets, cfg, True, "together", device="cpu", threads=threads)
     same = all(r_one[n]["top1"] == r_all[n]["top1"] and r_one[n]["top1_final"] == r_all[n]["top1_final"] for n in nets)
     return {"bench": "stream", "nets": len(nets), "iters": iters, "classes_in_half": n_cls // 2,
@@ -349,6 +369,9 @@ def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, i
     torch.set_num_threads(1)
     stream = TrainStream(ImageSet(arrays, ram_limit=0), labels, mean, crop, batch, seed=0)
     ours = batch / _timeit(stream.next, min_time=min_time)[0]
+    torch.set_num_threads(workers)
+    ours_equal = batch / _timeit(stream.next, min_time=min_time)[0]  # as many threads as the baseline's workers
+    torch.set_num_threads(1)
     read = ImageSet(arrays, ram_limit=0)
     read_img_s = batch / _timeit(lambda: read.take(rng.integers(0, len(read), batch)), min_time=min_time)[0]
 
@@ -377,9 +400,11 @@ def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, i
         k += 1
     base = batch * k / (time.perf_counter() - t0)
     return {"bench": "mmap", "size": size, "crop": crop, "batch": batch, "images": len(labels),
-            "ours_img_s": round(ours, 1), "ours_threads": "1 + 1 read-ahead", "raw_read_img_s_1_thread": round(read_img_s, 1),
+            "ours_img_s": round(ours, 1), "ours_threads": "1 + 1 read-ahead",
+            f"ours_img_s_{workers}_threads": round(ours_equal, 1), "raw_read_img_s_1_thread": round(read_img_s, 1),
             "baseline": f"Dataset over the same memory maps + DataLoader, {workers} workers",
-            "baseline_img_s": round(base, 1), "ratio": round(ours / base, 2)}
+            "baseline_img_s": round(base, 1), "ratio": round(ours / base, 2),
+            "ratio_at_equal_cores": round(ours_equal / base, 2)}
 
 
 def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_model: bool = True) -> dict:
@@ -405,7 +430,7 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
         size, n_cls, per_class, val, batch, iters, outputs = 36, 10, 64, 8, 32, 8, 10
     else:
         net = {"arch": "caffenet", "crop": 227, "init": "caffe", "dropout": 0.5, "outputs": "all", "lrn": True}
-        size, n_cls, per_class, val, batch, iters, outputs = 256, 100, 100, 10, 256, 300, 1000
+        size, n_cls, per_class, val, batch, iters, outputs = 256, 100, 100, 10, 256, 200, 1000
     out = {"bench": "gpu", "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
            "torch": torch.__version__, "batch": batch}
     step = bench_step(net["arch"], net["crop"], batch, threads=torch.get_num_threads(), widths=net.get("widths"),
@@ -420,14 +445,17 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
     cfg = {"net": net, "metric": {"best_k": 1}, "split_kind": "random",
            "train": dict(base["train"], batch_size=batch, max_iter=iters, eval_every=iters, checkpoint_every=iters,
                          amp=amp)}
+    _note(f"writing {n_cls * (per_class + val)} random {size}-px images as shards")
     exp = _synthetic_experiment(root / f"gpu{size}", n_cls, per_class, val, size, net)
     loop = {}
     for where, ram_limit in (("device_memory", None), ("host_memmap", 0)):
+        _note(f"loop: baseB, {iters} iterations, images in {where}")
         wall, res = _train_timed(exp, ["baseB"], cfg, True, f"loop_{where}", device=device, ram_limit=ram_limit)
         loop[where] = {"img_s_incl_setup": round(iters * batch / wall, 1),
                        "img_s_training": round(iters * batch / res["baseB"]["wall_s"], 1)}
     out["loop"] = loop
     nets = ["A1B", "A3B", "A5B", "A7B", "B1B", "B3B", "B5B", "B7B"][: 4 if small else 8]
+    _note(f"stream: {len(nets)} nets one by one, then together")
     t_one, r_one = _train_timed(exp, nets, cfg, False, "alone", device=device)
     t_all, r_all = _train_timed(exp, nets, cfg, True, "together", device=device)
     out["stream"] = {"nets": nets, "iters": iters, "together_s": round(t_all, 1), "one_by_one_s": round(t_one, 1),
@@ -436,7 +464,8 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
     return out
 
 
-def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None) -> list[dict]:
+def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None,
+        shared_stream: bool = False) -> list[dict]:
     root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -449,7 +478,7 @@ def run(which: str, workdir: str | None = None, small: bool = False, device: str
                                    images=512 if small else 4096, min_time=mt),
         "step": lambda: bench_step(min_time=mt, frozen=(0, 7) if small else (0, 5, 7)),
         "stream": lambda: bench_stream(root, iters=4 if small else 64, small=small),
-        "dag": lambda: bench_dag(root),
+        "dag": lambda: bench_dag(root, shared_stream=shared_stream),
         "gpu": lambda: bench_gpu(root, device=device or "cuda", small=small),
     }
     todo = ["shards", "loader", "mmap", "step", "stream"] if which == "all" else [which]

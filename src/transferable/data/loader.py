@@ -17,7 +17,16 @@ from .shards import ImageSet
 
 def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:
     """x uint8 (B,3,S,S), mean float (3,S,S), offsets/flip (B,) -> float (B,3,crop,crop), channels_last
-    (the memory layout the convolutions run fastest in, on CPU and GPU)."""
+    (the memory layout the convolutions run fastest in, on CPU and GPU). The mean is subtracted at the
+    crop's position and mirrored with it."""
+    out = (_crops_by_index if x.device.type != "cpu" else _crops_by_slice)(x, mean, oy, ox, crop, flip)
+    if scale != 1.0:
+        out *= scale
+    return out
+
+
+def _crops_by_index(x, mean, oy, ox, crop, flip) -> torch.Tensor:
+    """The whole batch as ONE gather: a few kernels on a GPU, whatever the batch size."""
     b = x.shape[0]
     ar = torch.arange(crop, device=x.device)
     rows = oy[:, None] + ar  # (B, crop)
@@ -26,9 +35,18 @@ def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, 
     r, c = rows[:, :, None], cols[:, None, :]
     out = x.permute(0, 2, 3, 1)[bi, r, c].to(torch.float32)  # (B, crop, crop, 3)
     out -= mean.permute(1, 2, 0)[r, c]
-    if scale != 1.0:
-        out *= scale
     return out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
+
+
+def _crops_by_slice(x, mean, oy, ox, crop, flip) -> torch.Tensor:
+    """Image by image as strided slices: on a CPU 4x faster than the gather at 227 px (bench mmap), the
+    same values."""
+    out = torch.empty(x.shape[0], crop, crop, x.shape[1], dtype=torch.float32)
+    view = out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
+    for i, (a, b, f) in enumerate(zip(oy.tolist(), ox.tolist(), flip.tolist())):
+        t = torch.sub(x[i, :, a : a + crop, b : b + crop], mean[:, a : a + crop, b : b + crop])
+        view[i].copy_(t.flip(-1) if f else t)
+    return view
 
 
 class TrainStream:
