@@ -66,16 +66,25 @@ class CaffeSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
+        # Tensors with the same lr and decay are updated together, one fused (foreach) kernel per
+        # operation instead of one per tensor: on a GPU the step is a handful of launches. Per element the
+        # arithmetic is exactly the one-tensor-at-a-time update's.
+        buckets: dict[tuple, tuple[list, list, list]] = {}
         for g in self.param_groups:
             lr = g["lr"] * g["lr_mult"]
             wd = g["weight_decay"] * g["decay_mult"]
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                d = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
                 st = self.state[p]
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = st["momentum_buffer"] = torch.zeros_like(p)
-                buf.mul_(g["momentum"]).add_(d, alpha=lr)
-                p.sub_(buf)
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p)
+                ps, grads, bufs = buckets.setdefault((lr, wd, g["momentum"], p.device, p.dtype), ([], [], []))
+                ps.append(p)
+                grads.append(p.grad)
+                bufs.append(st["momentum_buffer"])
+        for (lr, wd, momentum, _, _), (ps, grads, bufs) in buckets.items():
+            d = grads if wd == 0 else torch._foreach_add(grads, ps, alpha=wd)
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, d, alpha=lr)
+            torch._foreach_sub_(ps, bufs)
