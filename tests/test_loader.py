@@ -28,3 +28,15 @@ def test_crops_match_caffes_transform_and_both_implementations_agree():
         assert np.array_equal(by_slice[i].numpy(), ref), i
     scaled = _gather_crops(x, mean, oy, ox, crop, flip, 0.5)
     assert torch.equal(scaled, by_slice * 0.5)
+
+
+def test_crops_split_between_threads_are_the_same(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 256, (7, 3, 70, 70), dtype=np.uint8))
+    mean = torch.from_numpy(rng.random((3, 70, 70), dtype=np.float32))
+    oy, ox = torch.from_numpy(rng.integers(0, 3, 7)), torch.from_numpy(rng.integers(0, 3, 7))
+    flip = torch.from_numpy(rng.random(7) < 0.5)
+    one = _crops_by_slice(x, mean, oy, ox, 68, flip)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert torch.equal(_crops_by_slice(x, mean, oy, ox, 68, flip), one)
+    assert torch.equal(one, _crops_by_index(x, mean, oy, ox, 68, flip))

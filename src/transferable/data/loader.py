@@ -38,14 +38,30 @@ def _crops_by_index(x, mean, oy, ox, crop, flip) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
 
 
+_CROP_POOL: ThreadPoolExecutor | None = None
+
+
 def _crops_by_slice(x, mean, oy, ox, crop, flip) -> torch.Tensor:
     """Image by image as strided slices: on a CPU 4x faster than the gather at 227 px (bench mmap), the
-    same values."""
+    same values. With several torch threads, a batch of large crops is split between that many threads
+    (1.6x on 2 threads at 227 px)."""
+    global _CROP_POOL
     out = torch.empty(x.shape[0], crop, crop, x.shape[1], dtype=torch.float32)
     view = out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
-    for i, (a, b, f) in enumerate(zip(oy.tolist(), ox.tolist(), flip.tolist())):
-        t = torch.sub(x[i, :, a : a + crop, b : b + crop], mean[:, a : a + crop, b : b + crop])
-        view[i].copy_(t.flip(-1) if f else t)
+    todo = list(enumerate(zip(oy.tolist(), ox.tolist(), flip.tolist())))
+
+    def work(items):
+        for i, (a, b, f) in items:
+            t = torch.sub(x[i, :, a : a + crop, b : b + crop], mean[:, a : a + crop, b : b + crop])
+            view[i].copy_(t.flip(-1) if f else t)
+
+    k = min(torch.get_num_threads(), len(todo)) if crop >= 64 else 1  # small crops: not worth a thread
+    if k > 1:
+        if _CROP_POOL is None or _CROP_POOL._max_workers < k:
+            _CROP_POOL = ThreadPoolExecutor(k)
+        list(_CROP_POOL.map(work, [todo[j::k] for j in range(k)]))
+    else:
+        work(todo)
     return view
 
 
