@@ -122,3 +122,21 @@ def test_nets_trained_together_equal_nets_trained_alone(prepared, tmp_path):
         assert all(torch.equal(a[k], g[k]) for k in a), n
         ha, hg = (pd.read_csv(p / "history.csv").drop(columns="elapsed_s") for p in (alone, tmp_path / "g" / n))
         pd.testing.assert_frame_equal(ha, hg)
+
+
+def test_checkpoint_written_before_device_side_loss_sums_still_resumes():
+    """Checkpoints of earlier versions hold the losses since the last evaluation as a list."""
+    from transferable.models.caffenet import spec_from_config
+    from transferable.train.loop import _Member
+    from transferable.transfer import CaffeSGD, build_net, param_groups
+
+    model = build_net(spec_from_config(MICRO["net"], 4), seed=0)
+    opt = CaffeSGD(param_groups(model), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    m = _Member("baseB", model, opt, np.zeros((3, 4, 4), np.float32), 0, "own", torch.device("cpu"))
+    m.load({"model": model.state_dict(), "optim": opt.state_dict(), "history": [{"iter": 2}],
+            "running": [1.0, 3.0, 2.0]})
+    assert m.loss_n == 3 and m.history == [{"iter": 2}] and m.take_loss() == pytest.approx(2.0)
+    m.add_loss(torch.tensor(5.0))
+    restored = _Member("baseB", model, opt, np.zeros((3, 4, 4), np.float32), 0, "own", torch.device("cpu"))
+    restored.load(m.state())
+    assert restored.loss_n == 1 and restored.take_loss() == 5.0

@@ -133,8 +133,13 @@ class _Member:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optim"])
         self.history = st["history"]
-        self.loss_sum = st["loss_sum"].to(self.device, torch.float64)
-        self.loss_n = int(st["loss_n"])
+        if "loss_sum" in st:
+            self.loss_sum = st["loss_sum"].to(self.device, torch.float64)
+            self.loss_n = int(st["loss_n"])
+        else:  # a checkpoint from before losses were summed on the device: a list of them
+            running = list(st.get("running", []))
+            self.loss_sum = torch.tensor(float(sum(running)), dtype=torch.float64, device=self.device)
+            self.loss_n = len(running)
 
 
 def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
