@@ -30,8 +30,9 @@ def test_cpu_benchmarks_report_ours_beside_a_baseline(tmp_path, capsys):
 
 
 def test_gpu_benchmark_code_runs_on_the_cpu(tmp_path):
-    """The GPU benchmark (step, whole loop from device memory and from memory maps, shared stream) is the
-    same code on any device: checked here, so it is ready when a GPU is there."""
+    """The GPU benchmark's functions (step, whole loop from memory and from memory maps, shared stream)
+    run end to end here; what only a GPU runs (bf16 autocast, torch.compile, images on the device, pinned
+    copies, synchronised timing) is not exercised on the CPU."""
     r = bench.bench_gpu(tmp_path, device="cpu", small=True)
     assert r["device"] == "cpu"
     assert [s["frozen"] for s in r["step"]] == [0, 5, 7]

@@ -138,7 +138,8 @@ def cmd_compare(a):
 def cmd_bench(a):
     from . import bench
 
-    bench.run(a.which, a.workdir, small=a.small, device=a.device, shared_stream=a.shared_stream)
+    bench.run(a.which, a.workdir, small=a.small, device=a.device, shared_stream=a.shared_stream,
+              compile_model=not a.no_compile)
 
 
 def cmd_describe_net(a):
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
     s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
     s.add_argument("--shared-stream", action="store_true", help="dag benchmark only: resources.shared_stream on")
+    s.add_argument("--no-compile", action="store_true", help="gpu benchmark only: skip the torch.compile run")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")

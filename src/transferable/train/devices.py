@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-_held = []  # keep lock files open for the life of the process
+_held: dict[str, tuple[int, object]] = {}  # lock folder -> (GPU index, its lock file, open for the process's life)
 
 
 def lock_dir() -> Path:
@@ -23,9 +23,12 @@ def lock_dir() -> Path:
 
 
 def acquire_gpu(count: int | None = None, locks: Path | None = None) -> int | None:
-    """Index of a CUDA device no other job of this host holds, or None if all are taken."""
+    """Index of a CUDA device no other job of this host holds, or None if all are taken. A process that
+    already holds one (several trainings in one process, as the benchmarks run them) gets the same one."""
     count = torch.cuda.device_count() if count is None else count
     locks = locks or lock_dir()
+    if str(locks) in _held:
+        return _held[str(locks)][0]
     locks.mkdir(parents=True, exist_ok=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     for i in range(count):
@@ -35,7 +38,7 @@ def acquire_gpu(count: int | None = None, locks: Path | None = None) -> int | No
         except BlockingIOError:
             f.close()
             continue
-        _held.append(f)
+        _held[str(locks)] = (i, f)
         return i
     return None
 

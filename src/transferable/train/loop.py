@@ -111,7 +111,8 @@ class _Member:
         # Train losses since the last evaluation, summed ON the device: reading a loss back every
         # iteration (loss.item()) would make the host wait for the GPU at every step.
         self.device = device
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS: no fp64
+        self.loss_sum = torch.zeros((), dtype=self.loss_dtype, device=device)
         self.loss_n = 0
 
     def add_loss(self, loss: torch.Tensor) -> None:
@@ -134,11 +135,11 @@ class _Member:
         self.opt.load_state_dict(st["optim"])
         self.history = st["history"]
         if "loss_sum" in st:
-            self.loss_sum = st["loss_sum"].to(self.device, torch.float64)
+            self.loss_sum = st["loss_sum"].to(self.device, self.loss_dtype)
             self.loss_n = int(st["loss_n"])
         else:  # a checkpoint from before losses were summed on the device: a list of them
             running = list(st.get("running", []))
-            self.loss_sum = torch.tensor(float(sum(running)), dtype=torch.float64, device=self.device)
+            self.loss_sum = torch.tensor(float(sum(running)), dtype=self.loss_dtype, device=self.device)
             self.loss_n = len(running)
 
 
@@ -301,7 +302,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             for m in members:
                 if not torch.isfinite(m.loss_sum):
                     raise FloatingPointError(f"[{split}/{m.net}] non-finite train loss between iterations "
-                                             f"{it - m.loss_n + 1} and {it} (lr {lr:g}); lower train.lr or "
+                                             f"{it - m.loss_n + 1} and {it} (lr now {lr:g}); lower train.lr or "
                                              "set train.grad_clip")
         if it % eval_every == 0 or it == max_iter:
             now = time.time()
