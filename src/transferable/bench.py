@@ -285,11 +285,12 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
                         pd.DataFrame({"wnid": [f"n{c:08d}" for c in range(num_classes)]}))
     (root / "rand0.json").write_text(json.dumps(man))
     shards = Shards(index)
-    spec = spec_from_config(net_cfg, num_classes)
+    outputs = net_cfg["outputs"] if isinstance(net_cfg.get("outputs"), int) else num_classes
+    spec = spec_from_config(net_cfg, outputs)
     for seed, half in enumerate("AB", start=1):
         classes = man["halves"][half]["classes"]
         torch.save({"state_dict": build_net(spec, seed=seed).state_dict(),
-                    "mean": torch.from_numpy(shards.mean_image(classes)), "outputs": num_classes,
+                    "mean": torch.from_numpy(shards.mean_image(classes)), "outputs": outputs,
                     "classes": torch.tensor(classes)}, root / f"base{half}.pt")
     return root
 

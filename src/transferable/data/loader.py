@@ -135,23 +135,29 @@ class TrainStream:
         if self.on_device is not None:
             raw = self.on_device[meta[0]]
         else:
-            raw = torch.from_numpy(self._read(idx))
+            raw = self._read(idx)
             if dev.type == "cuda":
-                raw = raw.pin_memory().to(dev, non_blocking=True)
+                raw = raw.to(dev, non_blocking=True)
         return (raw, meta[1], meta[2], meta[3].bool()), meta[4]
 
-    def _read(self, idx: torch.Tensor) -> np.ndarray:
+    def _fetch(self, idx: np.ndarray) -> torch.Tensor:
+        """Read the images; for a GPU also into pinned memory, so that the copy to the device is
+        asynchronous. Runs in the read-ahead thread, off the training loop's path."""
+        data = torch.from_numpy(self.images.take(idx))
+        return data.pin_memory() if self.device.type == "cuda" else data
+
+    def _read(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images of the batch just drawn (ending at self.pos), from the prefetch when it has them;
         then start reading the next batch of this epoch."""
         key = (self.epoch, self.pos)
         if self._pending is not None and self._pending[0] == key:
             data = self._pending[1].result()
         else:
-            data = self.images.take(idx.numpy())
+            data = self._fetch(idx.numpy())
         self._pending = None
         if self._pool is not None and self.pos + self.batch_size <= len(self.perm):
             nxt = self.perm[self.pos : self.pos + self.batch_size].numpy()
-            self._pending = ((self.epoch, self.pos + self.batch_size), self._pool.submit(self.images.take, nxt))
+            self._pending = ((self.epoch, self.pos + self.batch_size), self._pool.submit(self._fetch, nxt))
         return data
 
     @property
