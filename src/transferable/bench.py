@@ -28,6 +28,7 @@ import numpy as np
 
 
 _T0 = time.perf_counter()
+_REPO = Path(__file__).resolve().parents[2]  # the checkout (an editable install): its config files
 
 
 def _note(msg: str) -> None:
@@ -231,7 +232,7 @@ def bench_dag(root: Path, cores: int = 2, shared_stream: bool = False) -> dict:
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = _REPO
     wd = root / "dag"
     shutil.rmtree(wd, ignore_errors=True)
     wd.mkdir(parents=True)
@@ -316,13 +317,7 @@ def _train_timed(exp: Path, nets: list[str], cfg: dict, together: bool, tag: str
 def _repo_config(name: str) -> dict:
     import yaml
 
-    return yaml.safe_load((Path(__file__).resolve().parents[2] / name).read_text())
-
-
-def _half_group(target: str = "B", layers=range(1, 8)) -> list[str]:
-    """The non-base nets that train on one half of a random split: BnB, BnB+, AnB, AnB+ (28 for n = 1..7)."""
-    other = "A" if target == "B" else "B"
-    return [f"{s}{n}{target}{ft}" for s in (target, other) for n in layers for ft in ("", "_ft")]
+    return yaml.safe_load((_REPO / name).read_text())
 
 
 def bench_stream(root: Path, iters: int = 64, small: bool = False, threads: int = 1) -> dict:
@@ -336,7 +331,13 @@ def bench_stream(root: Path, iters: int = 64, small: bool = False, threads: int 
     n_cls, per_class, val = (8, 32, 8) if small else (40, 200, 50)
     exp = _synthetic_experiment(root / f"stream{n_cls}", n_cls, per_class, val, base["preprocess"]["size"],
                                 base["net"])
-    nets = _half_group(layers=(1, 4, 7) if small else range(1, 8))
+    from .paths import parse_net
+    from .plan import stream_groups
+
+    # the group the pipeline itself would train on one stream (resources.shared_stream): rand0, half B
+    (nets,) = [g for split, half, g in stream_groups(base) if (split, half) == ("rand0", "B")]
+    if small:
+        nets = [n for n in nets if parse_net(n).n in (1, 4, 7)]
     _note(f"stream: {len(nets)} nets one by one, {iters} iterations each")
     t_one, r_one = _train_timed(exp, nets, cfg, False, "alone", device="cpu", threads=threads)
     _note(f"stream: the same nets together ({t_one:.0f} s one by one)")
