@@ -8,7 +8,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: demo test test-fast setup clean bench bench-gpu
 
+# torch 2.14.1 for x86_64 is a CUDA build: the environment takes about 5.9 GB.
+NEED_MB ?= 6000
+
 $(BIN)/transferable: pyproject.toml envs/constraints.txt
+	@mkdir -p $(dir $(VENV)); free=$$(df -Pm $(dir $(VENV)) | awk 'NR==2 {print $$4}'); \
+	if [ ! -x $(BIN)/python ] && [ "$$free" -lt $(NEED_MB) ]; then \
+	  echo "make: only $$free MB free on the disk of $(abspath $(VENV)); its environment needs about $(NEED_MB) MB." >&2; \
+	  echo "      Free some space, or put it elsewhere: make VENV=/bigger/disk/venv ..." >&2; exit 1; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c envs/constraints.txt -e '.[all,workflow,test]'

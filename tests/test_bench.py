@@ -47,3 +47,22 @@ def test_gpu_benchmark_code_runs_on_the_cpu(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
 def test_gpu_benchmark_without_a_gpu_says_so(tmp_path):
     assert bench.bench_gpu(tmp_path) == {"bench": "gpu", "skipped": "no CUDA device visible"}
+
+
+def test_scratch_folder_of_its_own_is_removed_at_the_end(tmp_path, monkeypatch):
+    """Without --workdir a benchmark writes into a temp folder of its own (a full run: ~0.8 GB) and removes
+    it when it ends, also when it fails; a folder the user names is kept."""
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
+    bench.run("shards", small=True)
+    assert list(tmp_path.iterdir()) == []
+
+    def fail(*a, **k):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(bench, "bench_loader", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        bench.run("loader", small=True)
+    assert list(tmp_path.iterdir()) == []
+
+    kept = tmp_path / "kept"
+    bench.run("shards", str(kept), small=True)
+    assert any(kept.iterdir())

@@ -1,8 +1,11 @@
 """The conda files in envs/ and the pip pins agree with each other and with pyproject's dependencies."""
 
 import re
+import shutil
+import subprocess
 import tomllib
 
+import pytest
 import yaml
 from conftest import ROOT
 
@@ -64,3 +67,15 @@ def test_every_rule_names_an_existing_env():
     for smk in (ROOT / "workflow/rules").glob("*.smk"):
         for env in re.findall(r'conda:\s*\n\s*"([^"]+)"', smk.read_text()):
             assert (smk.parent / env).resolve().is_file(), f"{smk.name}: {env} does not exist"
+
+
+def test_setup_on_a_full_disk_stops_before_installing(tmp_path):
+    """`make setup` names the folder and the space it needs instead of failing half-way through pip."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    venv = tmp_path / "venv"
+    r = subprocess.run(["make", "-s", "setup", f"VENV={venv}", "NEED_MB=999999999"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert f"MB free on the disk of {venv}" in r.stderr and "needs about 999999999 MB" in r.stderr
+    assert not venv.exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -227,7 +228,6 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
 def bench_dag(root: Path, cores: int = 2, shared_stream: bool = False) -> dict:
     """Wall time of the demo pipeline (config.yaml) from an empty results/, in a copy of the workflow;
     ``shared_stream`` sets resources.shared_stream in the copy's config."""
-    import shutil
     import subprocess
 
     import yaml
@@ -492,8 +492,21 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
 
 def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None,
         shared_stream: bool = False, compile_model: bool = True) -> list[dict]:
-    root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
+    """Run one benchmark (or `all` the CPU ones), print each result as a JSON line, return them. Scratch
+    data goes to `workdir`, kept; without one, to a temp folder removed at the end (a full run writes ~0.8 GB)."""
+    if workdir is None:
+        root = Path(tempfile.mkdtemp(prefix="transferable-bench-"))
+        try:
+            return _run(which, root, small, device, shared_stream, compile_model)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
+    return _run(which, root, small, device, shared_stream, compile_model)
+
+
+def _run(which: str, root: Path, small: bool, device: str | None, shared_stream: bool,
+         compile_model: bool) -> list[dict]:
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     per_class = 10 if small else 100
     mt = 0.2 if small else 2.0

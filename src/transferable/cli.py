@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
     s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu"])
-    s.add_argument("--workdir", default=None, help="scratch folder (default: a new temp folder)")
+    s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
     s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
     s.add_argument("--shared-stream", action="store_true", help="dag benchmark only: resources.shared_stream on")
