@@ -494,19 +494,17 @@ def run(which: str, workdir: str | None = None, small: bool = False, device: str
         shared_stream: bool = False, compile_model: bool = True) -> list[dict]:
     """Run one benchmark (or `all` the CPU ones), print each result as a JSON line, return them. Scratch
     data goes to `workdir`, kept; without one, to a temp folder removed at the end (a full run writes ~0.8 GB)."""
-    if workdir is None:
-        root = Path(tempfile.mkdtemp(prefix="transferable-bench-"))
-        try:
-            return _run(which, root, small, device, shared_stream, compile_model)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-    root = Path(workdir)
+    root = Path(workdir or tempfile.mkdtemp(prefix="transferable-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    return _run(which, root, small, device, shared_stream, compile_model)
+    try:
+        return _run_in(root, which, small, device, shared_stream, compile_model)
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(which: str, root: Path, small: bool, device: str | None, shared_stream: bool,
-         compile_model: bool) -> list[dict]:
+def _run_in(root: Path, which: str, small: bool, device: str | None, shared_stream: bool,
+            compile_model: bool) -> list[dict]:
     env = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     per_class = 10 if small else 100
     mt = 0.2 if small else 2.0
