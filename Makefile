@@ -25,8 +25,9 @@ setup: $(BIN)/transferable
 
 ## The whole pipeline on the embedded demo dataset: results/figures/fig2.pdf, fig3.pdf, results/tables/*.
 demo: setup
-	$(BIN)/snakemake --cores $(CORES)
-	@echo "Figures: results/figures/fig2.pdf results/figures/fig3.pdf  Tables: results/tables/"
+	@start=$$(date +%s); $(BIN)/snakemake --cores $(CORES) && \
+	echo "Pipeline: $$(( $$(date +%s) - start )) s on $(CORES) cores (compare with this machine's speed: $(BIN)/transferable bench step)"
+	@echo "Figures: results/figures/{fig2,fig3,claims}.pdf  Tables: results/tables/ (effects.md: every claim's verdict)"
 
 ## Every test, the end-to-end and live-cluster ones included (slow: minutes).
 test: setup

@@ -16,7 +16,7 @@ import pytest
 from transferable.figures import paper as paper_mod
 from transferable.figures import tables
 from transferable.figures.paper import PAPER_TABLE1, load_paper_networks, paper_line_means, paper_runs
-from transferable.figures.plots import _paper_axis, fig2, fig3
+from transferable.figures.plots import _paper_axis, claims_figure, fig2, fig3, natman_title
 from transferable.figures.tables import (
     RUN_COLUMNS,
     line_means,
@@ -370,3 +370,20 @@ def test_figures_and_tables_from_an_empty_frame(tmp_path):
     assert table1(empty)["boost_over_base"].isna().all()
     _assert_pdf_png(*fig2(empty, tmp_path / "fig2.pdf"))
     _assert_pdf_png(*fig3(empty, tmp_path / "fig3.pdf"))
+
+
+def test_fig3_titles_come_from_the_split_families(tmp_path, pruns):
+    assert natman_title(pruns) == "Man-made/Natural split"  # the paper's title
+    df = load_runs(make_demo_runs(tmp_path / "results"))
+    nm = df["split_kind"] == "natman"
+    own = df.assign(target_family=np.where(nm, df["target_family"].map({"natural": "animals",
+                                                                        "man-made": "vehicles"}), ""))
+    assert natman_title(own) == "Vehicles/Animals split"
+    _assert_pdf_png(*fig3(own, tmp_path / "own.pdf", paper=False))
+    assert natman_title(df[~nm]) == "Dissimilar halves"
+
+
+def test_claims_figure_from_demo_and_paper_runs(tmp_path, pruns):
+    _assert_pdf_png(*claims_figure(load_runs(make_demo_runs(tmp_path / "results")), tmp_path / "claims.pdf"))
+    _assert_pdf_png(*claims_figure(pruns, tmp_path / "claims_paper.pdf"))
+    _assert_pdf_png(*claims_figure(load_runs([]), tmp_path / "claims_empty.pdf"))

@@ -26,15 +26,16 @@ def test_net_names_round_trip():
 
 def test_demo_plan_counts(cfg):
     fig2 = plan.figure_nets(cfg, "fig2")
-    assert len(fig2) == 2 + 4 * 7  # baseA (source), baseB, 28 treatment nets on half B
+    assert len(fig2) == 2 * (2 + 2 * 4 * 7)  # 2 splits x (baseA, baseB, 28 treatment nets on each half)
     fig3 = plan.figure_nets(cfg, "fig3")
     assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
     assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in range(1, 8)}
-    assert len(plan.figure_nets(cfg, "all")) == 30 + 16 + 8
+    assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
+    assert len(plan.figure_nets(cfg, "all")) == 116 + 2 * 16 + 2 * 8
 
 
 def test_fig2_plans_no_natman_or_random(cfg):
-    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0"}
+    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0", "rand1"}
 
 
 def test_sources(cfg):
@@ -60,6 +61,7 @@ def test_semantic_errors_name_the_key(cfg, edit, match):
 
 def test_stream_groups(cfg):
     groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
-    assert set(groups) == {("rand0", "B"), ("natman", "A"), ("natman", "B"), ("all", "A")}
+    assert set(groups) == {(s, t) for s in ("rand0", "rand1", "natman", "natman.s1") for t in "AB"} | {
+        ("all", "A"), ("all.s1", "A")}
     assert len(groups[("rand0", "B")]) == 28 and "baseB" not in groups[("rand0", "B")]
     assert groups[("all", "A")] == [f"R{n}A" for n in range(1, 8)]

@@ -20,7 +20,8 @@ SLURM = ROOT / "profiles" / "slurm" / "config.yaml"
 LOCAL = ROOT / "profiles" / "local" / "config.yaml"
 SITE_VARS = ("ACCOUNT", "PARTITION", "GPU_PARTITION", "GPU_MODEL", "GPU_CONSTRAINT", "QOS", "STATUS_COMMAND")
 CPU_RULES = {"demo_data", "ingest", "shard_part", "shard_index", "split_manifest",
-             "runs_table", "fig2", "fig3", "table1", "paper_comparison", "training_curves"}
+             "runs_table", "fig2", "fig3", "table1", "paper_comparison", "effects", "claims_figure",
+             "training_curves"}
 # Requests the configuration sets (resources.*): the profile leaves them to it.
 FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}}
 

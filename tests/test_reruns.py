@@ -10,7 +10,8 @@ from test_workflow import planned
 
 import transferable
 
-AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "training_curves": 3,
+AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "effects": 1,
+              "claims_figure": 1, "training_curves": 3,
               "all": 1}
 
 

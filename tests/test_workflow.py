@@ -4,7 +4,10 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import run_snakemake
+
+from transferable.figures.effects import CLAIMS
 
 MICRO = ["--configfile", "configs/micro.yaml"]
 
@@ -16,27 +19,44 @@ def planned(proc):
 
 
 def planned_nets(proc):
-    return sorted(set(re.findall(r"results/nets/([\w-]+/\w+)/metrics.json", proc.stdout)))
+    return sorted(set(re.findall(r"results/nets/([\w.-]+/\w+)/metrics.json", proc.stdout)))
 
 
-def test_default_config_plans_the_paper_design(workdir):
+def _demo_one_job_per_net(workdir):
+    """config.yaml with resources.shared_stream off: each target then plans exactly the nets it draws."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["resources"]["shared_stream"] = False
+    (workdir / "configs/demo_alone.yaml").write_text(yaml.safe_dump(cfg))
+    return ["--configfile", "configs/demo_alone.yaml"]
+
+
+def test_default_config_plans_the_replicated_design(workdir):
     jobs = planned(run_snakemake(["-n", "--cores", "2"], workdir))
-    assert jobs["train"] == 54 and jobs["shard_part"] == 2 and jobs["split_manifest"] == 3
+    # base nets alone (2 random splits x 2, natman x 2 seeds x 2, all x 2 seeds), the rest in one job per
+    # (split or replicate, target half): 4 random + 4 natman + 2 all
+    assert jobs["train"] == 10 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 10
+    assert jobs["shard_part"] == 2 and jobs["split_manifest"] == 4 and jobs["effects"] == 1
+    alone = planned(run_snakemake(["-n", "--cores", "2", *_demo_one_job_per_net(workdir)], workdir))
+    assert alone["train"] == 116 + 2 * 16 + 2 * 8
 
 
 def test_fig2_plans_only_random_split_nets(workdir):
-    proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf"], workdir)
+    proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf", *_demo_one_job_per_net(workdir)],
+                         workdir)
     nets = planned_nets(proc)
-    assert len(nets) == 30 and all(n.startswith("rand0/") for n in nets)
+    assert len(nets) == 116 and all(n.split("/")[0] in ("rand0", "rand1") for n in nets)
     assert "fig3" not in planned(proc)
 
 
 def test_fig3_plans_no_selffer_or_finetuned_nets(workdir):
-    nets = planned_nets(run_snakemake(["-n", "--cores", "2", "results/figures/fig3.pdf"], workdir))
+    nets = planned_nets(run_snakemake(["-n", "--cores", "2", "results/figures/fig3.pdf",
+                                       *_demo_one_job_per_net(workdir)], workdir))
     rand = [n.split("/")[1] for n in nets if n.startswith("rand0/")]
-    assert sorted(rand) == ["A1B", "A2B", "A3B", "A4B", "A5B", "A6B", "A7B", "baseA", "baseB"]
+    assert sorted(rand) == sorted([f"A{n}B" for n in range(1, 8)] + [f"B{n}A" for n in range(1, 8)]
+                                  + ["baseA", "baseB"])
     assert len([n for n in nets if n.startswith("natman/")]) == 16
-    assert len([n for n in nets if n.startswith("all/")]) == 8
+    assert len([n for n in nets if n.startswith("natman.s1/")]) == 16
+    assert len([n for n in nets if n.startswith("all.s1/")]) == 8
 
 
 def test_paper_config_plans_every_net(workdir, tmp_path):
@@ -45,6 +65,15 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
     jobs = planned(run_snakemake(["-n", "--configfile", "configs/paper.yaml", "--config", f"data_root={root}"], workdir))
     # 4 splits x (2 base + 2 targets x 4 treatments x 7) + natman (2 + 14) + random filters (1 + 7)
     assert jobs["train"] == 4 * 58 + 16 + 8 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
+
+
+def test_paper_lines_only_on_imagenet(workdir, tmp_path):
+    """The figures draw the paper's ImageNet means only for a 1000-class data root, or when asked."""
+    demo = run_snakemake(["-n", "-p", "--configfile", "configs/micro.yaml"], workdir).stdout
+    assert "figure fig2" in demo and "--no-paper" in demo and " --paper" not in demo
+    asked = run_snakemake(["-n", "-p", "--configfile", "configs/micro.yaml", "--config",
+                           "figures={'paper_lines': 'always'}"], workdir).stdout
+    assert " --paper" in asked
 
 
 def test_paper_config_without_data_root_fails_before_any_job(workdir):
@@ -56,19 +85,34 @@ def test_paper_config_without_data_root_fails_before_any_job(workdir):
 def test_micro_config_runs_the_whole_dag(workdir):
     run_snakemake(MICRO + ["--cores", "2"], workdir)
     for f in ("figures/fig2.pdf", "figures/fig2.png", "figures/fig3.pdf", "figures/fig3.png",
-              "tables/runs.csv", "tables/table1.csv", "tables/table1.md", "tables/paper_comparison.csv"):
+              "tables/runs.csv", "tables/table1.csv", "tables/table1.md", "tables/paper_comparison.csv",
+              "tables/effects.csv", "tables/effects.md", "figures/claims.pdf", "figures/claims.png"):
         assert (workdir / "results" / f).stat().st_size > 0, f
     runs = pd.read_csv(workdir / "results/tables/runs.csv")
     assert len(runs) == 12
     assert set(runs.treatment) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
     assert runs.top1.between(0, 1).all() and (runs.evals == 2).all()
     assert not list((workdir / "results/ckpt").rglob("*.pt"))  # finished runs leave no checkpoint
+    # every panel is compared with the paper, not only Figure 2's
+    cmp = pd.read_csv(workdir / "results/tables/paper_comparison.csv", keep_default_na=False, na_values=[""])
+    for panel in ("fig2", "natman", "random"):
+        assert (cmp.loc[(cmp["panel"] == panel) & (cmp["paper_count"] > 0) & (cmp["n"] <= 1), "count"] > 0).all(), panel
+    eff = pd.read_csv(workdir / "results/tables/effects.csv")
+    claims = eff[eff["scope"] == "claim"]
+    assert set(claims["claim"]) == {c.key for c in CLAIMS}
+    assert set(claims["verdict"]) <= {"reproduced", "contradicted", "inconclusive"}
+    # one split and one target half, n = 1 only: one cell per claim, no interval, nothing is resolved
+    assert (claims["verdict"] == "inconclusive").all()
+    assert (claims["paper_verdict"] != "").all()
+    t1 = pd.read_csv(workdir / "results/tables/table1.csv")
+    assert set(t1["method"]) == {"pooled", "paired", "authors_nets_pooled", "authors_nets_paired"}
     again = run_snakemake(MICRO + ["--cores", "2"], workdir)
     assert "Nothing to be done" in again.stdout + again.stderr
     # the README's report command: figures, tables and the training curves, self-contained
     run_snakemake(MICRO + ["--report", "report.html"], workdir)
     html = (workdir / "report.html").read_text(errors="replace")
-    for name in ("fig2.pdf", "fig3.pdf", "table1.csv", "paper_comparison.csv", "curves_rand0.png"):
+    for name in ("fig2.pdf", "fig3.pdf", "table1.csv", "paper_comparison.csv", "effects.csv", "claims.png",
+                 "curves_rand0.png"):
         assert name in html, name
 
 

@@ -105,9 +105,11 @@ def cmd_figure(a):
 
     df = tables.load_runs(a.metrics)
     if a.which == "fig2":
-        plots.fig2(df, a.out, paper=not a.no_paper)
+        plots.fig2(df, a.out, paper=a.paper)
     elif a.which == "fig3":
-        plots.fig3(df, a.out, paper=not a.no_paper)
+        plots.fig3(df, a.out, paper=a.paper)
+    elif a.which == "claims":
+        plots.claims_figure(df, a.out)
     _log(f"wrote {a.out}")
 
 
@@ -119,11 +121,40 @@ def cmd_curves(a):
 
 
 def cmd_table1(a):
-    from .figures import tables
+    from .figures import effects, tables
+
+    if a.authors_nets:  # the authors' own per-net results, shipped with the package
+        from .figures.paper import paper_runs
+
+        df = paper_runs()
+    elif a.metrics:
+        df = tables.load_runs(a.metrics)
+    else:
+        raise ValueError("table1: give --metrics FILES or --authors-nets")
+    t1 = effects.table1_three_ways(df)
+    if a.out:
+        tables.write_csv_atomic(t1, a.out)
+    md = effects.table1_markdown(t1)
+    if a.markdown:
+        tables.write_text_atomic(a.markdown, md)
+    if not (a.out or a.markdown):
+        print(md)
+    _log(f"Table 1 of {len(df)} nets" + (f": wrote {a.out} {a.markdown or ''}" if a.out or a.markdown else ""))
+
+
+def cmd_effects(a):
+    from .figures import effects, tables
 
     df = tables.load_runs(a.metrics)
-    tables.write_table1(tables.table1(df), a.out, a.markdown)
-    _log(f"wrote {a.out} and {a.markdown}")
+    eff = effects.effects_with_paper(df)
+    tables.write_csv_atomic(eff, a.out)
+    if a.markdown:
+        tables.write_text_atomic(a.markdown, effects.effects_markdown(eff))
+    claims = eff[eff["scope"] == "claim"]
+    for _, r in claims.iterrows():
+        _log(f"{r['claim']:<26} n={r['layers']:<4} {r['verdict']:<12} {100 * r['estimate']:+.2f} pp "
+             f"[{100 * r['ci_lo']:+.2f}, {100 * r['ci_hi']:+.2f}] ({r['cells']} cells)")
+    _log(f"wrote {a.out}")
 
 
 def cmd_compare(a):
@@ -231,12 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_runs)
 
-    s = sub.add_parser("figure", help="draw Figure 2 or 3 (PDF and a PNG copy)")
-    s.add_argument("which", choices=["fig2", "fig3"])
+    s = sub.add_parser("figure", help="draw Figure 2, Figure 3 or the claims figure (PDF and a PNG copy)")
+    s.add_argument("which", choices=["fig2", "fig3", "claims"])
     s.add_argument("--metrics", nargs="+", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--no-paper", action="store_true", help="do not draw the paper's numbers")
+    s.add_argument("--paper", action=argparse.BooleanOptionalAction, default=False,
+                   help="draw the paper's ImageNet means beside ours (meaningful on ImageNet only)")
     s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("effects", help="every claim of the paper as a paired effect with a 95%% CI and a verdict")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--markdown", default=None)
+    s.set_defaults(func=cmd_effects)
 
     s = sub.add_parser("curves", help="training curves of a set of nets (PDF and a PNG copy)")
     s.add_argument("--metrics", nargs="+", required=True)
@@ -244,10 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default="")
     s.set_defaults(func=cmd_curves)
 
-    s = sub.add_parser("table1", help="Table 1: boost of AnB+ over baseB and BnB+")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--markdown", required=True)
+    s = sub.add_parser("table1", help="Table 1 three ways: pooled as the paper, paired, and on the authors' nets")
+    s.add_argument("--metrics", nargs="+", default=None)
+    s.add_argument("--authors-nets", action="store_true",
+                   help="of the authors' own 112 random-split nets (parsed from their logs) instead of --metrics")
+    s.add_argument("--out", default=None, help="CSV (default: print the Markdown)")
+    s.add_argument("--markdown", default=None)
     s.set_defaults(func=cmd_table1)
 
     s = sub.add_parser("compare", help="our line means beside the paper's, per treatment and n")
@@ -260,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
     s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
-    s.add_argument("--shared-stream", action="store_true", help="dag benchmark only: resources.shared_stream on")
+    s.add_argument("--shared-stream", action="store_true",
+                   help="dag benchmark only: resources.shared_stream on, as the demo ships (default: one job per net)")
     s.add_argument("--no-compile", action="store_true", help="gpu benchmark only: skip the torch.compile run")
     s.set_defaults(func=cmd_bench)
 

@@ -6,6 +6,7 @@
     results/shards/{prep}/part{k}/             preprocessed uint8 arrays, one file per class and subset
     results/shards/{prep}/index.json           which part holds which class; counts; rejects
     results/nets/{split}/{net}/                model.pt, history.csv, metrics.json of one trained net
+    results/nets/{split}.s{r}/{net}/           the same net, training-seed replicate r >= 1 (same classes)
     results/ckpt/{split}/{net}/last.pt         in-progress checkpoint (NOT a declared output: survives failures)
     results/tables/*.csv, results/figures/*    aggregates
     logs/<same path as the output>.log         one log per job
@@ -71,6 +72,30 @@ def net_name(target: str, n: int = 0, source: str = "", finetune: bool = False) 
     if n == 0:
         return f"base{target}"
     return f"{source}{n}{target}" + ("_ft" if finetune else "")
+
+
+_REPLICATE_RE = re.compile(r"^(?P<split>[A-Za-z0-9_-]+)(?:\.s(?P<r>[1-9][0-9]*))?$")
+SPLIT_WILDCARD = r"[A-Za-z0-9_-]+(?:\.s[1-9][0-9]*)?"
+
+
+def replicate_split(split: str, r: int) -> str:
+    """The run name of training-seed replicate ``r`` of ``split``: the split itself for r = 0, else
+    ``{split}.s{r}``. A replicate trains on the same classes with other seeds (initialisation, data order)."""
+    return split if r == 0 else f"{split}.s{int(r)}"
+
+
+def parse_replicate(run: str) -> tuple[str, int]:
+    """(split, replicate) of a run name: ``natman.s2`` -> ("natman", 2), ``rand0`` -> ("rand0", 0)."""
+    m = _REPLICATE_RE.match(run)
+    if not m:
+        raise ValueError(f"not a split name: {run!r} (expected a name of letters, digits, _ or -, "
+                         f"optionally followed by .s<replicate>)")
+    return m["split"], int(m["r"] or 0)
+
+
+def base_split(run: str) -> str:
+    """The configured split a run name belongs to (its manifest's name)."""
+    return parse_replicate(run)[0]
 
 
 def prep_name(size: int) -> str:

@@ -27,8 +27,14 @@ class Net:
         return paths.parse_net(self.name)
 
 
+def replicates(block: dict, split: str) -> list[str]:
+    """The run names of ``split`` in an experiment block: the split itself, then its training-seed
+    replicates ``{split}.s1`` ... (``replicates`` in the block, default 1)."""
+    return [paths.replicate_split(split, r) for r in range(int(block.get("replicates", 1)))]
+
+
 def halves_of(cfg: dict, split: str) -> list[str]:
-    spec = cfg["splits"][split]
+    spec = cfg["splits"][paths.base_split(split)]
     if spec["kind"] == "random":
         return ["A", "B"]
     if spec["kind"] == "all":
@@ -49,7 +55,7 @@ def random_split_nets(cfg: dict) -> list[Net]:
     if not exp:
         return []
     nets: set[Net] = set()
-    for split in exp["splits"]:
+    for split in (run for s in exp["splits"] for run in replicates(exp, s)):
         halves = halves_of(cfg, split)
         for target in exp["targets"]:
             other = _other(halves, target)
@@ -66,12 +72,13 @@ def natman_nets(cfg: dict) -> list[Net]:
     exp = cfg["experiment"].get("natman")
     if not exp:
         return []
-    split = exp["split"]
-    halves = halves_of(cfg, split)
-    nets = {Net(split, paths.net_name(t)) for t in exp["targets"]}
-    for target in exp["targets"]:
-        for n in exp["layers"]:
-            nets.add(Net(split, paths.net_name(target, n, _other(halves, target))))
+    halves = halves_of(cfg, exp["split"])
+    nets: set[Net] = set()
+    for split in replicates(exp, exp["split"]):
+        nets |= {Net(split, paths.net_name(t)) for t in exp["targets"]}
+        for target in exp["targets"]:
+            for n in exp["layers"]:
+                nets.add(Net(split, paths.net_name(target, n, _other(halves, target))))
     return _with_sources(nets)
 
 
@@ -80,8 +87,9 @@ def random_filter_nets(cfg: dict) -> list[Net]:
     exp = cfg["experiment"].get("random_filters")
     if not exp:
         return []
-    split = exp["split"]
-    nets = {Net(split, "baseA")} | {Net(split, paths.net_name("A", n, "R")) for n in exp["layers"]}
+    nets: set[Net] = set()
+    for split in replicates(exp, exp["split"]):
+        nets |= {Net(split, "baseA")} | {Net(split, paths.net_name("A", n, "R")) for n in exp["layers"]}
     return sorted(nets)
 
 
@@ -129,6 +137,7 @@ def stream_groups(cfg: dict) -> list[tuple[str, str, list[str]]]:
 
 
 def split_kind(cfg: dict, split: str) -> str:
+    split = paths.base_split(split)
     kind = cfg["splits"][split]["kind"]
     return {"random": "random", "all": "all"}.get(kind, "natman" if _is_natman(cfg, split) else kind)
 
@@ -139,7 +148,8 @@ def _is_natman(cfg: dict, split: str) -> bool:
 
 
 def used_splits(cfg: dict) -> list[str]:
-    return sorted({n.split for n in figure_nets(cfg, "all")})
+    """The configured splits the experiment trains on (replicates count as their split)."""
+    return sorted({paths.base_split(n.split) for n in figure_nets(cfg, "all")})
 
 
 def check(cfg: dict, num_classes: int | None = None) -> None:

@@ -57,7 +57,13 @@ STAGE_CODE = {
     "splits": ["data/splits.py"],
     "shards": ["data/shards.py"],
     "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "data/loader.py"],
-    "figures": ["figures/tables.py", "figures/plots.py", "figures/paper.py", "figures/paper_networks.csv"],
+    "figures": [
+        "figures/tables.py",
+        "figures/effects.py",
+        "figures/plots.py",
+        "figures/paper.py",
+        "figures/paper_networks.csv",
+    ],
 }
 
 
@@ -69,7 +75,7 @@ PREP = paths.prep_name(config["preprocess"]["size"])
 RES = config.get("resources", {})
 
 wildcard_constraints:
-    split=r"[A-Za-z0-9_-]+",
+    split=paths.SPLIT_WILDCARD,
     net=r"base[A-Z]|[A-Z][1-7][A-Z](_ft)?",
     prep=r"warp\d+",
     k=r"\d+",
@@ -85,13 +91,23 @@ def net_outputs(nets, what="metrics.json"):
 
 def final_targets():
     exp = config["experiment"]
-    out = [paths.table("runs.csv")]
+    out = [paths.table("runs.csv"), paths.table("paper_comparison.csv"), paths.table("effects.csv"),
+           paths.figure("claims.pdf")]
     if exp.get("random_splits"):
-        out += [paths.figure("fig2.pdf"), paths.table("table1.csv"), paths.table("paper_comparison.csv")]
+        out += [paths.figure("fig2.pdf"), paths.table("table1.csv")]
     if exp.get("natman") or exp.get("random_filters"):
         out.append(paths.figure("fig3.pdf"))
     out += [paths.figure(f"curves_{s}.pdf") for s in plan.used_splits(config)]
     return out
+
+
+def paper_flag():
+    """Whether Figures 2 and 3 draw the paper's ImageNet means: ``figures.paper_lines``; ``auto`` draws
+    them only for a 1000-class dataset read from a data root (ImageNet), never on the demo's classes."""
+    mode = config.get("figures", {}).get("paper_lines", "auto")
+    if mode == "auto":
+        mode = "always" if config["data"]["source"] == "path" and known_num_classes() == 1000 else "never"
+    return "--paper" if mode == "always" else "--no-paper"
 
 
 def train_params_of(split):
@@ -105,6 +121,11 @@ def train_params_of(split):
         },
         sort_keys=True,
     )
+
+
+def manifest_of(wildcards):
+    """A replicate (``{split}.s{r}``) trains on its split's classes."""
+    return paths.split_manifest(paths.base_split(wildcards.split))
 
 
 def train_params(wildcards):

@@ -26,6 +26,8 @@ rule fig2:
     output:
         pdf=report(paths.figure("fig2.pdf"), caption="../report/fig2.rst", category="Figures"),
         png=paths.figure("fig2.png"),
+    params:
+        paper=paper_flag(),
     conda:
         "../../envs/figures.yaml"
     log:
@@ -35,7 +37,7 @@ rule fig2:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig2 --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
+        "transferable figure fig2 --metrics {input.metrics} --out {output.pdf} {params.paper} > {log} 2>&1"
 
 
 rule fig3:
@@ -45,6 +47,8 @@ rule fig3:
     output:
         pdf=report(paths.figure("fig3.pdf"), caption="../report/fig3.rst", category="Figures"),
         png=paths.figure("fig3.png"),
+    params:
+        paper=paper_flag(),
     conda:
         "../../envs/figures.yaml"
     log:
@@ -54,7 +58,7 @@ rule fig3:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig3 --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
+        "transferable figure fig3 --metrics {input.metrics} --out {output.pdf} {params.paper} > {log} 2>&1"
 
 
 rule table1:
@@ -78,7 +82,7 @@ rule table1:
 
 rule paper_comparison:
     input:
-        metrics=net_outputs(plan.figure_nets(config, "fig2")),
+        metrics=net_outputs(plan.figure_nets(config, "all")),
         code=code("figures"),
     output:
         report(paths.table("paper_comparison.csv"), caption="../report/comparison.rst", category="Tables"),
@@ -94,9 +98,49 @@ rule paper_comparison:
         "transferable compare --metrics {input.metrics} --out {output} > {log} 2>&1"
 
 
+rule effects:
+    input:
+        metrics=net_outputs(plan.figure_nets(config, "all")),
+        code=code("figures"),
+    output:
+        csv=report(paths.table("effects.csv"), caption="../report/effects.rst", category="Tables"),
+        md=paths.table("effects.md"),
+    conda:
+        "../../envs/figures.yaml"
+    log:
+        paths.log(paths.table("effects.csv")),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "transferable effects --metrics {input.metrics} --out {output.csv} --markdown {output.md} > {log} 2>&1"
+
+
+rule claims_figure:
+    input:
+        metrics=net_outputs(plan.figure_nets(config, "all")),
+        code=code("figures"),
+    output:
+        pdf=paths.figure("claims.pdf"),
+        png=report(paths.figure("claims.png"), caption="../report/claims.rst", category="Figures"),
+    conda:
+        "../../envs/figures.yaml"
+    log:
+        paths.log(paths.figure("claims.pdf")),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "transferable figure claims --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
+
+
 rule training_curves:
     input:
-        metrics=lambda w: net_outputs([n for n in plan.figure_nets(config, "all") if n.split == w.split]),
+        metrics=lambda w: net_outputs(
+            [n for n in plan.figure_nets(config, "all") if paths.base_split(n.split) == w.split]
+        ),
         code=code("figures"),
     output:
         pdf=paths.figure("curves_{split}.pdf"),

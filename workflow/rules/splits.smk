@@ -2,6 +2,8 @@
 
 
 rule split_manifest:
+    wildcard_constraints:
+        split=r"[A-Za-z0-9_-]+",  # replicates ({split}.s{r}) share their split's manifest
     input:
         catalog=paths.catalog(),
         code=code("splits"),

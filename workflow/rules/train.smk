@@ -13,7 +13,7 @@ rule train:
         # with resources.shared_stream, only base nets train alone (the others: rules train_together_*)
         net=r"base[A-Z]" if SHARED_STREAM else r"base[A-Z]|[A-Z][1-7][A-Z](_ft)?",
     input:
-        manifest=paths.split_manifest("{split}"),
+        manifest=manifest_of,
         shards=paths.shard_index(PREP),
         source=source_model,
         code=code("train"),
@@ -30,6 +30,8 @@ rule train:
     log:
         paths.log(paths.net_dir("{split}", "{net}")),
     threads: max(1, RES.get("train_threads", 1))
+    # with resources.shared_stream this rule trains only base nets: they unblock whole groups, so first
+    priority: 100 if SHARED_STREAM else 0
     resources:
         # device, threads and compile are not params: changing them must not rerun finished nets
         train_device=RES.get("device", "auto"),
@@ -53,9 +55,9 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
 
     rule:
         name:
-            f"train_together_{_split}_{_target}"
+            f"train_together_{_split.replace('.', '_')}_{_target}"
         input:
-            manifest=paths.split_manifest(_split),
+            manifest=paths.split_manifest(paths.base_split(_split)),
             shards=paths.shard_index(PREP),
             source=sorted(set(_src.values())),
             code=code("train"),
@@ -73,6 +75,8 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
         log:
             paths.log(f"{paths.RESULTS}/nets/{_split}/together_{_target}"),
         threads: max(1, RES.get("train_threads", 1))
+        # the longest groups first, so that short ones fill the cores at the end
+        priority: len(_nets)
         resources:
             train_device=RES.get("device", "auto"),
             train_compile=int(RES.get("compile", False)),

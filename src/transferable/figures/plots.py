@@ -22,6 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from scipy import stats  # noqa: E402
+
+from . import effects as fx  # noqa: E402
+from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
 from .tables import (  # noqa: E402
     FIG2_TREATMENTS,
@@ -114,10 +118,21 @@ def _series(lm: pd.DataFrame, treatment: str) -> pd.DataFrame:
     return lm[lm["treatment"] == treatment].sort_values("n")
 
 
+def ci_halfwidth(std, count, confidence: float = CONFIDENCE) -> np.ndarray:
+    """Half-width of the t interval of a mean of ``count`` independent nets with sample sd ``std``."""
+    std = np.asarray(std, dtype=float)
+    count = np.asarray(count, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = stats.t.ppf(0.5 + confidence / 2, np.where(count > 1, count - 1, np.nan))
+        return q * std / np.sqrt(count)
+
+
 def _errorbars(ax, x, mean, std, count, color, dx: float = 0.0) -> None:
-    ok = (np.asarray(count) > 1) & np.isfinite(np.asarray(std, dtype=float))
+    """95% confidence intervals of line means (t over the nets at each point; none for a single net)."""
+    half = ci_halfwidth(std, count)
+    ok = np.isfinite(half)
     if ok.any():
-        ax.errorbar(np.asarray(x, dtype=float)[ok] + dx, np.asarray(mean)[ok], yerr=np.asarray(std)[ok],
+        ax.errorbar(np.asarray(x, dtype=float)[ok] + dx, np.asarray(mean)[ok], yerr=half[ok],
                     fmt="none", ecolor=color, elinewidth=1.2, capsize=4, capthick=1.2, zorder=4)
 
 
@@ -160,53 +175,77 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     return ys
 
 
-def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, float]) -> None:
-    """The paper's four numbered readings, placed at the data; worded as "no ... here" when not seen."""
+# label -> (claim whose verdict decides it, the paper's wording, what a contradiction means)
+READINGS = {
+    "2": ("coadaptation", "fragile co-adaptation (BnB below base, n = 3-6)", "BnB above base"),
+    "3": ("finetune_recovers", "fine-tuning recovers (BnB+ above BnB)", "BnB+ below BnB"),
+    "4": ("specificity_vs_selffer", "specificity (AnB below BnB at n = 7)", "AnB above BnB"),
+    "5": ("boost_over_base", "transfer + fine-tuning boost (AnB+ above base)", "AnB+ below base"),
+}
+
+
+def reading_status(eff: pd.DataFrame) -> dict[str, str]:
+    """Each numbered reading's verdict: its claim's first claim-scope row in ``eff``."""
+    out = {}
+    for label, (claim, _, _) in READINGS.items():
+        rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
+        out[label] = rows.iloc[0]["verdict"] if len(rows) else "inconclusive"
+    return out
+
+
+def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, float], eff: pd.DataFrame) -> None:
+    """The paper's four numbered readings, placed at the data only where the replicates resolve them
+    (verdict ``reproduced`` in ``eff``); the others are listed in one box, as not resolved or contradicted."""
     dy = ylim[1] - ylim[0]
     base = _series(lm, "base")
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
+    status = reading_status(eff)
     fs = 17
     x_left = 0.36 * nmax
     y5 = None
     ap, bp, b, a = (s[t][s[t]["n"] > 0] for t in ("AnB+", "BnB+", "BnB", "AnB"))
-    if len(ap) and np.isfinite(bm):
-        gain = (ap["mean"] - bm).mean() > 0
+    present = {"2": len(b) and np.isfinite(bm), "3": len(bp) and len(b), "4": len(b) and len(a),
+               "5": len(ap) and np.isfinite(bm)}
+    if present["5"] and status["5"] == "reproduced":
         y5 = float(ap["mean"].max()) + 0.03 * dy
-        ax.text(x_left, y5, "5: Transfer + fine-tuning improves generalization" if gain else
-                "5: Transfer + fine-tuning: no gain over base here", fontsize=fs, va="bottom", ha="left")
-    if len(bp) and len(b):
-        common = bp.merge(b, on="n", suffixes=("_ft", "_fr"))
-        recovers = (common["mean_ft"] - common["mean_fr"]).mean() > 0 if len(common) else True
+        ax.text(x_left, y5, "5: Transfer + fine-tuning improves generalization", fontsize=fs, va="bottom",
+                ha="left")
+    if present["3"] and status["3"] == "reproduced":
         right = bp[bp["n"] >= x_left]
         y3 = float((right if len(right) else bp)["mean"].max()) + 0.015 * dy
         if y5 is not None:
             y3 = min(y3, y5 - 0.07 * dy)
-        ax.text(x_left, y3, "3: Fine-tuning recovers co-adapted interactions" if recovers else
-                "3: Fine-tuning: no gain over frozen BnB here", fontsize=fs, va="bottom", ha="left")
-    if len(b) and np.isfinite(bm):
+        ax.text(x_left, y3, "3: Fine-tuning recovers co-adapted interactions", fontsize=fs, va="bottom",
+                ha="left")
+    if present["2"] and status["2"] == "reproduced":
         i = int((b["mean"] - bm).to_numpy().argmin())
         n_star, dip = int(b["n"].iloc[i]), float(b["mean"].iloc[i]) - bm
         if dip < -0.15 * dy:  # room inside the gap between the base line and the dip, as in the paper
             ax.text(n_star - 0.3, bm + dip / 2, "2: Performance drops\n due to fragile\n co-adaptation",
                     fontsize=fs, ha="center", va="center")
-        elif dip < 0:  # a shallow dip: the note goes under it, clear of the base marker at n = 0
+        else:  # a shallow dip: the note goes under it, clear of the base marker at n = 0
             x = min(max(n_star, 1.3), nmax - 1.2) if nmax > 2 else nmax / 2
-            ax.text(x, bm + dip - 0.03 * dy, "2: Performance drops\n due to fragile\n co-adaptation",
+            ax.text(x, bm + min(dip, 0) - 0.03 * dy, "2: Performance drops\n due to fragile\n co-adaptation",
                     fontsize=fs, ha="center", va="top")
-        else:  # keep the note inside the axes, under the base line
-            x = min(max(n_star, 1.0), nmax - 1.2) if nmax > 2 else nmax / 2
-            ax.text(x, min(bm, bm + dip) - 0.03 * dy, "2: no drop from fragile\nco-adaptation here",
-                    fontsize=fs - 2, ha="center", va="top")
-    if len(b) and len(a):
+    if present["4"] and status["4"] == "reproduced":
         common = b.merge(a, on="n", suffixes=("_b", "_a"))
         if len(common):
             last = common.iloc[-1]
-            gap = last["mean_b"] - last["mean_a"]
             y = (last["mean_b"] + last["mean_a"]) / 2
-            txt = ("4: Performance\ndrops due to\n representation\nspecificity" if gap > 0 else
-                   "4: no drop from\nspecificity here")
-            ax.text(float(last["n"]) - 0.1, y, txt, fontsize=fs, ha="right", va="center")
+            ax.text(float(last["n"]) - 0.1, y, "4: Performance\ndrops due to\n representation\nspecificity",
+                    fontsize=fs, ha="right", va="center")
+    notes = []
+    for label, (_, what, opposite) in READINGS.items():
+        if not present[label] or status[label] == "reproduced":
+            continue
+        if status[label] == "contradicted":
+            notes.append(f"{label}: contradicted here ({opposite})")
+        else:
+            notes.append(f"{label}: {what}: not resolved at this scale")
+    if notes:
+        ax.text(0.99, 0.02, "\n".join(notes), transform=ax.transAxes, ha="right", va="bottom", fontsize=12,
+                style="italic", color="0.25", bbox=dict(boxstyle="round", fc="w", ec="0.6", alpha=0.9), zorder=6)
 
 
 def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
@@ -214,7 +253,8 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     base = _series(lm, "base")
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
-    spread = lm["std"].fillna(0)
+    # the axis fits the intervals of 3 nets or more; a 2-net interval (t on 1 df) may run off it
+    spread = np.where(lm["count"] >= 3, np.nan_to_num(ci_halfwidth(lm["std"], lm["count"])), 0.0)
     ys = list(lm["mean"]) + list(lm["mean"] - spread) + list(lm["mean"] + spread)
 
     # fills, in the paper's order (drawn first so the lines sit on top)
@@ -247,8 +287,9 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         _errorbars(ax, nz["n"], nz["mean"], nz["std"], nz["count"], DARK[t], dx=MARKERS[t]["dx"] / 3)
     if np.isfinite(bm):
         ax.plot([0], [bm], "o", mfc="w", mec="k", mew=2, ms=14, zorder=5)
-        ax.errorbar([0], [bm], yerr=[base["std"].iloc[0]] if base["count"].iloc[0] > 1 else None,
-                    fmt="none", ecolor="k", capsize=4, zorder=4)
+        half = ci_halfwidth(base["std"].iloc[:1], base["count"].iloc[:1])
+        if np.isfinite(half).all():
+            ax.errorbar([0], [bm], yerr=half, fmt="none", ecolor="k", capsize=4, zorder=4)
 
     ylim = _limits(ys, pad=0.06)
     dy = ylim[1] - ylim[0]
@@ -270,7 +311,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
         labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
 
-    _interpretation_texts(ax, lm, nmax, ylim)
+    _interpretation_texts(ax, lm, nmax, ylim, fx.effects(df, per_layer=False))
     ax.set_xlim(-0.2, nmax + 0.3)
     ax.set_xticks(range(0, nmax + 1))
     ax.set_xlabel(XLABEL, fontsize=16)
@@ -306,9 +347,18 @@ def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tupl
 # Figure 3
 
 
+def natman_title(df: pd.DataFrame) -> str:
+    """The dissimilar-halves panel's title, from the split's own family names ("Man-made/Natural split" for
+    the paper's and the demo's families)."""
+    nm = df[(df["split_kind"] == "natman") & (df["target_family"] != "")].sort_values("target_half")
+    fams = list(dict.fromkeys(nm["target_family"]))  # in half order: A (the paper's man-made) first
+    return "/".join(f[:1].upper() + f[1:] for f in fams) + " split" if fams else "Dissimilar halves"
+
+
 def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     nm = natman_means(df)
-    ys = list(nm["mean"]) + list(nm["mean"] + nm["std"].fillna(0)) + list(nm["mean"] - nm["std"].fillna(0))
+    spread = np.where(nm["count"] >= 3, np.nan_to_num(ci_halfwidth(nm["std"], nm["count"])), 0.0)
+    ys = list(nm["mean"]) + list(nm["mean"] + spread) + list(nm["mean"] - spread)
     level = nm.groupby("target_family")["mean"].mean().sort_values(ascending=False)
     for rank, fam in enumerate(level.index):
         g = nm[nm["target_family"] == fam].sort_values("n")
@@ -317,13 +367,13 @@ def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         b = g[g["n"] == 0]
         ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
         _errorbars(ax, g["n"], g["mean"], g["std"], g["count"], DARK["natman"])
-        mid = g.iloc[len(g) // 2]
-        above = rank == 0
-        # the lines fall with n: a label above goes to the right of its point, one below to the left
-        ax.annotate(f"{fam} target", (mid["n"], mid["mean"]), xytext=(6, 14) if above else (-6, -14),
-                    textcoords="offset points", ha="left" if above else "right",
-                    va="bottom" if above else "top", fontsize=12)
-    ax.set_ylim(*_limits(ys, pad=0.1))
+        # every label goes under its own line (never up into the title), the upper line's near its start,
+        # the lower line's near its end, so that the two do not meet
+        at = g.iloc[min(1, len(g) - 1)] if rank == 0 else g.iloc[-1]
+        ax.annotate(f"{fam} target", (at["n"], at["mean"]), xytext=(4, -16), textcoords="offset points",
+                    ha="left" if rank == 0 else "right", va="top", fontsize=12, zorder=6)
+    lo, hi = _limits(ys, pad=0.1)
+    ax.set_ylim(lo - 0.12 * (hi - lo), hi)  # room for the label under the lower line
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig3_natman") & p["series"].isin(["natural", "man-made"]) & (p["n"] <= nmax)]
@@ -336,7 +386,7 @@ def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     if nm.empty:
         ax.text(0.5, 0.5, "no natural/man-made nets\nin these runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=13, style="italic", color="0.3")
-    ax.set_title("Man-made/Natural split", fontsize=16)
+    ax.set_title(natman_title(df), fontsize=16)
     ax.set_ylabel("Top-1 accuracy")
     ax.set_xlim(-0.3, nmax + 0.3)
     ax.set_xticks(range(0, nmax + 1))
@@ -375,6 +425,8 @@ REL_STYLE = {
     RELATIVE_SERIES[1]: dict(color=NATMAN_COLOR, marker="h", ms=14, label="mean AnB, m/n split"),
     RELATIVE_SERIES[2]: dict(color=RANDOM_COLOR, marker="v", ms=14, label="random features"),
 }
+REL_SOURCE = {RELATIVE_SERIES[0]: ("random", "AnB"), RELATIVE_SERIES[1]: ("natman", "AnB"),
+              RELATIVE_SERIES[2]: ("all", "random")}
 REL_DARK = {RELATIVE_SERIES[0]: "r", RELATIVE_SERIES[1]: DARK["natman"], RELATIVE_SERIES[2]: DARK["random"]}
 
 
@@ -391,6 +443,19 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
                     mfc=st["color"], mec="k", zorder=3, markevery=list(range(1, len(g))))[0]
         handles.append(h)
         labels.append(st["label"])
+        # 95% CI of each drop, paired with each cell's own reference (cluster-robust over cells)
+        kind, treatment = REL_SOURCE[series]
+        for n in g.loc[g["n"] > 0, "n"]:
+            d = fx.paired_diffs(df, kind, treatment, "base", int(n), int(n))
+            if kind == "natman":  # the mean of the two directions, each with its seeds' spread
+                e = fx.stratified_mean(d["diff"], d["cell"], d["cell"].str.rsplit("/", n=1).str[-1])
+            else:
+                e = fx.cluster_mean(d["diff"], d["cell"])
+            if np.isfinite(e.ci_lo):
+                ax.errorbar([n], [e.estimate], yerr=[[e.estimate - e.ci_lo], [e.ci_hi - e.estimate]], fmt="none",
+                            ecolor=REL_DARK[series], elinewidth=1.2, capsize=4, zorder=4)
+                if e.df >= 2:  # the axis fits intervals with 2+ degrees of freedom; wider ones run off it
+                    ys += [e.ci_lo, e.ci_hi]
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig3_relative") & (p["n"] <= nmax)]
@@ -459,3 +524,42 @@ def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tupl
     fig.suptitle(title or "Training curves")
     fig.tight_layout()
     return _save(fig, out_pdf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The claims, ours beside the authors' nets
+
+VERDICT_COLOURS = {"reproduced": "#1a9641", "contradicted": "#d7191c", "inconclusive": "#999999"}
+
+
+def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    """One row per claim: our paired effect with its 95% CI (filled, coloured by verdict) above the same
+    effect computed from the authors' nets (hollow). Effects in percentage points; writes a PDF and a PNG."""
+    eff = fx.effects_with_paper(runs_df) if eff is None else eff
+    rows = eff[eff["scope"] == "claim"].reset_index(drop=True)
+    with plt.rc_context({"pdf.fonttype": 42, "font.size": 11}):
+        fig, ax = plt.subplots(figsize=(12, 0.55 * len(rows) + 1.8))
+        ys = np.arange(len(rows))[::-1].astype(float)
+        for y, (_, r) in zip(ys, rows.iterrows()):
+            for dy, pre, filled in ((0.15, "", True), (-0.15, fx.PAPER_PREFIX, False)):
+                est, lo, hi = (100 * float(r[pre + k]) for k in ("estimate", "ci_lo", "ci_hi"))
+                colour = VERDICT_COLOURS.get(r[pre + "verdict"], "k")
+                if not np.isfinite(est):
+                    continue
+                if np.isfinite(lo) and np.isfinite(hi):
+                    ax.plot([lo, hi], [y + dy, y + dy], color=colour, lw=2.5 if filled else 1.5)
+                ax.plot([est], [y + dy], "o", ms=8, mfc=colour if filled else "w", mec=colour, mew=2)
+            note = "" if np.isfinite(r["ci_lo"]) else (" (no nets)" if not r["nets"] else " (< 2 cells: no CI)")
+            ax.text(1.01, y, f"{r['verdict']}{note}", transform=ax.get_yaxis_transform(), va="center",
+                    color=VERDICT_COLOURS.get(r["verdict"], "k"), fontsize=10)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(ys)
+        ax.set_yticklabels([f"{r['label']}: {r['claim']} (n = {r['layers']}; paper: {r['expected']})"
+                            for _, r in rows.iterrows()])
+        ax.set_xlabel("effect, percentage points of top-1 (95% CI)")
+        ax.set_title("The paper's claims: ours (filled, upper) beside the authors' nets (hollow, lower)")
+        handles = [plt.Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLOURS.items()]
+        ax.legend(handles=handles, loc="lower left", fontsize=9)
+        ax.grid(axis="x", color="0.9")
+        fig.tight_layout()
+        return _save(fig, out_pdf, dpi=100)
