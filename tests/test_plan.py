@@ -26,16 +26,18 @@ def test_net_names_round_trip():
 
 def test_demo_plan_counts(cfg):
     fig2 = plan.figure_nets(cfg, "fig2")
-    assert len(fig2) == 2 * (2 + 2 * 4 * 7)  # 2 splits x (baseA, baseB, 28 treatment nets on each half)
+    # 3 splits x (baseA, baseB, and on each half BnB and AnB at n = 1..7, BnB+ and AnB+ at n = 1, 3, 5, 7)
+    assert len(fig2) == 3 * (2 + 2 * (2 * 7 + 2 * 4))
+    assert {n.parsed.n for n in fig2 if n.parsed.finetune} == {1, 3, 5, 7}
     fig3 = plan.figure_nets(cfg, "fig3")
     assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
     assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in range(1, 8)}
     assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
-    assert len(plan.figure_nets(cfg, "all")) == 116 + 2 * 16 + 2 * 8
+    assert len(plan.figure_nets(cfg, "all")) == 138 + 3 * 16 + 2 * 8
 
 
 def test_fig2_plans_no_natman_or_random(cfg):
-    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0", "rand1"}
+    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0", "rand1", "rand2"}
 
 
 def test_sources(cfg):
@@ -61,7 +63,16 @@ def test_semantic_errors_name_the_key(cfg, edit, match):
 
 def test_stream_groups(cfg):
     groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
-    assert set(groups) == {(s, t) for s in ("rand0", "rand1", "natman", "natman.s1") for t in "AB"} | {
-        ("all", "A"), ("all.s1", "A")}
-    assert len(groups[("rand0", "B")]) == 28 and "baseB" not in groups[("rand0", "B")]
+    assert set(groups) == {(s, t) for s in ("rand0", "rand1", "rand2", "natman", "natman.s1", "natman.s2")
+                           for t in "AB"} | {("all", "A"), ("all.s1", "A")}
+    assert len(groups[("rand0", "B")]) == 22 and "baseB" not in groups[("rand0", "B")]
     assert groups[("all", "A")] == [f"R{n}A" for n in range(1, 8)]
+
+
+def test_finetune_layers_default_to_layers(cfg):
+    cfg = copy.deepcopy(cfg)
+    del cfg["experiment"]["random_splits"]["finetune_layers"]
+    assert {n.parsed.n for n in plan.figure_nets(cfg, "fig2") if n.parsed.finetune} == set(range(1, 8))
+    cfg["experiment"]["random_splits"]["finetune_layers"] = [0, 9]
+    with pytest.raises(plan.ConfigError, match="finetune_layers"):
+        plan.check(cfg)

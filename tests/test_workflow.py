@@ -32,19 +32,19 @@ def _demo_one_job_per_net(workdir):
 
 def test_default_config_plans_the_replicated_design(workdir):
     jobs = planned(run_snakemake(["-n", "--cores", "2"], workdir))
-    # base nets alone (2 random splits x 2, natman x 2 seeds x 2, all x 2 seeds), the rest in one job per
-    # (split or replicate, target half): 4 random + 4 natman + 2 all
-    assert jobs["train"] == 10 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 10
-    assert jobs["shard_part"] == 2 and jobs["split_manifest"] == 4 and jobs["effects"] == 1
+    # base nets alone (3 random splits x 2, natman x 3 seeds x 2, all x 2 seeds), the rest in one job per
+    # (split or replicate, target half): 6 random + 6 natman + 2 all
+    assert jobs["train"] == 14 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 14
+    assert jobs["shard_part"] == 2 and jobs["split_manifest"] == 5 and jobs["effects"] == 1
     alone = planned(run_snakemake(["-n", "--cores", "2", *_demo_one_job_per_net(workdir)], workdir))
-    assert alone["train"] == 116 + 2 * 16 + 2 * 8
+    assert alone["train"] == 138 + 3 * 16 + 2 * 8
 
 
 def test_fig2_plans_only_random_split_nets(workdir):
     proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf", *_demo_one_job_per_net(workdir)],
                          workdir)
     nets = planned_nets(proc)
-    assert len(nets) == 116 and all(n.split("/")[0] in ("rand0", "rand1") for n in nets)
+    assert len(nets) == 138 and all(n.split("/")[0] in ("rand0", "rand1", "rand2") for n in nets)
     assert "fig3" not in planned(proc)
 
 
@@ -55,7 +55,7 @@ def test_fig3_plans_no_selffer_or_finetuned_nets(workdir):
     assert sorted(rand) == sorted([f"A{n}B" for n in range(1, 8)] + [f"B{n}A" for n in range(1, 8)]
                                   + ["baseA", "baseB"])
     assert len([n for n in nets if n.startswith("natman/")]) == 16
-    assert len([n for n in nets if n.startswith("natman.s1/")]) == 16
+    assert len([n for n in nets if n.startswith("natman.s2/")]) == 16
     assert len([n for n in nets if n.startswith("all.s1/")]) == 8
 
 

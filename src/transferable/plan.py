@@ -62,7 +62,8 @@ def random_split_nets(cfg: dict) -> list[Net]:
             nets.add(Net(split, paths.net_name(target)))
             for treatment in exp["treatments"]:
                 source = target if treatment.startswith("BnB") else other
-                for n in exp["layers"]:
+                layers = exp.get("finetune_layers", exp["layers"]) if treatment.endswith("+") else exp["layers"]
+                for n in layers:
                     nets.add(Net(split, paths.net_name(target, n, source, treatment.endswith("+"))))
     return _with_sources(nets)
 
@@ -206,7 +207,8 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
     if rf:
         need_split("experiment.random_filters.split", rf["split"], ("all",))
     for key, block in (("random_splits", rs), ("natman", nm), ("random_filters", rf)):
-        if block:
-            bad = [n for n in block["layers"] if not (isinstance(n, int) and 1 <= n <= 7)]
-            if bad:
-                raise ConfigError(f"experiment.{key}.layers: {bad} outside the allowed 1..7")
+        for field in ("layers", "finetune_layers"):
+            if block and field in block:
+                bad = [n for n in block[field] if not (isinstance(n, int) and 1 <= n <= 7)]
+                if bad:
+                    raise ConfigError(f"experiment.{key}.{field}: {bad} outside the allowed 1..7")
