@@ -110,9 +110,12 @@ def test_pairing_removes_the_difference_between_target_halves():
     df = _runs(cells)
     d = fx.paired_diffs(df, "random", "AnB+", "base", 3, 3)
     assert d["diff"].round(6).tolist() == [0.01] * 4
-    eff = fx.effects(df, per_layer=False)
+    eff = fx.effects(df)
     row = eff[(eff["claim"] == "boost_over_selffer") & (eff["layers"] == "3-7")].iloc[0]
     assert row["estimate"] == pytest.approx(0.0) and row["test"] == "paired t"  # r0/A and r1/A hold both
+    # no nets at n = 5: no estimate, and no claim that the treatments sat in different cells
+    row = eff[(eff["claim"] == "boost_over_selffer") & (eff["layers"] == "5")].iloc[0]
+    assert row["nets"] == 0 and np.isnan(row["estimate"]) and "no cell has both" not in row["test"]
 
 
 def test_effects_on_a_constructed_design():
@@ -195,12 +198,14 @@ def test_authors_nets_restricts_a_symmetric_design():
     for s in ("rand0", "rand1", "rand2"):
         for t in "AB":
             cells[(s, t)] = {"base": 0.6, **{(tr, n): 0.6 for tr in ("BnB+", "AnB+") for n in range(1, 8)}}
+    cells[("rand0.s1", "B")] = {"base": 0.6, **{("AnB+", n): 0.6 for n in range(1, 8)}}  # a seed replicate
     df = _runs(cells)
     sub = fx.authors_nets(df)
     plus = sub[sub["treatment"].str.endswith("+")]
     assert set(plus.loc[plus["treatment"] == "BnB+", "target_half"]) == {"A"}
     assert set(plus.loc[plus["treatment"] == "AnB+", "target_half"]) == {"B"}
-    assert len(plus) == 20 and (sub["treatment"] == "base").sum() == 6
+    assert len(plus) == 20 + 7 and (sub["treatment"] == "base").sum() == 7
+    assert (plus["split"] == "rand0.s1").sum() == 7  # a replicate of the authors' split 0 counts as split 0
 
 
 def test_paper_effects_verdicts():

@@ -55,7 +55,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
 
     rule:
         name:
-            f"train_together_{_split.replace('.', '_')}_{_target}"
+            f"train_together_{_split.replace('.', '__')}_{_target}"
         input:
             manifest=paths.split_manifest(paths.base_split(_split)),
             shards=paths.shard_index(PREP),

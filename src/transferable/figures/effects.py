@@ -62,7 +62,7 @@ def _nan_estimate(nets: int, cells: int, test: str, est: float = np.nan) -> Esti
 
 def _interval(est: float, se: float, df: float, nets: int, cells: int, test: str,
               confidence: float) -> Estimate:
-    if se == 0:  # every cell gave the same difference: a degenerate interval
+    if se <= 1e-12 * max(1.0, abs(est)):  # every cell gave the same difference (to rounding): a point interval
         p = 1.0 if est == 0 else 0.0
         return Estimate(est, est, est, 0.0, df, p, nets, cells, test)
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
@@ -259,12 +259,14 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float) -
         d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
         if len(d) or c.reference == "base":
             return cluster_mean(d["diff"], d["cell"], confidence)
-        # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): compare the two
-        # treatments' gains over their own cells' base nets instead
         a = paired_diffs(df, c.split_kind, c.treatment, "base", lo, hi)
         b = paired_diffs(df, c.split_kind, c.reference, "base", lo, hi)
-        return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence,
-                     test="Welch t on gains over own base (no cell has both)")
+        if len(a) and len(b):
+            # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): compare the
+            # two treatments' gains over their own cells' base nets instead
+            return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence,
+                         test="Welch t on gains over own base (no cell has both)")
+        return _nan_estimate(0, 0, "paired t")
     if c.kind == "growth":
         d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
         w = d.pivot_table(index="cell", columns="n", values="diff")
@@ -321,21 +323,6 @@ def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None,
     return a.merge(b, on=["claim", "scope", "layers"], how="left")
 
 
-def resolved(eff: pd.DataFrame, claim: str, layers: str | None = None) -> bool:
-    """Whether the claim's interval excludes zero in ``eff`` (either sign), at its first claim range or
-    at ``layers``."""
-    rows = eff[(eff["claim"] == claim) & ((eff["layers"] == layers) if layers else (eff["scope"] == "claim"))]
-    return bool(len(rows)) and rows.iloc[0]["verdict"] != "inconclusive"
-
-
-def line_ci(values: pd.Series, confidence: float = CONFIDENCE) -> float:
-    """Half-width of the t interval of the mean of ``values`` (independent nets); NaN for fewer than 2."""
-    v = values.astype(float).dropna()
-    if len(v) < 2:
-        return np.nan
-    return float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Table 1, three ways
 
@@ -348,16 +335,21 @@ TABLE1_COLUMNS = ["method", "layers", "n_lo", "n_hi", "over_base", "over_base_ci
 def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """The random-split nets of ``df`` that the authors also trained and logged: every base net, and the
     BnB/AnB(+) nets whose (split, target half, treatment, n) has a log in the authors' repository (they ran
-    10 BnB+ nets, all on A halves, and 10 AnB+ nets, all on B halves)."""
+    10 BnB+ nets, all on A halves, and 10 AnB+ nets, all on B halves). Splits are matched by name: the
+    authors' split s is ``rand{s}`` (configs/paper.yaml: numpy seed [s]); a split of another name matches
+    no fine-tuned net."""
     if paper is None:
         from .paper import paper_runs
 
         paper = paper_runs()
+    from ..paths import base_split
+
     key = ["split", "target_half", "treatment", "n"]
     have = set(map(tuple, paper[paper["split_kind"] == "random"][key].astype(str).to_numpy()))
     r = df[df["split_kind"] == "random"]
-    mask = (r["treatment"] == "base") | pd.Series(
-        [tuple(map(str, row)) in have for row in r[key].to_numpy()], index=r.index)
+    # by split name: the authors' split s is the pipeline's rand{s} (numpy seed [s]); replicates count as it
+    rows = r[key].astype(str).assign(split=r["split"].map(base_split)).to_numpy()
+    mask = (r["treatment"] == "base") | pd.Series([tuple(row) in have for row in rows], index=r.index)
     return r[mask]
 
 
@@ -490,6 +482,7 @@ def effects_markdown(eff: pd.DataFrame) -> str:
     for _, r in eff[eff["scope"] == "claim"].iterrows():
         ours = _ci(100 * r["estimate"], 100 * r["ci_lo"], 100 * r["ci_hi"])
         theirs = _ci(100 * r["paper_estimate"], 100 * r["paper_ci_lo"], 100 * r["paper_ci_hi"])
+        their_cells = int(r["paper_cells"]) if pd.notna(r["paper_cells"]) else "–"
         lines.append(f"| {r['label']} | {r['text']} | {r['layers']} | {ours} | {r['cells']} | **{r['verdict']}** | "
-                     f"{theirs} | {r['paper_cells']} | {r['paper_verdict']} |")
+                     f"{theirs} | {their_cells} | {r['paper_verdict'] if pd.notna(r['paper_verdict']) else '–'} |")
     return "\n".join(lines) + "\n"

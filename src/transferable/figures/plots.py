@@ -445,17 +445,20 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         labels.append(st["label"])
         # 95% CI of each drop, paired with each cell's own reference (cluster-robust over cells)
         kind, treatment = REL_SOURCE[series]
-        for n in g.loc[g["n"] > 0, "n"]:
+        for n, line in zip(g.loc[g["n"] > 0, "n"], g.loc[g["n"] > 0, "relative"]):
             d = fx.paired_diffs(df, kind, treatment, "base", int(n), int(n))
             if kind == "natman":  # the mean of the two directions, each with its seeds' spread
                 e = fx.stratified_mean(d["diff"], d["cell"], d["cell"].str.rsplit("/", n=1).str[-1])
             else:
                 e = fx.cluster_mean(d["diff"], d["cell"])
             if np.isfinite(e.ci_lo):
-                ax.errorbar([n], [e.estimate], yerr=[[e.estimate - e.ci_lo], [e.ci_hi - e.estimate]], fmt="none",
-                            ecolor=REL_DARK[series], elinewidth=1.2, capsize=4, zorder=4)
+                # the interval's half-widths around the drawn point (the paired estimate equals the line's
+                # value when every cell has its net at this n)
+                lo, hi = line - (e.estimate - e.ci_lo), line + (e.ci_hi - e.estimate)
+                ax.errorbar([n], [line], yerr=[[line - lo], [hi - line]], fmt="none", ecolor=REL_DARK[series],
+                            elinewidth=1.2, capsize=4, zorder=4)
                 if e.df >= 2:  # the axis fits intervals with 2+ degrees of freedom; wider ones run off it
-                    ys += [e.ci_lo, e.ci_hi]
+                    ys += [lo, hi]
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig3_relative") & (p["n"] <= nmax)]
