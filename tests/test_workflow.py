@@ -145,3 +145,27 @@ def test_shared_stream_gives_the_same_nets(workdir, tmp_path):
     assert alone.returncode == 0 and len(got) == 12
     pd.testing.assert_series_equal(ref.top1, got.top1)
     pd.testing.assert_series_equal(ref.top1_final, got.top1_final)
+
+
+@pytest.mark.slow
+def test_values_reaching_the_shell_are_quoted(workdir, demo_small, tmp_path):
+    """A data root with a space and a command substitution in its name, and split families with quotes and
+    `$(...)`, run as plain values: nothing is executed, and the manifest holds the names verbatim."""
+    import shutil
+
+    root = tmp_path / "my data $(touch PWNED_ROOT)"
+    shutil.copytree(demo_small, root)
+    cfg = yaml.safe_load((workdir / "configs/micro.yaml").read_text())
+    cfg["data"] = {"source": "path", "root": str(root), "format": "auto", "on_corrupt": "error"}
+    cfg.pop("demo")
+    fams = {"A": "men's things", "B": "'$(touch PWNED_FAMILY)'"}
+    cfg["splits"]["odd"] = {"kind": "ranges", "halves": {"A": {"family": fams["A"], "ranges": "0-2"},
+                                                           "B": {"family": fams["B"], "ranges": "3-5"}}}
+    (workdir / "configs/odd.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(["results/splits/odd.json", "results/ingest/catalog.csv", "--cores", "1",
+                   "--configfile", "configs/odd.yaml"], workdir)
+    assert not list(workdir.rglob("PWNED*")) and not list(tmp_path.rglob("PWNED*"))
+    import json
+
+    man = json.loads((workdir / "results/splits/odd.json").read_text())
+    assert {h: man["halves"][h]["family"] for h in "AB"} == fams

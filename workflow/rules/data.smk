@@ -18,7 +18,7 @@ rule demo_data:
         mem_mb=1000,
         runtime=10,
     shell:
-        "transferable demo-data --out {params.out} --params '{params.demo}' > {log} 2>&1"
+        "transferable demo-data --out {params.out:q} --params {params.demo:q} > {log:q} 2>&1"
 
 
 rule ingest:
@@ -40,5 +40,5 @@ rule ingest:
         mem_mb=4000,
         runtime=120,
     shell:
-        "transferable ingest --root {params.root} --format {params.fmt} "
-        "--catalog {output.catalog} --images {output.images} > {log} 2>&1"
+        "transferable ingest --root {params.root:q} --format {params.fmt:q} "
+        "--catalog {output.catalog:q} --images {output.images:q} > {log:q} 2>&1"

@@ -16,7 +16,7 @@ rule runs_table:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable runs --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "transferable runs --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule fig2:
@@ -37,7 +37,7 @@ rule fig2:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig2 --metrics {input.metrics} --out {output.pdf} {params.paper} > {log} 2>&1"
+        "transferable figure fig2 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
 
 
 rule fig3:
@@ -58,7 +58,7 @@ rule fig3:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure fig3 --metrics {input.metrics} --out {output.pdf} {params.paper} > {log} 2>&1"
+        "transferable figure fig3 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
 
 
 rule table1:
@@ -77,7 +77,7 @@ rule table1:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable table1 --metrics {input.metrics} --out {output.csv} --markdown {output.md} > {log} 2>&1"
+        "transferable table1 --metrics {input.metrics:q} --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"
 
 
 rule paper_comparison:
@@ -95,7 +95,7 @@ rule paper_comparison:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable compare --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "transferable compare --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule effects:
@@ -114,7 +114,7 @@ rule effects:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable effects --metrics {input.metrics} --out {output.csv} --markdown {output.md} > {log} 2>&1"
+        "transferable effects --metrics {input.metrics:q} --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"
 
 
 rule claims_figure:
@@ -133,7 +133,7 @@ rule claims_figure:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable figure claims --metrics {input.metrics} --out {output.pdf} > {log} 2>&1"
+        "transferable figure claims --metrics {input.metrics:q} --out {output.pdf:q} > {log:q} 2>&1"
 
 
 rule training_curves:
@@ -150,6 +150,8 @@ rule training_curves:
             category="Training curves",
             labels={"split": "{split}"},
         ),
+    params:
+        title=lambda w: f"split {w.split}",
     conda:
         "../../envs/figures.yaml"
     log:
@@ -159,5 +161,5 @@ rule training_curves:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable curves --metrics {input.metrics} --out {output.pdf} --title 'split {wildcards.split}' "
-        "> {log} 2>&1"
+        "transferable curves --metrics {input.metrics:q} --out {output.pdf:q} --title {params.title:q} "
+        "> {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule shard_part:
         mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
         runtime=240,
     shell:
-        "transferable shard --images {input.images} --part {wildcards.k} --parts {params.parts} "
-        "--size {params.size} --on-corrupt {params.on_corrupt} --out {output} > {log} 2>&1"
+        "transferable shard --images {input.images:q} --part {wildcards.k:q} --parts {params.parts:q} "
+        "--size {params.size:q} --on-corrupt {params.on_corrupt:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule shard_index:
@@ -45,5 +45,5 @@ rule shard_index:
         mem_mb=500,
         runtime=10,
     shell:
-        "transferable shard-index --parts {input.parts} --size {params.size} --out {output.index} "
-        "--rejects {output.rejects} > {log} 2>&1"
+        "transferable shard-index --parts {input.parts:q} --size {params.size:q} --out {output.index:q} "
+        "--rejects {output.rejects:q} > {log:q} 2>&1"

@@ -20,5 +20,5 @@ rule split_manifest:
         mem_mb=500,
         runtime=5,
     shell:
-        "transferable split manifest --name {wildcards.split} --params '{params.spec}' "
-        "--catalog {input.catalog} --out {output} > {log} 2>&1"
+        "transferable split manifest --name {wildcards.split:q} --params {params.spec:q} "
+        "--catalog {input.catalog:q} --out {output:q} > {log:q} 2>&1"

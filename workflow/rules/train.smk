@@ -24,7 +24,8 @@ rule train:
     params:
         cfg=train_params,
         ckpt=paths.checkpoint("{split}", "{net}"),
-        source=lambda w, input: f"--source-model {input.source}" if input.source else "",
+        out_dir=paths.net_dir("{split}", "{net}"),
+        source_flag=lambda w, input: "--source-model" if input.source else "",
     conda:
         "../../envs/train.yaml"
     log:
@@ -41,10 +42,10 @@ rule train:
         runtime=lambda w, attempt: RES.get("train_runtime_min", 60) * attempt,
     shell:
         # exec: SIGTERM from SLURM reaches the trainer itself, which checkpoints before it exits
-        "exec transferable train --split {wildcards.split} --net {wildcards.net} --manifest {input.manifest} "
-        "--shards {input.shards} {params.source} --out-dir $(dirname {output.model}) --ckpt {params.ckpt} "
-        "--device {resources.train_device} --threads {threads} --compile {resources.train_compile} "
-        "--params '{params.cfg}' > {log} 2>&1"
+        "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
+        "--shards {input.shards:q} {params.source_flag} {input.source:q} --out-dir {params.out_dir:q} "
+        "--ckpt {params.ckpt:q} --device {resources.train_device:q} --threads {threads} "
+        "--compile {resources.train_compile:q} --params {params.cfg:q} > {log:q} 2>&1"
 
 
 # resources.shared_stream: the non-base nets of each (split, target half) train in ONE job that reads
@@ -84,7 +85,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             mem_mb=RES.get("train_mem_mb", 4000),
             runtime=RES.get("train_runtime_min", 60) * len(_nets),
         shell:
-            "exec transferable train-group --split {params.split} --nets {params.nets} --manifest {input.manifest} "
-            "--shards {input.shards} --sources '{params.sources}' --out-root {params.out_root} "
-            "--ckpt {params.ckpt} --device {resources.train_device} --threads {threads} "
-            "--compile {resources.train_compile} --params '{params.cfg}' > {log} 2>&1"
+            "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
+            "--manifest {input.manifest:q} --shards {input.shards:q} --sources {params.sources:q} "
+            "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
+            "--threads {threads} --compile {resources.train_compile:q} --params {params.cfg:q} > {log:q} 2>&1"
