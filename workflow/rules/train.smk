@@ -86,6 +86,6 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             runtime=RES.get("train_runtime_min", 60) * len(_nets),
         shell:
             "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
-            "--manifest {input.manifest:q} --shards {input.shards:q} --sources {params.sources:q} "
+            "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "
             "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
             "--threads {threads} --compile {resources.train_compile:q} --params {params.cfg:q} > {log:q} 2>&1"
