@@ -133,6 +133,20 @@ def stratified_mean(diffs, cells, strata, confidence: float = CONFIDENCE) -> Est
     return _interval(mean, math.sqrt(var), df, int(d.size), g, test, confidence)
 
 
+def drop_estimate(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int,
+                  confidence: float = CONFIDENCE) -> Estimate:
+    """``treatment`` − its cell's base net on splits of ``kind``: cluster-robust over cells; for the
+    natural/man-made split, the mean of its two fixed directions (target halves), each over its seeds."""
+    d = paired_diffs(df, kind, treatment, "base", lo, hi)
+    if kind == "natman":
+        return stratified_mean(d["diff"], d["cell"], _half_of(d["cell"]), confidence)
+    return cluster_mean(d["diff"], d["cell"], confidence)
+
+
+def _half_of(cells: pd.Series) -> pd.Series:
+    return cells.str.rsplit("/", n=1).str[-1]
+
+
 def welch(diffs1, cells1, diffs2, cells2, confidence: float = CONFIDENCE,
           test: str = "Welch t on two paired effects", strata1=None) -> Estimate:
     """(mean of group 1) − (mean of group 2), each a cluster-robust mean of paired differences; group 1
@@ -280,7 +294,7 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float) -
         if c.split_kind == "natman":
             # one fixed split, two directions: the paper's "mean of the two" directions, each direction's
             # drop replicated by training seeds (cells of the same target half)
-            strata = a["cell"].str.rsplit("/", n=1).str[-1]
+            strata = _half_of(a["cell"])
             return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence, strata1=strata,
                          test="Welch t: mean of the two directions' paired drops (seed replicates) vs "
                               "random-split paired drop")

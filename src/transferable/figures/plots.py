@@ -446,11 +446,7 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         # 95% CI of each drop, paired with each cell's own reference (cluster-robust over cells)
         kind, treatment = REL_SOURCE[series]
         for n, line in zip(g.loc[g["n"] > 0, "n"], g.loc[g["n"] > 0, "relative"]):
-            d = fx.paired_diffs(df, kind, treatment, "base", int(n), int(n))
-            if kind == "natman":  # the mean of the two directions, each with its seeds' spread
-                e = fx.stratified_mean(d["diff"], d["cell"], d["cell"].str.rsplit("/", n=1).str[-1])
-            else:
-                e = fx.cluster_mean(d["diff"], d["cell"])
+            e = fx.drop_estimate(df, kind, treatment, int(n), int(n))
             if np.isfinite(e.ci_lo):
                 # the interval's half-widths around the drawn point (the paired estimate equals the line's
                 # value when every cell has its net at this n)
