@@ -1,4 +1,7 @@
-"""Bad configuration fails before any job starts, naming the key and what is allowed."""
+"""Bad configuration fails before any job starts, naming the key and what is allowed.
+
+The checks run in-process (plan.check_config, what the Snakefile calls while it parses); one dry run shows
+that Snakemake stops on them before any job."""
 
 import copy
 
@@ -6,14 +9,19 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 
+from transferable import plan
+
 MICRO = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
 
 
-def _dry_run(workdir, cfg, *extra):
-    path = workdir / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(path), *extra], workdir, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
+def _check(cfg):
+    """None when the config passes, else the message."""
+    try:
+        plan.check_config(copy.deepcopy(cfg), SCHEMA)
+    except plan.ConfigError as e:
+        return str(e)
+    return None
 
 
 def _edit(fn):
@@ -22,10 +30,14 @@ def _edit(fn):
     return cfg
 
 
+def _natman_ranges(a, b):
+    return lambda c: c["splits"].update(nm={"kind": "ranges", "halves": {"A": {"ranges": a}, "B": {"ranges": b}}})
+
+
 CASES = [
     ("unknown top-level key", lambda c: c.update(trian={"lr": 1}), "trian"),
     ("unknown nested key", lambda c: c["train"].update(learning_rate=0.1), "learning_rate"),
-    ("wrong type", lambda c: c["train"].update(batch_size="big"), "batch_size"),
+    ("wrong type", lambda c: c["train"].update(batch_size="big"), "train.batch_size"),
     ("n outside 1..7", lambda c: c["experiment"]["random_splits"].update(layers=[1, 8]), "8"),
     ("unknown treatment", lambda c: c["experiment"]["random_splits"].update(treatments=["CnD"]), "CnD"),
     ("missing split", lambda c: c["experiment"]["random_splits"].update(splits=["rand9"]), "rand9"),
@@ -33,37 +45,60 @@ CASES = [
     ("natman target that is no half", lambda c: c["experiment"]["natman"].update(targets=["C"]), "experiment.natman.targets"),
     ("path source without root", lambda c: c["data"].update(source="path"), "data.root"),
     ("missing data root", lambda c: c["data"].update(source="path", root="/nonexistent/imagenet"), "/nonexistent/imagenet"),
-    ("class range beyond the dataset", lambda c: c["splits"].update(
-        nm={"kind": "ranges", "halves": {"A": {"ranges": "0-1"}, "B": {"ranges": "2-9"}}}), "splits.nm.halves.B.ranges"),
+    ("class range beyond the dataset", _natman_ranges("0-1", "2-9"), "splits.nm.halves.B.ranges"),
     ("unknown architecture", lambda c: c["net"].update(arch="resnet"), "arch"),
+    # issue 16: each of these crashed mid-pipeline or gave a meaningless score
+    ("empty half", _natman_ranges("", "2-3"), "splits.nm.halves.A.ranges: the half has no classes"),
+    ("half of one class", _natman_ranges("0", "2-3"), "splits.nm.halves.A.ranges: the half has one class"),
+    ("crop larger than the warped size", lambda c: c["net"].update(crop=40), "net.crop"),
+    ("split name outside the pattern", lambda c: c["splits"].update({"my split!": {"kind": "all"}}), "names may use"),
+    ("more best evaluations than evaluations", lambda c: c["metric"].update(best_k=3), "metric.best_k"),
+    ("batch larger than a half", lambda c: c["train"].update(batch_size=17), "train.batch_size: 17"),
+    ("warm-up longer than the run", lambda c: c["train"].update(warmup_iter=4), "train.warmup_iter"),
+    ("fewer outputs than classes", lambda c: c["net"].update(outputs=2), "net.outputs"),
 ]
 
 
 @pytest.mark.parametrize("what, edit, needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_config_fails_before_any_job(workdir, what, edit, needle):
-    rc, out = _dry_run(workdir, _edit(edit))
-    assert rc != 0, what
-    assert needle in out, f"{what}: message does not name {needle!r}:\n{out[-2000:]}"
-    assert not (workdir / "results").exists()
+def test_bad_config_is_refused_naming_the_key(what, edit, needle):
+    msg = _check(_edit(edit))
+    assert msg is not None, what
+    assert needle in msg, f"{what}: message does not name {needle!r}: {msg}"
 
 
-def test_micro_config_is_valid(workdir):
-    rc, out = _dry_run(workdir, MICRO)
-    assert rc == 0, out[-2000:]
+def test_micro_config_is_valid():
+    assert _check(MICRO) is None
 
 
-def test_class_range_beyond_a_data_roots_classes_fails_before_any_job(workdir, tmp_path):
+def test_more_shard_parts_than_classes_is_clamped():
+    cfg = _edit(lambda c: c["preprocess"].update(parts=50))
+    assert _check(cfg) is None
+    assert plan.shard_parts(cfg, plan.known_num_classes(cfg)) == 4
+
+
+def test_bad_config_stops_snakemake_before_any_job(workdir):
+    path = workdir / "bad.yaml"
+    path.write_text(yaml.safe_dump(_edit(lambda c: c["net"].update(crop=40))))
+    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], workdir, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config: net.crop: 40" in out, out[-2000:]
+    assert "Traceback" not in out and not (workdir / "results").exists()
+    path.write_text(yaml.safe_dump(_edit(lambda c: c["preprocess"].update(parts=50))))
+    proc = run_snakemake(["-n", "--cores", "1", "--configfile", str(path)], workdir)
+    assert "more than the 4 classes of the data: using 4 shard jobs" in proc.stderr + proc.stdout
+
+
+def test_class_range_beyond_a_data_roots_classes(tmp_path):
     from PIL import Image
 
     root = tmp_path / "mydata"
     for subset in ("train", "val"):
-        for cls in ("cat", "dog", "eel"):
+        for cls in ("cat", "dog", "eel", "fox"):
             (root / subset / cls).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(root / subset / cls / "0.png")
-    cfg = _edit(lambda c: c["splits"].update(nm={"kind": "ranges", "halves": {"A": {"ranges": "0"}, "B": {"ranges": "1-3"}}}))
+    cfg = _edit(_natman_ranges("0-1", "2-4"))
     cfg["data"] = {"source": "path", "root": str(root)}
-    rc, out = _dry_run(workdir, cfg)
-    assert rc != 0 and "splits.nm.halves.B.ranges" in out and "3 classes" in out
-    cfg["splits"]["nm"]["halves"]["B"]["ranges"] = "1-2"
-    rc, out = _dry_run(workdir, cfg)
-    assert rc == 0, out[-2000:]
+    msg = _check(cfg)
+    assert msg and "splits.nm.halves.B.ranges" in msg and "4 classes" in msg
+    cfg["splits"]["nm"]["halves"]["B"]["ranges"] = "2-3"
+    assert _check(cfg) is None

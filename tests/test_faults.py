@@ -96,7 +96,7 @@ def test_checkpoint_of_another_config_is_not_resumed(prepared, tmp_path):
     # leave a checkpoint behind: train with a huge max_iter, stopped by SIGTERM is slow; write one by hand
     torch.save({"cfg_hash": 12345, "iter": 4}, ckpt)
     train_net(out_dir=str(tmp_path / "o"), cfg=cfg, log=logs.append, **kw)
-    assert any("different configuration" in line for line in logs)
+    assert any("set aside" in line and "older version" in line for line in logs)
 
 
 def test_interrupted_shard_write_leaves_nothing(prepared, tmp_path, monkeypatch):
@@ -246,3 +246,190 @@ def test_class_with_no_images(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "b" / "x.png")
     with pytest.raises(IngestError, match=r"no train images: \['b'\]"):
         ingest(tmp_path)
+
+
+# ------------------------------------------------------------------ checkpoints that cannot lie (issue 16)
+class _Stop(Exception):
+    pass
+
+
+def _kw(prepared, tmp_path, index="shards/index.json"):
+    return dict(split="rand0", net="baseB", manifest=str(prepared / "rand0.json"),
+                shards_index=str(prepared / index), out_dir=str(tmp_path / "o"), ckpt=str(tmp_path / "ckpt/last.pt"),
+                device="cpu")
+
+
+def _interrupted(prepared, tmp_path, cfg, **over):
+    """Train until the evaluation at iteration 8 (the checkpoint of iteration 4 is on disk), then stop."""
+    def log(line):
+        if "iter 8/" in line:
+            raise _Stop
+    with pytest.raises(_Stop):
+        train_net(cfg=cfg, log=log, **{**_kw(prepared, tmp_path), **over})
+    ckpt = tmp_path / "ckpt/last.pt"
+    assert torch.load(ckpt, weights_only=True)["iter"] == 4
+    return ckpt
+
+
+def _resume(prepared, tmp_path, cfg, **over):
+    logs = []
+    train_net(cfg=cfg, log=logs.append, **{**_kw(prepared, tmp_path), **over})
+    return "\n".join(logs)
+
+
+@pytest.fixture(scope="module")
+def other_shards(prepared, tmp_path_factory):
+    """The same images warped to another size: what `preprocess.size: 22` would rebuild."""
+    d = tmp_path_factory.mktemp("shards22")
+    write_part(str(prepared / "images.csv"), 0, 1, 22, str(d / "part0"), log=lambda *a: None)
+    write_index([str(d / "part0")], 22, str(d / "index.json"), str(d / "rejects.csv"))
+    return d
+
+
+def test_same_run_resumes(prepared, tmp_path):
+    cfg = _cfg(max_iter=12)
+    _interrupted(prepared, tmp_path, cfg)
+    assert f"resumed from {tmp_path / 'ckpt/last.pt'} at iteration 4" in _resume(prepared, tmp_path, cfg)
+
+
+def test_checkpoint_after_the_data_changed_is_set_aside(prepared, tmp_path, other_shards):
+    cfg = _cfg(max_iter=12)
+    ckpt = _interrupted(prepared, tmp_path, cfg)
+    log = _resume(prepared, tmp_path, cfg, shards_index=str(other_shards / "index.json"))
+    assert "resumed" not in log and "set aside" in log and "data (shards)" in log
+    aside = ckpt.with_name("last.pt.set-aside")
+    assert aside.is_file() and "data (shards)" in aside.with_name("last.pt.set-aside.txt").read_text()
+    assert not ckpt.exists() and (tmp_path / "o/metrics.json").is_file()
+
+
+def test_checkpoint_of_other_training_code_is_set_aside(prepared, tmp_path, monkeypatch):
+    cfg = _cfg(max_iter=12)
+    _interrupted(prepared, tmp_path, cfg)
+    monkeypatch.setattr("transferable.train.loop.code_digest", lambda stage: "edited")
+    log = _resume(prepared, tmp_path, cfg)
+    assert "resumed" not in log and "training code" in log
+
+
+def test_checkpoint_of_other_classes_is_set_aside(prepared, tmp_path):
+    cfg = _cfg(max_iter=12)
+    _interrupted(prepared, tmp_path, cfg)
+    man = json.loads((prepared / "rand0.json").read_text())
+    man["seed"] = 99  # another manifest with the same name
+    (tmp_path / "other.json").write_text(json.dumps(man))
+    log = _resume(prepared, tmp_path, cfg, manifest=str(tmp_path / "other.json"))
+    assert "resumed" not in log and "classes (split manifest)" in log
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "zero bytes"])
+def test_damaged_checkpoint_is_set_aside_and_training_restarts(prepared, tmp_path, damage):
+    cfg = _cfg(max_iter=12)
+    ckpt = _interrupted(prepared, tmp_path, cfg)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncated": data[: len(data) // 2], "random bytes": os.urandom(4096), "zero bytes": b""}[damage])
+    log = _resume(prepared, tmp_path, cfg)
+    assert "does not load" in log and "set aside" in log and str(ckpt) in log
+    assert (tmp_path / "o/metrics.json").is_file() and ckpt.with_name("last.pt.set-aside").is_file()
+    hist = pd.read_csv(tmp_path / "o/history.csv")
+    assert hist["iter"].tolist() == [4, 8, 12]  # trained from iteration 0
+
+
+@pytest.mark.parametrize("damage", ["garbage", "zero bytes", "not a model"])
+def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path, damage):
+    src = tmp_path / "nets/rand0/baseA/model.pt"
+    src.parent.mkdir(parents=True)
+    if damage == "not a model":
+        torch.save({"something": torch.zeros(3)}, src)
+    else:
+        src.write_bytes(os.urandom(2048) if damage == "garbage" else b"")
+    cmd = _train_cmd(prepared, tmp_path / "o", tmp_path / "ckpt.pt", _cfg(max_iter=4), net="A1B")
+    proc = subprocess.run([*cmd, "--source-model", str(src)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert str(src) in proc.stderr and f"snakemake --cores all --force {src}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_model_file_carries_its_spec_and_config(prepared, tmp_path):
+    cfg = _cfg(max_iter=4)
+    _resume(prepared, tmp_path, cfg)
+    m = torch.load(tmp_path / "o/model.pt", weights_only=True)
+    assert m["net"] == "baseB" and json.loads(m["config"]) == cfg
+    assert json.loads(m["spec"])["crop"] == cfg["net"]["crop"]
+    prov = json.loads((tmp_path / "o/metrics.json").read_text())["provenance"]
+    assert len(prov["code"]["train_code"]) == 64 and "git" in prov["code"]
+
+
+# ---------------------------------------------------------------------------- pixels by the book (issue 16)
+def _encoded(arr, mode, fmt):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)  # uint16 -> I;16, float32 -> F
+    return buf.getvalue()
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    from transferable.data.shards import decode
+
+    data = _encoded(np.full((8, 8), 30000, dtype=np.uint16), "I;16", "PNG")
+    out = decode(data, 8, "grey16.png")
+    assert (out == round(30000 * 255 / 65535)).all()  # 117, not 255
+
+
+def test_float_tiff_is_scaled_and_out_of_range_refused():
+    from transferable.data.shards import decode
+
+    out = decode(_encoded(np.full((8, 8), 0.5, dtype=np.float32), "F", "TIFF"), 8, "half.tif")
+    assert (out == 128).all()  # not 0
+    with pytest.raises(IngestError, match=r"bright.tif: float image with values outside \[0, 1\]"):
+        decode(_encoded(np.full((8, 8), 300.0, dtype=np.float32), "F", "TIFF"), 8, "bright.tif")
+
+
+def test_exif_orientation_is_a_choice():
+    from PIL import Image
+
+    from transferable.data.shards import decode
+
+    im = Image.new("RGB", (16, 8), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 8, 8))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees
+    buf = io.BytesIO()
+    im.save(buf, "PNG", exif=exif)
+    kept = decode(buf.getvalue(), 16, "x.png", exif="ignore")
+    turned = decode(buf.getvalue(), 16, "x.png", exif="apply")
+    assert kept[:, :, :4].mean() > 200 and turned[:, :, :4].mean() < 50
+
+
+def test_huge_devkit_meta_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """Issue 16, case 7: a devkit whose meta.mat is 300 MB (a few hundred KB compressed) is refused from its
+    tar header, never read into memory."""
+    from transferable.data import ilsvrc
+
+    demo.generate(tmp_path, seed=0, classes_per_family=2, train_per_class=3, val_per_class=2, min_side=16, max_side=20)
+    src = tmp_path / "ILSVRC2012_devkit_t12.tar.gz"
+    members = []
+    with tarfile.open(src) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf]
+    zeros = 300_000_000
+    with tarfile.open(src, "w:gz", compresslevel=1) as tf:
+        for m, data in members:
+            if m.name.endswith("meta.mat"):
+                m.size = zeros
+
+                class Zeros:
+                    left = zeros
+
+                    def read(self, n):
+                        n = min(n, self.left)
+                        self.left -= n
+                        return bytes(n)
+
+                tf.addfile(m, Zeros())
+            else:
+                tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    assert src.stat().st_size < 20_000_000
+    reads = []
+    monkeypatch.setattr(ilsvrc, "read_meta", lambda *a: reads.append(a) or {})
+    with pytest.raises(IngestError, match=r"ILSVRC2012_devkit_t12.tar.gz: data/meta.mat is 300000000 bytes"):
+        ingest(tmp_path)
+    assert not reads

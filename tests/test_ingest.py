@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -183,3 +184,37 @@ def test_memory_mapped_stream_with_prefetch_equals_in_memory(demo_small, tmp_pat
             b.load_state_dict(a.state_dict())
         (xa, ya), (xb, yb) = a.next(), b.next()
         assert torch.equal(xa, xb) and torch.equal(ya, yb), step
+
+
+def test_raw_fingerprint_sees_content_not_mtimes(tmp_path):
+    """data/rawfiles.py: a folder dataset's fingerprint changes when an image is added, replaced or deleted,
+    not when one is touched; the official tars are not fingerprinted (they are rule inputs themselves)."""
+    from PIL import Image
+
+    from transferable.data import rawfiles
+
+    root = tmp_path / "data"
+    for subset in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / subset / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (1, 2, 3)).save(root / subset / cls / "0.png")
+    (root / "train/a/notes.txt").write_text("not read by ingest")
+    out = tmp_path / "fp/raw_files.sha256"
+    assert rawfiles.fingerprint(root, out) is True
+    first = out.read_text()
+    assert "train: 2 files" in first and "val: 2 files" in first
+    assert rawfiles.fingerprint(root, out) is False
+    os.utime(root / "train/a/0.png", ns=(1, 1))
+    (root / "train/a/notes.txt").write_text("edited")
+    assert rawfiles.fingerprint(root, out) is False and out.read_text() == first
+    Image.new("RGB", (8, 8), (9, 2, 3)).save(root / "train/a/0.png")  # replaced, same size
+    assert rawfiles.fingerprint(root, out) is True
+    Image.new("RGB", (8, 8)).save(root / "train/b/1.png")
+    assert rawfiles.fingerprint(root, out) is True and "train: 3 files" in out.read_text()
+    (root / "train/b/1.png").unlink()
+    assert rawfiles.fingerprint(root, out) is True and "train: 2 files" in out.read_text()
+    demo_root = tmp_path / "official"
+    from transferable.data import demo
+
+    demo.generate(demo_root, seed=0, classes_per_family=1, train_per_class=2, val_per_class=1, min_side=8, max_side=10)
+    assert rawfiles.fingerprint(demo_root, tmp_path / "fp2/x") is None

@@ -92,3 +92,57 @@ def test_stage_code_change_reruns_that_stage_and_downstream(done, module, expect
 def test_touch_without_change_reruns_nothing(done):
     os.utime(done / "code" / "train/loop.py")
     assert _plan(done) == {}
+
+
+def _folder_dataset(root, classes=("cat", "dog", "eel", "fox"), per_class=3):
+    from PIL import Image
+
+    for subset in ("train", "val"):
+        for i, cls in enumerate(classes):
+            (root / subset / cls).mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                Image.new("RGB", (24, 24), (40 * i, 20 * j, 90)).save(root / subset / cls / f"{j}.png")
+
+
+@pytest.mark.slow
+def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
+    """Issue 16, case 3: adding, replacing or deleting an image of a folder dataset reruns ingest and the
+    shards; touching one without changing it, or nothing at all, reruns nothing."""
+    from PIL import Image
+
+    (tmp_path / "wf").mkdir()
+    wd = copy_workflow(tmp_path / "wf")
+    root = tmp_path / "my data"
+    _folder_dataset(root)
+    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
+    cfg["data"] = {"source": "path", "root": str(root)}
+    cfg["splits"] = {"rand0": {"kind": "random", "seed": 0}}
+    cfg["experiment"] = {"random_splits": {**cfg["experiment"]["random_splits"], "targets": ["B"]}}
+    cfg["train"]["batch_size"] = 4
+    (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
+    target = ["results/shards/warp20/index.json", "--cores", "1", "--configfile", "configs/folder.yaml"]
+
+    def plan():
+        return planned(run_snakemake(["-n", *target], wd))
+
+    run_snakemake(target, wd)
+    assert plan() == {}
+    os.utime(root / "train/cat/0.png")  # touched, same content
+    assert plan() == {}
+    downstream = {"ingest": 1, "shard_part": 2, "shard_index": 1}
+    for j in range(3, 7):  # 4 images added
+        Image.new("RGB", (24, 24), (9, 9, j)).save(root / "train/cat" / f"{j}.png")
+    assert plan() == downstream
+    run_snakemake(target, wd)
+    assert plan() == {}
+    Image.new("RGB", (24, 24), (200, 0, 0)).save(root / "train/dog/1.png")  # replaced
+    assert plan() == downstream
+    run_snakemake(target, wd)
+    (root / "val/eel/2.png").write_bytes(b"not an image")  # a bad file stops the shard job...
+    proc = run_snakemake(target, wd, check=False)
+    assert proc.returncode != 0 and "val/eel/2.png" in (wd / "logs/shards/warp20/part1.log").read_text()
+    (root / "val/eel/2.png").unlink()  # ...deleting it is seen, and the rerun succeeds
+    assert plan() == downstream
+    run_snakemake(target, wd)
+    images = (wd / "results/ingest/images.csv").read_text()
+    assert "val/eel/2.png" not in images and images.count("/train/cat/") == 7

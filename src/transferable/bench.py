@@ -7,6 +7,7 @@
     transferable bench stream   # the 28 nets of a half trained on one data stream vs one by one
     transferable bench all      # all of the above (minutes on 2 cores)
     transferable bench dag      # the whole demo pipeline from an empty results/ (minutes)
+    transferable bench rawfiles # the rerun trigger of a folder data root at ImageNet's 1.28 M files
     transferable bench gpu      # one CUDA device, the paper's CaffeNet: step, whole loop, shared stream
 
 ``--small`` shrinks every benchmark to seconds (the tests run them so); ``--device cpu`` runs the GPU
@@ -498,6 +499,66 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
     return out
 
 
+def bench_rawfiles(root: Path, files: int = 1_281_167, classes: int = 1000, hash_mb: int = 512) -> dict:
+    """The cost of the rerun trigger of an extracted-tree or image-folder data root (data/rawfiles.py) on
+    ImageNet's file count, with empty files (the plan stats every file; only changed ones are hashed):
+    the first fingerprint, an unchanged re-plan, and one after an image was added. Beside it, the plain
+    baseline of listing the tree with os.walk, and SHA-256 throughput on ``hash_mb`` MB of ~110 KB files,
+    from which the first fingerprint of the real 140 GB train set is extrapolated."""
+    from .data import rawfiles
+
+    tree = root / "rawtree"
+    per = files // classes
+    if not (tree / "done").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        _note(f"rawfiles: creating {per * classes} empty files in {classes} class folders")
+        for c in range(classes):
+            d = tree / "train" / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i in range(per):
+                open(d / f"n{c:08d}_{i}.JPEG", "wb").close()
+        for c in range(classes):
+            (tree / "val" / f"n{c:08d}").mkdir(parents=True)
+            open(tree / "val" / f"n{c:08d}" / "v.JPEG", "wb").close()
+        (tree / "done").touch()
+    out = root / "fp" / "raw_files.sha256"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    t0 = time.perf_counter()
+    n_walk = sum(len(f) for _, _, f in os.walk(tree))
+    walk_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rawfiles.fingerprint(tree, out, "folder")
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    changed = rawfiles.fingerprint(tree, out, "folder")
+    again_s = time.perf_counter() - t0
+    open(tree / "train" / "n00000000" / "added.JPEG", "wb").write(b"x")
+    t0 = time.perf_counter()
+    added = rawfiles.fingerprint(tree, out, "folder")
+    added_s = time.perf_counter() - t0
+    os.unlink(tree / "train" / "n00000000" / "added.JPEG")
+    # content hashing at real image sizes
+    hd = root / "hashfiles"
+    shutil.rmtree(hd, ignore_errors=True)
+    (hd / "train" / "c").mkdir(parents=True)
+    (hd / "val" / "c").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    n_img = hash_mb * 1024 // 110
+    for i in range(n_img):
+        (hd / "train" / "c" / f"{i}.JPEG").write_bytes(rng.bytes(110 * 1024))
+    (hd / "val" / "c" / "0.JPEG").write_bytes(b"x")
+    t0 = time.perf_counter()
+    rawfiles.fingerprint(hd, root / "fp2" / "raw_files.sha256", "folder")
+    hash_s = time.perf_counter() - t0
+    shutil.rmtree(hd, ignore_errors=True)
+    mb_s = n_img * 110 / 1024 / hash_s
+    return {"bench": "rawfiles", "files": n_walk, "baseline_os_walk_s": round(walk_s, 2),
+            "first_fingerprint_empty_files_s": round(first_s, 2), "unchanged_replan_s": round(again_s, 2),
+            "unchanged_rewrote": bool(changed), "one_added_replan_s": round(added_s, 2), "one_added_seen": bool(added),
+            "hash_mb_s_page_cache": round(mb_s, 1), "threads": min(8, os.cpu_count() or 1),
+            "first_fingerprint_140gb_est_min": round(140e3 / mb_s / 60, 1)}
+
+
 def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None,
         shared_stream: bool = False, compile_model: bool = True) -> list[dict]:
     """Run one benchmark (or `all` the CPU ones), print each result as a JSON line, return them. Scratch
@@ -524,6 +585,8 @@ def _run_in(root: Path, which: str, small: bool, device: str | None, shared_stre
         "step": lambda: bench_step(min_time=mt, frozen=(0, 7) if small else (0, 5, 7)),
         "stream": lambda: bench_stream(root, iters=4 if small else 64, small=small),
         "dag": lambda: bench_dag(root, shared_stream=shared_stream),
+        "rawfiles": lambda: bench_rawfiles(root, files=20_000 if small else 1_281_167, classes=100 if small else 1000,
+                                           hash_mb=16 if small else 512),
         "gpu": lambda: bench_gpu(root, device=device or "cuda", small=small, compile_model=compile_model),
     }
     todo = ["shards", "loader", "mmap", "step", "stream"] if which == "all" else [which]

@@ -63,7 +63,7 @@ def cmd_split_random(a):
 def cmd_shard(a):
     from .data.shards import write_part
 
-    r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log)
+    r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log, exif=a.exif)
     _log(f"part {a.part}: {r['images']} images, {r['rejects']} rejected, {r['seconds']:.1f} s")
 
 
@@ -217,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--part", type=int, required=True)
     s.add_argument("--parts", type=int, required=True)
     s.add_argument("--size", type=int, required=True)
-    s.add_argument("--on-corrupt", choices=["error", "skip"], default="error")
+    s.add_argument("--on-corrupt", choices=["error", "skip"], default="error",
+                   help="an image that cannot be decoded stops the job (error) or is recorded in rejects.csv (skip)")
+    s.add_argument("--exif", choices=["ignore", "apply"], default="ignore",
+                   help="EXIF orientation: ignore it as the authors' ImageMagick convert does, or apply it")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_shard)
 
@@ -296,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu"])
+    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles"])
     s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
     s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")

@@ -153,24 +153,73 @@ def used_splits(cfg: dict) -> list[str]:
     return sorted({paths.base_split(n.split) for n in figure_nets(cfg, "all")})
 
 
+def known_num_classes(cfg: dict) -> int | None:
+    """The number of classes, known before any job runs: the demo's from its config, a data root's from
+    its devkit or train/ folders (never from an earlier run's catalog, which may be another dataset's)."""
+    if cfg["data"]["source"] == "demo":
+        return 2 * cfg.get("demo", {}).get("classes_per_family", 20)
+    from .data.ilsvrc import count_classes
+
+    return count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
+
+
+def check_config(cfg: dict, schema: str) -> None:
+    """Validate ``cfg`` in place, as the Snakefile does before any job: the JSON Schema (types, allowed
+    values, unknown keys; fills defaults), ``--config data_root=...``, the data root, then ``check``.
+    Raises ConfigError naming the key."""
+    import os
+
+    import jsonschema
+    import yaml
+    from snakemake.utils import validate
+
+    with open(schema) as f:
+        errors = list(jsonschema.Draft202012Validator(yaml.safe_load(f)).iter_errors(cfg))
+    if errors:
+        raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)))
+    validate(cfg, schema)  # fills the schema's defaults
+    if cfg.get("data_root"):  # `--config data_root=/path/to/imagenet`
+        cfg["data"].update(source="path", root=str(cfg["data_root"]))
+    if cfg["data"]["source"] == "path":
+        root = cfg["data"].get("root")
+        if not root:
+            raise ConfigError("data.root is required when data.source is 'path' (--config data_root=...)")
+        if not os.path.isdir(root):
+            raise ConfigError(f"data.root {root!r} does not exist or is not a directory")
+    check(cfg, known_num_classes(cfg))
+
+
+def _schema_message(err) -> str:
+    """A JSON Schema error with the key spelled as a user writes it (``train.batch_size: 'big' is not ...``)."""
+    where = ".".join(str(p) for p in err.absolute_path) or "the config"
+    if "propertyNames" in err.schema_path:
+        return f"{where}: {err.message} (names may use letters, digits, _ and - only)"
+    if err.validator == "additionalProperties":
+        return f"{where}: {err.message} (see workflow/schemas/config.schema.yaml for the keys allowed)"
+    return f"{where}: {err.message}"
+
+
 def check(cfg: dict, num_classes: int | None = None) -> None:
     """Semantic checks the JSON Schema cannot express. Raises ConfigError naming the key.
     ``num_classes``, when known before ingest runs, bounds class ranges."""
     splits = cfg["splits"]
     exp = cfg["experiment"]
     if num_classes is not None:
-        from .data.splits import SplitError, parse_ranges
+        from .data.splits import SplitError, check_half_size, parse_ranges
 
         for name, spec in splits.items():
             if spec["kind"] == "ranges":
-                for h, hs in spec["halves"].items():
+                for h, hs in (spec.get("halves") or {}).items():
                     key = f"splits.{name}.halves.{h}.ranges"
                     try:
-                        parse_ranges(hs.get("ranges", ""), num_classes, key)
+                        check_half_size(len(parse_ranges(hs.get("ranges", ""), num_classes, key)), key)
                     except SplitError as e:
                         raise ConfigError(f"{e} (the dataset has {num_classes} classes)") from e
-            if spec["kind"] == "random" and num_classes < 2:
-                raise ConfigError(f"splits.{name}: a random split needs at least 2 classes, the dataset has {num_classes}")
+            if spec["kind"] == "random" and num_classes < 4:
+                raise ConfigError(f"splits.{name}: a random split needs at least 4 classes (2 per half), "
+                                  f"the dataset has {num_classes}")
+            if spec["kind"] == "all" and num_classes < 2:
+                raise ConfigError(f"splits.{name}: kind 'all' needs at least 2 classes, the dataset has {num_classes}")
     for name, spec in splits.items():
         if spec["kind"] in ("ranges", "ancestors"):
             halves = spec.get("halves") or {}
@@ -212,3 +261,61 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
                 bad = [n for n in block[field] if not (isinstance(n, int) and 1 <= n <= 7)]
                 if bad:
                     raise ConfigError(f"experiment.{key}.{field}: {bad} outside the allowed 1..7")
+    _check_training(cfg)
+    if num_classes is not None:
+        _check_outputs(cfg, num_classes)
+
+
+def _check_training(cfg: dict) -> None:
+    """Settings that could only end in a crash mid-pipeline, or in a score that means nothing."""
+    net, train, prep = cfg["net"], cfg["train"], cfg["preprocess"]
+    if net["crop"] > prep["size"]:
+        raise ConfigError(f"net.crop: {net['crop']} is larger than the warped images (preprocess.size "
+                          f"{prep['size']}); the crop must fit inside them (paper: 227 of 256)")
+    max_iter, every = int(train["max_iter"]), int(train["eval_every"])
+    evals = max_iter // every + (1 if max_iter % every else 0)  # and one at the last iteration
+    best_k = int(cfg.get("metric", {}).get("best_k", 10))
+    if evals < best_k:
+        raise ConfigError(f"metric.best_k: {best_k} best evaluations asked for, but train.max_iter {max_iter} "
+                          f"with train.eval_every {every} evaluates {evals} time(s); lower best_k or eval_every")
+    if int(train.get("warmup_iter", 0)) >= max_iter:
+        raise ConfigError(f"train.warmup_iter: {train['warmup_iter']} warm-up iterations leave none of "
+                          f"train.max_iter {max_iter}")
+    demo = cfg.get("demo") if cfg["data"]["source"] == "demo" else None
+    if demo is not None:  # the smallest half's training set is known before any job runs
+        per_class = int(demo.get("train_per_class", 100))
+        num_classes = 2 * int(demo.get("classes_per_family", 20))
+        smallest = per_class * min(_half_sizes(cfg, num_classes), default=num_classes)
+        if int(train["batch_size"]) > smallest:
+            raise ConfigError(f"train.batch_size: {train['batch_size']} is larger than the smallest half's "
+                              f"{smallest} training images")
+
+
+def _half_sizes(cfg: dict, num_classes: int) -> list[int]:
+    """The number of classes of every half the experiment trains on (ancestor halves: unknown before ingest)."""
+    from .data.splits import parse_ranges
+
+    sizes = []
+    for name in used_splits(cfg):
+        spec = cfg["splits"][name]
+        if spec["kind"] == "random":
+            sizes += [num_classes // 2, num_classes - num_classes // 2]
+        elif spec["kind"] == "all":
+            sizes.append(num_classes)
+        elif spec["kind"] == "ranges":
+            sizes += [len(parse_ranges(h["ranges"], num_classes)) for h in spec["halves"].values()]
+    return sizes
+
+
+def _check_outputs(cfg: dict, num_classes: int) -> None:
+    outputs = cfg["net"].get("outputs", "all")
+    largest = max(_half_sizes(cfg, num_classes), default=0)
+    if isinstance(outputs, int) and outputs < largest:
+        raise ConfigError(f"net.outputs: {outputs} fc8 outputs are fewer than the {largest} classes of the "
+                          "largest half; use 'all', 'half' or a number at least that large")
+
+
+def shard_parts(cfg: dict, num_classes: int | None) -> int:
+    """``preprocess.parts``, clamped to the number of classes (a part is a block of whole classes)."""
+    parts = int(cfg["preprocess"].get("parts", 2))
+    return max(1, min(parts, num_classes)) if num_classes else parts

@@ -1,39 +1,25 @@
 # Config validation, the experiment plan and input functions. Pure path and plan logic lives in
 # src/transferable/{paths,plan}.py, where unit tests call it.
+import functools
 import json
+import sys
 
 from snakemake.settings.types import DeploymentMethod
-from snakemake.utils import validate
 
-import transferable
-from transferable import paths, plan
-
-
-def known_num_classes():
-    """The number of classes, known before any job runs: the demo's from its config, a data root's from
-    its devkit or train/ folders (never from an earlier run's catalog, which may be another dataset's)."""
-    if config["data"]["source"] == "demo":
-        return 2 * config.get("demo", {}).get("classes_per_family", 20)
-    from transferable.data.ilsvrc import count_classes
-
-    return count_classes(config["data"]["root"], config["data"].get("format", "auto"))
+from transferable import paths, plan, provenance
 
 
 def check_config():
-    """Everything that can be wrong with the config, found before any job starts."""
-    validate(config, "../schemas/config.schema.yaml")  # types, allowed values, unknown keys; fills defaults
-    if config.get("data_root"):  # `--config data_root=/path/to/imagenet`
-        config["data"].update(source="path", root=str(config["data_root"]))
-    if config["data"]["source"] == "path":
-        root = config["data"].get("root")
-        if not root:
-            raise WorkflowError("config: data.root is required when data.source is 'path' (--config data_root=...)")
-        if not os.path.isdir(root):
-            raise WorkflowError(f"config: data.root {root!r} does not exist or is not a directory")
+    """Everything that can be wrong with the config, found before any job starts (plan.check_config)."""
     try:
-        plan.check(config, known_num_classes())
+        plan.check_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
     except plan.ConfigError as e:
         raise WorkflowError(f"config: {e}")
+
+
+@functools.cache
+def known_num_classes():
+    return plan.known_num_classes(config)
 
 
 check_config()
@@ -47,28 +33,14 @@ if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         'transferable() { python -m transferable "$@"; }; '
     )
 
-# The package modules each stage runs, as inputs: editing one reruns that stage and what follows, nothing
-# else (cli.py only dispatches and is not listed). Snakemake compares contents, so a mere touch reruns
-# nothing. TRANSFERABLE_CODE_DIR points elsewhere (the tests use it to edit a copy).
-_PKG = os.environ.get("TRANSFERABLE_CODE_DIR") or os.path.dirname(transferable.__file__)
-STAGE_CODE = {
-    "demo": ["data/demo.py"],
-    "ingest": ["data/ilsvrc.py"],
-    "splits": ["data/splits.py"],
-    "shards": ["data/shards.py"],
-    "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "data/loader.py"],
-    "figures": [
-        "figures/tables.py",
-        "figures/effects.py",
-        "figures/plots.py",
-        "figures/paper.py",
-        "figures/paper_networks.csv",
-    ],
-}
+# The package modules each stage runs (transferable.provenance.STAGE_CODE), as inputs: editing one reruns
+# that stage and what follows, nothing else. Snakemake compares contents, so a mere touch reruns nothing.
+# TRANSFERABLE_CODE_DIR points elsewhere (the tests use it to edit a copy).
+_PKG = os.environ.get("TRANSFERABLE_CODE_DIR") or None
 
 
 def code(stage):
-    return [os.path.join(_PKG, f) for f in STAGE_CODE[stage]]
+    return provenance.stage_files(stage, _PKG)
 
 
 PREP = paths.prep_name(config["preprocess"]["size"])
@@ -138,9 +110,31 @@ def source_model(wildcards):
 
 
 def ingest_inputs(wildcards):
-    """The raw files ingest reads, so that a replaced archive reruns everything after it."""
+    """The raw files ingest reads, so that a replaced archive reruns everything after it; for an extracted
+    tree or an image folder, the digest of its files' content (RAW_FINGERPRINT)."""
     if config["data"]["source"] == "demo":
         return paths.demo_files()
     root = config["data"]["root"]
     official = [os.path.join(root, f) for f in paths.DEMO_FILES]
-    return [f for f in official if os.path.isfile(f)]
+    return [f for f in official if os.path.isfile(f)] + ([paths.raw_fingerprint()] if RAW_FINGERPRINT else [])
+
+
+def _fingerprint_data_root():
+    """Computed while the workflow is planned (by the main Snakemake process only; a job's own parse
+    never does it) and rewritten only when a file ingest reads was added, removed or changed."""
+    if config["data"]["source"] != "path":
+        return False
+    from transferable.data import rawfiles
+
+    if not workflow.is_main_process:
+        return os.path.isfile(paths.raw_fingerprint())
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    changed = rawfiles.fingerprint(config["data"]["root"], paths.raw_fingerprint(),
+                                   config["data"].get("format", "auto"), log=log)
+    if changed:
+        log(f"{config['data']['root']}: its files changed since the last ingest (or were never fingerprinted): "
+            f"{paths.raw_fingerprint()} rewritten")
+    return changed is not None
+
+
+RAW_FINGERPRINT = _fingerprint_data_root()

@@ -1,7 +1,10 @@
 # Preprocessed shards, written once per preprocessing setting (the prep id encodes it) and shared by
 # every split and net. Each part is a block of classes, so parts run as independent jobs.
 
-PARTS = config["preprocess"].get("parts", 2)
+PARTS = plan.shard_parts(config, known_num_classes())
+if PARTS < config["preprocess"].get("parts", 2) and workflow.is_main_process:
+    print(f"config: preprocess.parts {config['preprocess']['parts']} is more than the {PARTS} classes of the "
+          f"data: using {PARTS} shard jobs", file=sys.stderr)
 
 
 rule shard_part:
@@ -14,6 +17,7 @@ rule shard_part:
         size=lambda w: int(w.prep[len("warp") :]),
         parts=PARTS,
         on_corrupt=config["data"].get("on_corrupt", "error"),
+        exif=config["preprocess"].get("exif_orientation", "ignore"),
     conda:
         "../../envs/data.yaml"
     log:
@@ -24,7 +28,7 @@ rule shard_part:
         runtime=240,
     shell:
         "transferable shard --images {input.images:q} --part {wildcards.k:q} --parts {params.parts:q} "
-        "--size {params.size:q} --on-corrupt {params.on_corrupt:q} --out {output:q} > {log:q} 2>&1"
+        "--size {params.size:q} --on-corrupt {params.on_corrupt:q} --exif {params.exif:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule shard_index:

@@ -34,6 +34,9 @@ VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
 DEVKIT_DIR = "ILSVRC2012_devkit_t12"
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# The real devkit's meta.mat is ~0.4 MB and its ground truth ~0.2 MB: anything far larger is refused from
+# its size before it is read (a small .tar.gz can hold gigabytes of zeros).
+MAX_DEVKIT_FILE = 64 << 20
 _VAL_RE = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
 
 CATALOG_COLUMNS = ["class_index", "wnid", "words", "ancestors", "num_train", "num_val"]
@@ -88,6 +91,7 @@ def _devkit_files(root: Path) -> tuple[bytes, bytes, str]:
                     rel = "/".join(PurePosixPath(m.name).parts[1:])
                     if rel in want and m.isfile():
                         _safe_member(m.name, tar_path)
+                        _check_devkit_size(f"{tar_path}: {rel}", m.size)
                         want[rel] = tf.extractfile(m).read()
         except (tarfile.TarError, OSError, EOFError) as e:
             raise IngestError(f"{tar_path}: cannot read the devkit archive ({e})") from e
@@ -100,8 +104,15 @@ def _devkit_files(root: Path) -> tuple[bytes, bytes, str]:
         for f in (meta, gt):
             if not f.is_file():
                 raise IngestError(f"{f}: missing from the extracted devkit")
+            _check_devkit_size(str(f), f.stat().st_size)
         return meta.read_bytes(), gt.read_bytes(), str(folder)
     raise IngestError(f"{root}: no devkit found (expected {DEVKIT_TAR} or an extracted {DEVKIT_DIR}/)")
+
+
+def _check_devkit_size(where: str, size: int) -> None:
+    if size > MAX_DEVKIT_FILE:
+        raise IngestError(f"{where} is {size} bytes, more than the {MAX_DEVKIT_FILE >> 20} MB any ILSVRC2012 "
+                          "devkit file needs (the real meta.mat is about 0.4 MB): refusing to read it")
 
 
 def catalog_from_devkit(root: Path) -> tuple[pd.DataFrame, dict[int, int], np.ndarray, str]:

@@ -82,6 +82,9 @@ class TrainStream:
         self.size = images.shape[-1]
         if crop > self.size:
             raise ValueError(f"net.crop: {crop} is larger than the preprocessed size {self.size}")
+        if batch_size > len(self.y):
+            raise ValueError(f"train.batch_size: {batch_size} is larger than the {len(self.y)} training images "
+                             "of this half; lower it (every batch would be the whole half, reshuffled)")
         self.crop, self.batch_size, self.mirror, self.scale = crop, batch_size, mirror, float(scale)
         # On a GPU, a set that fits in half the free device memory is copied there once as uint8: every
         # batch is then gathered, cropped, mirrored and normalised on the device, with no host traffic.

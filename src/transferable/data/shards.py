@@ -15,6 +15,7 @@ One class is read without touching the other classes' bytes (the files can be me
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .ilsvrc import IngestError, read_image_bytes
 
@@ -35,9 +36,15 @@ def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
     return [b.tolist() for b in np.array_split(np.arange(num_classes), parts)]
 
 
-def decode(data: bytes, size: int, where: str) -> np.ndarray:
-    """Decode any Pillow format (CMYK, grayscale, palette and PNG-as-JPEG included) to RGB, warp to size x
-    size (the paper: ``convert -resize 256x256!``, aspect ratio not kept), return uint8 (3, size, size)."""
+EXIF_ORIENTATION = ("ignore", "apply")
+
+
+def decode(data: bytes, size: int, where: str, exif: str = "ignore") -> np.ndarray:
+    """Decode any Pillow format (CMYK, grayscale, palette, 16-bit, float and PNG-as-JPEG included) to RGB,
+    warp to size x size (the paper: ``convert -resize 256x256!``, aspect ratio not kept), return uint8
+    (3, size, size). High-bit-depth and float images are scaled to 8 bits, not clipped (``to_8bit``).
+    ``exif``: ``ignore`` keeps the stored pixel order, as the authors' ImageMagick ``convert`` does without
+    ``-auto-orient``; ``apply`` rotates/flips by the EXIF Orientation tag first."""
     if not data:
         raise IngestError(f"{where}: empty file (0 bytes)")
     try:
@@ -46,24 +53,62 @@ def decode(data: bytes, size: int, where: str) -> np.ndarray:
             im = Image.open(io.BytesIO(data))
             if im.format == "JPEG":
                 im.draft("RGB", (size, size))  # DCT-domain downscale, never below size: same result, faster
+            if exif == "apply":
+                im = ImageOps.exif_transpose(im)
+            im = to_8bit(im, where)
             im = im.convert("RGB").resize((size, size), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8)
+    except IngestError:
+        raise
     except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
         raise IngestError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
+def to_8bit(im: Image.Image, where: str) -> Image.Image:
+    """An 8-bit image for Pillow's ``convert("RGB")``, which CLIPS wider values (a 16-bit grey 30000 would
+    become 255, a float 0.5 would become 0). Integer images are scaled from their bit depth (16-bit PNG and
+    TIFF: x * 255 / 65535, rounded); float images must lie in [0, 1] and are scaled by 255. Anything else
+    is refused with a message naming the image (``data.on_corrupt: skip`` records and skips it)."""
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im)
+    if im.mode == "F":
+        lo, hi = (float(np.min(a)), float(np.max(a))) if a.size else (0.0, 0.0)
+        if not np.isfinite(a).all() or lo < 0 or hi > 1:
+            raise IngestError(f"{where}: float image with values outside [0, 1] (min {lo:g}, max {hi:g}); "
+                              "its meaning in 8 bits is unknown: convert it to 8 bits yourself")
+        return Image.fromarray(np.rint(a * 255).astype(np.uint8))
+    bits = 16
+    if im.mode == "I" and im.format == "TIFF":
+        bps = im.tag_v2.get(258, 16) if hasattr(im, "tag_v2") else 16  # BitsPerSample
+        bits = int(bps[0] if isinstance(bps, tuple) else bps)
+    a = a.astype(np.int64)
+    top = (1 << bits) - 1
+    if a.size and (a.min() < 0 or a.max() > top):
+        raise IngestError(f"{where}: {bits}-bit integer image with values outside 0..{top} "
+                          f"(min {a.min()}, max {a.max()}): convert it to 8 bits yourself")
+    return Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8))
+
+
+def _save(path: Path, arr: np.ndarray, digest) -> None:
+    """Write one array (inside the part's temporary folder) and add its name and bytes to the digest."""
     with open(path, "wb") as f:
         np.save(f, arr)
+    digest.update(path.name.encode() + b"\0" + np.ascontiguousarray(arr).tobytes())
 
 
 def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
-               log=print) -> dict:
-    """Write part ``k`` of ``parts`` into ``out_dir`` (created atomically: built in a temp dir, renamed)."""
+               log=print, exif: str = "ignore") -> dict:
+    """Write part ``k`` of ``parts`` into ``out_dir`` (created atomically: built in a temp dir, renamed),
+    with ``digest.txt``: the SHA-256 of every array it holds, so that a checkpoint can tell its data."""
     images = pd.read_csv(images_csv, keep_default_na=False)
     num_classes = int(images.class_index.max()) + 1
-    classes = class_blocks(num_classes, parts)[k]
+    blocks = class_blocks(num_classes, parts)
+    if not 0 <= k < len(blocks):
+        raise ValueError(f"shard part {k} of {parts}: the data has {num_classes} classes, so parts "
+                         f"0..{len(blocks) - 1} exist (preprocess.parts is clamped to the number of classes)")
+    classes = blocks[k]
     rows = images[images.class_index.isin(classes)].sort_values(["path", "offset"], kind="stable")
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
@@ -78,7 +123,7 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
             where = f"{row.path}" + (f": member {row.member!r}" if row.source == "tar" else "")
             try:
                 arr = decode(read_image_bytes(row.source, row.path, row.offset, row.size, row.member, handles),
-                             size, where)
+                             size, where, exif)
             except IngestError as e:
                 if on_corrupt != "skip":
                     raise IngestError(f"{e} (set data.on_corrupt: skip to record it in a rejects table)") from e
@@ -92,13 +137,15 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
                 rate = (i + 1) / max(time.time() - t0, 1e-9)
                 log(f"shard part {k}/{parts}: {i + 1}/{total} images ({100 * done:.0f}%), "
                     f"{rate:.0f} img/s, ETA {(total - i - 1) / rate:.0f} s")
+        digest = hashlib.sha256(f"size {size} exif {exif}".encode())
         for c in classes:
             for subset in ("train", "val"):
                 got = arrays.get((subset, c))
                 if not got:
                     raise IngestError(f"class {c}: no readable {subset} images left for part {k}")
-                _atomic_save(tmp / f"{subset}_{c:05d}.npy", np.stack(got))
-            _atomic_save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64))
+                _save(tmp / f"{subset}_{c:05d}.npy", np.stack(got), digest)
+            _save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64), digest)
+        (tmp / "digest.txt").write_text(digest.hexdigest() + "\n")
         pd.DataFrame(rejects, columns=["subset", "class_index", "path", "member", "error"]).to_csv(
             tmp / "rejects.csv", index=False)
         for f in handles.values():
@@ -116,8 +163,13 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
 def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str) -> dict:
     """Join the parts: class -> part, counts, and all rejects (written atomically)."""
     classes, counts, rejects = {}, {}, []
+    digest = hashlib.sha256()
     for d in part_dirs:
         d = Path(d)
+        if not (d / "digest.txt").is_file():
+            raise IngestError(f"{d}: no digest.txt (written by an older version of transferable): rebuild the "
+                              "shards (snakemake --forcerun shard_part)")
+        digest.update((d / "digest.txt").read_text().strip().encode())
         for f in sorted(d.glob("train_*.npy")):
             c = int(f.stem.split("_")[1])
             n_train = np.load(f, mmap_mode="r").shape[0]
@@ -131,7 +183,7 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
     if sorted(classes) != list(range(n)):
         raise IngestError(f"{out_json}: shard parts do not cover classes 0..{n - 1}")
     index = {"size": size, "num_classes": n, "parts": {str(c): classes[c] for c in range(n)},
-             "counts": {str(c): counts[c] for c in range(n)}}
+             "counts": {str(c): counts[c] for c in range(n)}, "digest": digest.hexdigest()}
     atomic_write_text(out_json, json.dumps(index, indent=1))
     rej = pd.concat(rejects) if rejects else pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"])
     atomic_write_text(rejects_csv, rej.to_csv(index=False))
@@ -158,6 +210,9 @@ class Shards:
         with open(index_json) as f:
             self.index = json.load(f)
         self.size = int(self.index["size"])
+        # the content of every array (from the parts' digests); an index without one: its own text
+        self.digest = self.index.get("digest") or hashlib.sha256(
+            json.dumps(self.index, sort_keys=True).encode()).hexdigest()
 
     def _file(self, what: str, c: int) -> Path:
         return self.root / self.index["parts"][str(c)] / f"{what}_{c:05d}.npy"
@@ -170,6 +225,8 @@ class Shards:
 
     def mean_image(self, classes: list[int]) -> np.ndarray:
         """Per-pixel mean of the training images of ``classes`` (float32, (3, S, S))."""
+        if not classes:
+            raise ValueError(f"{self.root}: the mean image of no classes (an empty half?)")
         total = sum(np.load(self._file("sum", c)) for c in classes)
         n = sum(self.count("train", c) for c in classes)
         return (total / n).astype(np.float32)

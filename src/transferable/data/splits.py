@@ -41,6 +41,15 @@ def parse_ranges(text: str, num_classes: int, key: str = "ranges") -> list[int]:
     return sorted(out)
 
 
+def check_half_size(n: int, key: str) -> None:
+    """A half must hold at least 2 classes: with one, every prediction is right and top-1 means nothing."""
+    if n == 0:
+        raise SplitError(f"{key}: the half has no classes")
+    if n == 1:
+        raise SplitError(f"{key}: the half has one class, so every prediction is right and its accuracy "
+                         "means nothing; give it at least 2")
+
+
 def by_ancestors(catalog: pd.DataFrame, ancestors: list[str], key: str = "ancestors") -> list[int]:
     """Classes having any of ``ancestors`` (WNIDs) in their devkit hierarchy path."""
     wanted = set(ancestors)
@@ -71,6 +80,8 @@ def make_manifest(name: str, spec: dict, catalog: pd.DataFrame) -> dict:
             else:
                 classes = by_ancestors(catalog, hs["ancestors"], key + ".ancestors")
             halves[h] = {"classes": classes, "family": hs.get("family", "")}
+        for h, hv in halves.items():
+            check_half_size(len(hv["classes"]), f"splits.{name}.halves.{h}")
         (h1, c1), (h2, c2) = halves.items()
         overlap = set(c1["classes"]) & set(c2["classes"])
         if overlap:

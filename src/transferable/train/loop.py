@@ -6,6 +6,8 @@ resolved config, the per-evaluation history and the scores (``metrics.json``).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -25,6 +27,7 @@ from ..data.loader import TrainStream, eval_batches
 from ..data.shards import Shards, atomic_write_text
 from ..models.caffenet import spec_from_config
 from ..paths import parse_net
+from ..provenance import code_digest, code_version, file_digest
 from ..transfer import CaffeSGD, build_net, param_groups
 from .devices import pick_device
 
@@ -143,6 +146,187 @@ class _Member:
             self.loss_n = len(running)
 
 
+class CheckpointError(RuntimeError):
+    """A source model that cannot be used; the message names the file and how to rebuild it."""
+
+
+def load_source(path: str, split: str, net: str) -> tuple[dict, np.ndarray]:
+    """(state_dict, mean image) of the base net that ``net`` copies layers from. A file that does not load
+    (truncated, overwritten, not a model.pt of this pipeline) is named, with the command that rebuilds it."""
+    try:
+        src = torch.load(path, map_location="cpu", weights_only=True)
+        return src["state_dict"], src["mean"].numpy()
+    except Exception as e:  # noqa: BLE001 - truncated zips, pickles, zero bytes: each raises its own type
+        raise CheckpointError(
+            f"{path}: the source model of {split}/{net} does not load ({type(e).__name__}: {e}). Rebuild it and "
+            f"the nets copied from it with: snakemake --cores all --force {path}") from e
+
+
+def run_identity(cfg: dict, split: str, nets: list[str], man: dict, shards: Shards, source_models: dict) -> dict:
+    """Everything a training run depends on, as digests: a checkpoint is resumed only when all match."""
+    return {
+        "config": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
+        "nets": f"{split}:{','.join(nets)}",
+        "manifest": manifest_digest(man),
+        "shards": shards.digest,
+        "sources": {n: file_digest(p) for n, p in sorted(source_models.items()) if n in nets},
+        "code": code_digest("train"),
+    }
+
+
+def set_aside(path: Path, reason: str, log) -> Path:
+    """Move a checkpoint that must not be resumed to ``<path>.set-aside`` (replacing an older one, so that
+    they cannot fill the disk), with the reason in ``<path>.set-aside.txt``."""
+    dest = path.with_name(path.name + ".set-aside")
+    os.replace(path, dest)
+    atomic_write_text(dest.with_name(dest.name + ".txt"), f"{time.strftime('%Y-%m-%d %H:%M:%S')} {path}: {reason}\n")
+    log(f"set aside {path} as {dest}: {reason}; training starts from iteration 0")
+    return dest
+
+
+def read_checkpoint(path: Path, identity: dict, log) -> dict | None:
+    """The checkpoint at ``path`` if it loads and was written for exactly this run; otherwise it is set
+    aside (with the reason logged) and None is returned."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "iter" not in state:
+            raise ValueError("not a training checkpoint")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is set aside, whatever its damage
+        set_aside(path, f"it does not load ({type(e).__name__}: {e})", log)
+        return None
+    old = state.get("identity")
+    if old != identity:
+        if not isinstance(old, dict):
+            why = "it was written by an older version of transferable"
+        else:
+            changed = [k for k in identity if old.get(k) != identity[k]]
+            why = "written for other " + ", ".join(_IDENTITY_WORDS.get(k, k) for k in changed)
+        set_aside(path, why, log)
+        return None
+    return state
+
+
+_IDENTITY_WORDS = {"config": "settings (net/train/metric)", "nets": "nets", "manifest": "classes (split manifest)",
+                   "shards": "data (shards)", "sources": "source models", "code": "training code"}
+
+
+def _manifest_half(manifest: str, nets: list[str]) -> tuple[dict, str, dict]:
+    """(manifest, target half, the half's entry) for nets that must share one target half."""
+    targets = {parse_net(n).target for n in nets}
+    if len(targets) != 1:
+        raise ValueError(f"nets trained together must share one target half, got {sorted(targets)}")
+    target = targets.pop()
+    with open(manifest) as f:
+        man = json.load(f)
+    if target not in man["halves"]:
+        raise KeyError(f"{manifest}: split {man.get('name', '?')!r} has no half {target!r} "
+                       f"(halves: {sorted(man['halves'])})")
+    return man, target, man["halves"][target]
+
+
+def _build_members(nets, split, spec, tcfg, shards, classes, source_models, device) -> list[_Member]:
+    """Each net's model (initialised, with its source's layers copied and frozen), optimiser and mean image."""
+    seed = int(tcfg["seed"])
+    own_mean = None
+    members = []
+    for net in nets:
+        name = parse_net(net)
+        source_state = None
+        if name.is_base or name.is_random:
+            if own_mean is None:
+                own_mean = shards.mean_image(classes)  # the net's own training set
+            mean, key = own_mean, "own"
+        else:
+            if net not in source_models:
+                raise KeyError(f"{split}/{net}: no source model given (it copies layers 1..{name.n} of base{name.source})")
+            source_state, mean = load_source(source_models[net], split, net)  # its SOURCE's mean (reference §1)
+            key = f"base{name.source}"
+        try:
+            model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
+                              seed=stable_seed(seed, split, net))
+        except RuntimeError as e:  # load_state_dict: another architecture or width
+            raise CheckpointError(f"{source_models.get(net)}: does not fit {split}/{net} ({e}); rebuild it with: "
+                                  f"snakemake --cores all --force {source_models.get(net)}") from e
+        model.to(device, memory_format=torch.channels_last)
+        model.train()
+        opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
+                       weight_decay=tcfg["weight_decay"])
+        members.append(_Member(net, model, opt, mean, 0 if name.finetune else name.n, key, device))
+    return members
+
+
+def _shared_passes(members: list[_Member]) -> dict[str, _Member]:
+    """Frozen nets copied from the same source share the frozen forward pass: the member frozen deepest
+    computes it (its layers 1..n are the source's), the others tap it at their own n."""
+    shared: dict[str, _Member] = {}
+    for m in members:
+        if m.frozen and m.source_key != "own" and m.frozen > getattr(shared.get(m.source_key), "frozen", 0):
+            shared[m.source_key] = m
+    return shared
+
+
+def _step(members, shared, forwards, stream, lr: float, device, amp: bool, clip: float) -> None:
+    """One SGD iteration of every member on the same batch (read and augmented once)."""
+    raw, yb = stream.next_raw()
+    inputs = {key: stream.crops(raw, mm.mean_t) for key, mm in {m.source_key: m for m in members}.items()}
+    taps = {}
+    for key, deepest in shared.items():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            x = inputs[key]
+            taps[key] = {0: x}
+            for i in range(deepest.frozen):
+                x = deepest.model._block(i, x)
+                taps[key][i + 1] = x
+    for m in members:
+        for g in m.opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if m.source_key in taps and m.frozen:
+                logits = m.model.forward_from(taps[m.source_key][m.frozen], m.frozen)
+            else:
+                logits = forwards[m.net](inputs[m.source_key], frozen=m.frozen)
+        loss = F.cross_entropy(logits.float(), yb)
+        m.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for g in m.opt.param_groups for p in g["params"]], clip)
+        m.opt.step()
+        m.add_loss(loss)
+
+
+def _check_finite(members, split: str, it: int, lr: float) -> None:
+    """Checked where the host reads from the device anyway, never per step: a non-finite loss stops the
+    run before it is evaluated or checkpointed."""
+    for m in members:
+        if not torch.isfinite(m.loss_sum):
+            raise FloatingPointError(f"[{split}/{m.net}] non-finite train loss between iterations "
+                                     f"{it - m.loss_n + 1} and {it} (lr now {lr:g}); lower train.lr or "
+                                     "set train.grad_clip")
+
+
+class _StopOnSignal:
+    """SLURM sends SIGTERM (or the --signal of the job) before killing a preempted or timed-out job:
+    remember it, so that the loop checkpoints at the next iteration boundary and exits. The previous
+    handlers come back however the block ends."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __enter__(self):
+        self.signal = None
+        self.old = {s: signal.signal(s, self._on) for s in self.SIGNALS}
+        return self
+
+    def _on(self, signum, _frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
 def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
                cfg: dict, source_models: dict | None = None, device: str = "auto", threads: int = 1,
                compile_model: bool = False, ram_limit: float | None = None, log=print) -> dict:
@@ -154,27 +338,18 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
 
     ``source_models`` maps each transferred net to its source's model.pt; ``out_dirs`` each net to its
     output folder. ``ram_limit`` (bytes) overrides when the images are read from memory-mapped shards
-    instead of memory (default: when they take more than a quarter of the available memory). Returns
+    instead of memory (default: when they take more than a quarter of the available memory). A checkpoint
+    at ``ckpt`` is resumed only if it was written for this very run (``run_identity``). Returns
     {net: metrics}."""
     t_start = time.time()
     source_models = source_models or {}
-    names = {n: parse_net(n) for n in nets}
-    targets = {p.target for p in names.values()}
-    if len(targets) != 1:
-        raise ValueError(f"nets trained together must share one target half, got {sorted(targets)}")
-    target = targets.pop()
     tcfg, ncfg = cfg["train"], cfg["net"]
-    with open(manifest) as f:
-        man = json.load(f)
-    if target not in man["halves"]:
-        raise KeyError(f"{manifest}: split {split!r} has no half {target!r} (halves: {sorted(man['halves'])})")
-    half = man["halves"][target]
+    man, target, half = _manifest_half(manifest, nets)
     classes = half["classes"]
     outputs = {"all": man["num_classes"], "half": len(classes)}.get(ncfg["outputs"], ncfg["outputs"])
     if int(outputs) < len(classes):
         raise ValueError(f"net.outputs: {outputs} < {len(classes)} classes of half {target}")
     spec = spec_from_config(ncfg, outputs)
-
     if threads:
         torch.set_num_threads(threads)
     if tcfg.get("deterministic", False):
@@ -183,181 +358,124 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
     scale = float(ncfg.get("input_scale", 1.0))
     seed = int(tcfg["seed"])
-
     shards = Shards(shards_index)
-    own_mean = None
-    members: list[_Member] = []
-    for net in nets:
-        name = names[net]
-        source_state = None
-        if name.is_base or name.is_random:
-            if own_mean is None:
-                own_mean = shards.mean_image(classes)  # the net's own training set
-            mean, key = own_mean, "own"
-        else:
-            if net not in source_models:
-                raise KeyError(f"{split}/{net}: no source model given (it copies layers 1..{name.n} of base{name.source})")
-            src = torch.load(source_models[net], map_location="cpu", weights_only=True)
-            source_state = src["state_dict"]
-            mean = src["mean"].numpy()  # a transferred net keeps its SOURCE net's mean image (reference §1)
-            key = f"base{name.source}"
-        model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
-                          seed=stable_seed(seed, split, net))
-        model.to(device, memory_format=torch.channels_last)
-        model.train()
-        opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                       weight_decay=tcfg["weight_decay"])
-        members.append(_Member(net, model, opt, mean, 0 if name.finetune else name.n, key, device))
-    forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
-    # Frozen nets copied from the same source share the frozen forward pass: the member frozen deepest
-    # computes it (its layers 1..n are the source's), the others tap it at their own n.
-    shared: dict[str, _Member] = {}
-    for m in members:
-        if m.frozen and m.source_key != "own" and m.frozen > getattr(shared.get(m.source_key), "frozen", 0):
-            shared[m.source_key] = m
+    tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
 
     t_load = time.time()
     x_train, y_train = shards.load("train", classes, ram_limit)
     x_val, y_val = shards.load("val", classes, ram_limit)
-    # Every net that trains on the same half of the same split sees the same stream of batches, as every
-    # Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
-    stream = TrainStream(x_train, y_train, own_mean if own_mean is not None else members[0].mean, spec.crop,
-                         tcfg["batch_size"], seed=stable_seed(seed, split, target, "data"), device=device,
-                         scale=scale)
-    tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
+
+    def fresh_start():
+        members = _build_members(nets, split, spec, tcfg, shards, classes, source_models, device)
+        own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
+        # Every net that trains on the same half of the same split sees the same stream of batches, as
+        # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
+        stream = TrainStream(x_train, y_train, own, spec.crop, tcfg["batch_size"],
+                             seed=stable_seed(seed, split, target, "data"), device=device, scale=scale)
+        return members, stream
+
+    members, stream = fresh_start()
     for m in members:
         log(f"[{split}/{m.net}] {m.name.treatment} n={m.name.n} on half {target} ({len(classes)} classes, "
             f"{len(x_train)} train / {len(x_val)} val images); device {device}; "
             f"trainable tensors {len(m.opt.param_groups)}; fc8 outputs {outputs}")
     log(f"[{tag}] data loaded in {time.time() - t_load:.1f} s")
 
-    cfg_hash = stable_seed(json.dumps(cfg, sort_keys=True), split, ",".join(nets), manifest_digest(man))
+    identity = run_identity(cfg, split, nets, man, shards, source_models)
     ckpt_path = Path(ckpt)
-    it = 0
-    elapsed_before = 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if int(state.get("cfg_hash", -1)) == cfg_hash:
+    it, elapsed_before = 0, 0.0
+    state = read_checkpoint(ckpt_path, identity, lambda msg: log(f"[{tag}] {msg}"))
+    if state is not None:
+        try:
             for m in members:
                 m.load(state["members"][m.net])
             stream.load_state_dict(state["stream"])
             torch.set_rng_state(state["torch_rng"])
             it, elapsed_before = int(state["iter"]), float(state["elapsed_s"])
             log(f"[{tag}] resumed from {ckpt_path} at iteration {it}")
-        else:
-            log(f"[{tag}] ignoring {ckpt_path}: written for a different configuration")
-
-    # SLURM sends SIGTERM before killing a preempted or timed-out job: checkpoint at the next iteration
-    # boundary and exit, so the requeued or rerun job resumes from here.
-    stop = {"signal": None}
-
-    def _on_term(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, _on_term) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def save_ckpt():
-        _atomic_torch_save({"cfg_hash": cfg_hash, "members": {m.net: m.state() for m in members},
-                            "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
-                            "elapsed_s": time.time() - t0}, ckpt_path)
+        except Exception as e:  # noqa: BLE001 - a checkpoint that matches but does not fit: start over
+            set_aside(ckpt_path, f"it does not fit the nets ({type(e).__name__}: {e})", lambda msg: log(f"[{tag}] {msg}"))
+            members, stream = fresh_start()
+            it, elapsed_before = 0, 0.0
+    forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
+    shared = _shared_passes(members)
 
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
     ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
     clip = float(tcfg.get("grad_clip", 0) or 0)
-    eval_bs = int(tcfg.get("eval_batch_size", 256))
-    bs = tcfg["batch_size"]
+    eval_bs, bs = int(tcfg.get("eval_batch_size", 256)), tcfg["batch_size"]
     t0 = time.time() - elapsed_before
     t_rate, it_rate = time.time(), it
-    while it < max_iter:
-        lr = lr_at(it, tcfg)
-        raw, yb = stream.next_raw()
-        inputs = {key: stream.crops(raw, mm.mean_t) for key, mm in {m.source_key: m for m in members}.items()}
-        taps = {}
-        for key, deepest in shared.items():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                x = inputs[key]
-                taps[key] = {0: x}
-                for i in range(deepest.frozen):
-                    x = deepest.model._block(i, x)
-                    taps[key][i + 1] = x
-        for m in members:
-            for g in m.opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                if m.source_key in taps and m.frozen:
-                    logits = m.model.forward_from(taps[m.source_key][m.frozen], m.frozen)
-                else:
-                    logits = forwards[m.net](inputs[m.source_key], frozen=m.frozen)
-            loss = F.cross_entropy(logits.float(), yb)
-            m.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_([p for g in m.opt.param_groups for p in g["params"]], clip)
-            m.opt.step()
-            m.add_loss(loss)
-        it += 1
-        if it % eval_every == 0 or it == max_iter or it % ckpt_every == 0 or stop["signal"]:
-            # Checked where the host reads from the device anyway, never per step; a non-finite loss
-            # stops the run before it is evaluated or checkpointed.
-            for m in members:
-                if not torch.isfinite(m.loss_sum):
-                    raise FloatingPointError(f"[{split}/{m.net}] non-finite train loss between iterations "
-                                             f"{it - m.loss_n + 1} and {it} (lr now {lr:g}); lower train.lr or "
-                                             "set train.grad_clip")
-        if it % eval_every == 0 or it == max_iter:
-            now = time.time()
-            rate = (it - it_rate) * bs / max(now - t_rate, 1e-9)
-            eta = (max_iter - it) * bs / max(rate, 1e-9)
-            for m in members:
-                ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
-                row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
-                       "train_loss": m.take_loss(), **ev, "elapsed_s": round(time.time() - t0, 3)}
-                m.history.append(row)
-                log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
-                    f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
-                    f"| {rate:.0f} img/s, ETA {eta:.0f} s")
-            t_rate, it_rate = time.time(), it
-        if it < max_iter and (it % ckpt_every == 0 or stop["signal"]):
-            save_ckpt()
-            if stop["signal"]:
-                log(f"[{tag}] got signal {stop['signal']}: checkpointed iteration {it} to {ckpt_path}; "
-                    "rerun to resume")
-                raise SystemExit(128 + stop["signal"])
-    for s_, h in old_handlers.items():
-        signal.signal(s_, h)
+    with _StopOnSignal() as stop:
+        while it < max_iter:
+            lr = lr_at(it, tcfg)
+            _step(members, shared, forwards, stream, lr, device, amp, clip)
+            it += 1
+            evaluate_now = it % eval_every == 0 or it == max_iter
+            checkpoint_now = it < max_iter and (it % ckpt_every == 0 or stop.signal)
+            if evaluate_now or checkpoint_now:
+                _check_finite(members, split, it, lr)
+            if evaluate_now:
+                now = time.time()
+                rate = (it - it_rate) * bs / max(now - t_rate, 1e-9)
+                eta = (max_iter - it) * bs / max(rate, 1e-9)
+                for m in members:
+                    ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
+                    row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
+                           "train_loss": m.take_loss(), **ev, "elapsed_s": round(time.time() - t0, 3)}
+                    m.history.append(row)
+                    log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
+                        f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
+                        f"| {rate:.0f} img/s, ETA {eta:.0f} s")
+                t_rate, it_rate = time.time(), it
+            if checkpoint_now:
+                _atomic_torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
+                                    "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
+                                    "elapsed_s": time.time() - t0}, ckpt_path)
+                if stop.signal:
+                    log(f"[{tag}] got signal {stop.signal}: checkpointed iteration {it} to {ckpt_path}; "
+                        "rerun to resume")
+                    raise SystemExit(128 + stop.signal)
 
     wall = time.time() - t0
-    k = int(cfg["metric"]["best_k"])
-    results = {}
-    for m in members:
-        out = Path(out_dirs[m.net])
-        out.mkdir(parents=True, exist_ok=True)
-        top1 = [h["top1"] for h in m.history]
-        top5 = [h["top5"] for h in m.history]
-        metrics = {
-            "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": m.net,
-            "treatment": m.name.treatment, "n": m.name.n,
-            "source_half": m.name.source, "target_half": target, "target_family": half.get("family", ""),
-            "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
-            "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(m.history),
-            "best_k": k, "iters": it, "wall_s": round(wall / len(members), 2), "device": str(device),
-            "trained_with": len(members), "history": "history.csv",
-            "provenance": {"transferable": __version__, "torch": torch.__version__,
-                           "python": platform.python_version(), "host": platform.node(),
-                           "source_model": source_models.get(m.net), "config": cfg},
-        }
-        _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
-                            "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes)},
-                           out / "model.pt")
-        atomic_write_text(out / "history.csv", pd.DataFrame(m.history, columns=HISTORY_COLUMNS).to_csv(index=False))
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-        results[m.net] = metrics
-        log(f"[{split}/{m.net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, "
-            f"final {metrics['top1_final']:.4f}")
+    results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
+                                     len(members), outputs, spec, device, source_models.get(m.net), log)
+               for m in members}
     ckpt_path.unlink(missing_ok=True)
     log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
     return results
 
 
+def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wall_s, together, outputs, spec,
+                   device, source_model, log) -> dict:
+    """model.pt (weights, mean image, the net's spec and config), history.csv and metrics.json of one net."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = int(cfg["metric"]["best_k"])
+    top1 = [h["top1"] for h in m.history]
+    top5 = [h["top5"] for h in m.history]
+    classes = half["classes"]
+    metrics = {
+        "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": m.net,
+        "treatment": m.name.treatment, "n": m.name.n,
+        "source_half": m.name.source, "target_half": target, "target_family": half.get("family", ""),
+        "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
+        "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(m.history),
+        "best_k": k, "iters": iters, "wall_s": round(wall_s, 2), "device": str(device),
+        "trained_with": together, "history": "history.csv",
+        "provenance": {"transferable": __version__, "code": code_version(), "torch": torch.__version__,
+                       "python": platform.python_version(), "host": platform.node(),
+                       "source_model": source_model, "config": cfg},
+    }
+    _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
+                        "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes),
+                        "net": m.net, "spec": json.dumps(dataclasses.asdict(spec)),
+                        "config": json.dumps(cfg, sort_keys=True)}, out / "model.pt")
+    atomic_write_text(out / "history.csv", pd.DataFrame(m.history, columns=HISTORY_COLUMNS).to_csv(index=False))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    log(f"[{split}/{m.net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, final {metrics['top1_final']:.4f}")
+    return metrics
+
+
 def manifest_digest(man: dict) -> str:
-    return str(zlib.crc32(json.dumps(man, sort_keys=True).encode()))
+    return hashlib.sha256(json.dumps(man, sort_keys=True).encode()).hexdigest()
