@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test test-fast setup clean bench bench-gpu
+.PHONY: demo test test-fast lint setup clean bench bench-gpu
 
 # torch 2.14.1 for x86_64 is a CUDA build: the environment takes about 5.9 GB.
 NEED_MB ?= 6000
@@ -29,8 +29,13 @@ demo: setup
 	echo "Pipeline: $$(( $$(date +%s) - start )) s on $(CORES) cores (compare with this machine's speed: $(BIN)/transferable bench step)"
 	@echo "Figures: results/figures/{fig2,fig3,claims}.pdf  Tables: results/tables/ (effects.md: every claim's verdict)"
 
-## Every test, the end-to-end and live-cluster ones included (slow: minutes).
-test: setup
+## The workflow's conventions: snakefmt's formatting and Snakemake's linter (seconds).
+lint: setup
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint
+
+## Every test, the end-to-end, report (headless Chromium) and live-cluster ones included (slow: minutes).
+test: lint
 	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q
 
 ## Unit tests only (seconds).
@@ -46,4 +51,4 @@ bench-gpu:
 	PYTHONPATH=src PYTHONUNBUFFERED=1 $(PY) -m transferable bench gpu
 
 clean:
-	rm -rf results logs .snakemake report.html
+	rm -rf results logs benchmarks .snakemake report.html

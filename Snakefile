@@ -5,20 +5,27 @@
 #   manifests + shards --train--> base nets --train--> transfer / selffer / fine-tuned nets
 #   every net's metrics.json --> runs.csv, Figure 2, Figure 3, Table 1
 #
-# Path grammar (implemented in src/transferable/paths.py; logs/ mirrors results/):
-#   results/demo_data/ILSVRC2012_*           generated demo dataset (official on-disk format)
-#   results/ingest/{catalog,images}.csv
-#   results/splits/{split}.json
-#   results/shards/warp{size}/part{k}/, index.json, rejects.csv
-#   results/nets/{split}/{net}/{model.pt,history.csv,metrics.json}
-#   results/ckpt/{split}/{net}/last.pt       in-progress checkpoint, kept when a job fails
-#   results/tables/{runs,table1,paper_comparison}.csv, results/figures/fig{2,3}.{pdf,png}
+# Every path the rules read or write (results/, logs/, benchmarks/) and the net-name grammar are defined
+# once, in src/transferable/paths.py (its docstring lists the layout).
+
+# The workflow runs the code of THIS checkout, whichever Snakemake runs it and whatever is installed: its
+# src/ comes first on the import path here and in every job (PYTHONPATH, workflow/rules/common.smk).
+import os
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 # config.yaml is the demo; `--configfile configs/X.yaml` REPLACES it (no silent merging of two designs).
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -30,6 +37,6 @@ include: "workflow/rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_targets(),
-    default_target: True

@@ -10,25 +10,57 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def run_snakemake(args, cwd, timeout=900, check=True, env=None):
-    """Run snakemake from the project's environment, with its bin/ first on PATH (rules call `transferable`)."""
+def run_snakemake(args, cwd, timeout=900, check=True, env=None, python=None):
+    """Run snakemake from the project's environment (its bin/ first on PATH), or ``python -m snakemake``
+    with another ``python``."""
     env = dict(os.environ, **(env or {}), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    exe = shutil.which("snakemake", path=env["PATH"])
-    proc = subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    exe = [str(python), "-m", "snakemake"] if python else [shutil.which("snakemake", path=env["PATH"])]
+    proc = subprocess.run([*exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
 def copy_workflow(dest: Path) -> Path:
-    """A copy of the workflow (not of results/) to run snakemake in; the package runs from this checkout."""
-    for name in ("Snakefile", "config.yaml", "workflow", "configs", "profiles", "envs"):
+    """A copy of the checkout (not of results/) to run snakemake in: its jobs run the copy's src/."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("Snakefile", "config.yaml", "workflow", "configs", "profiles", "envs", "src"):
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name)
+            shutil.copytree(src, dest / name, ignore=ignore)
         else:
             shutil.copy(src, dest / name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory):
+    """A Python with the project's third-party packages (torch, snakemake, ...) but WITHOUT transferable: a
+    venv whose one link to them is a .pth line naming this environment's site-packages, whose own .pth
+    files (the editable install's among them) are then never read."""
+    import sysconfig
+
+    d = tmp_path_factory.mktemp("bare-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(d)], check=True)
+    site = Path(subprocess.run([str(d / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "project-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    py = d / "bin/python"
+    clean = dict(os.environ, PYTHONPATH="")
+    assert subprocess.run([py, "-c", "import transferable"], cwd=d, env=clean, capture_output=True).returncode != 0
+    subprocess.run([py, "-c", "import torch, snakemake, pandas"], cwd=d, env=clean, check=True)
+    return py
+
+
+@pytest.fixture(scope="session")
+def micro_done(tmp_path_factory, bare_python):
+    """configs/micro.yaml run to the end ONCE per test session, in a copy of the checkout, by a Snakemake
+    whose environment does not have the package: the workflow finds its own code (issue 15). Tests that
+    need a finished run share it; they must not change its results/."""
+    wd = copy_workflow(tmp_path_factory.mktemp("micro"))
+    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml"], wd, python=bare_python,
+                  env={"PYTHONPATH": ""})
+    return wd
 
 
 @pytest.fixture

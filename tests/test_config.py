@@ -102,3 +102,46 @@ def test_class_range_beyond_a_data_roots_classes(tmp_path):
     assert msg and "splits.nm.halves.B.ranges" in msg and "4 classes" in msg
     cfg["splits"]["nm"]["halves"]["B"]["ranges"] = "2-3"
     assert _check(cfg) is None
+
+
+def _schema_keys(node, path=""):
+    """(dotted key, its schema) of every key the config may hold; <name> stands for a user's name."""
+    for k, v in (node.get("properties") or {}).items():
+        p = f"{path}.{k}" if path else k
+        yield p, v
+        yield from _schema_keys(v, p)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _schema_keys(extra, f"{path}.<name>")
+
+
+def test_every_schema_key_is_described():
+    schema = yaml.safe_load(open(SCHEMA))
+    keys = list(_schema_keys(schema))
+    assert len(keys) > 70
+    assert [k for k, v in keys if not v.get("description")] == []
+
+
+def test_every_cli_option_has_help_and_there_is_a_version():
+    import argparse
+    import subprocess
+    import sys
+
+    from transferable.cli import build_parser
+
+    missing = []
+
+    def walk(parser, where):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                if not a.help:
+                    missing.append(f"{where} <{a.dest}>")
+                for name, sub in a.choices.items():
+                    walk(sub, f"{where} {name}")
+            elif not isinstance(a, argparse._HelpAction) and not a.help:
+                missing.append(f"{where} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), "transferable")
+    assert missing == []
+    out = subprocess.run([sys.executable, "-m", "transferable", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("transferable 0.1.0 (") and "transferable" in out.stdout

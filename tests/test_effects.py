@@ -14,7 +14,7 @@ import pytest
 
 from transferable import paths, plan
 from transferable.figures import effects as fx
-from transferable.figures.paper import paper_runs
+from transferable.figures.tables import paper_runs
 from transferable.figures.tables import coerce_runs
 
 REPO = Path(__file__).resolve().parents[1]

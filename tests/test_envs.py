@@ -79,3 +79,16 @@ def test_setup_on_a_full_disk_stops_before_installing(tmp_path):
     assert r.returncode != 0
     assert f"MB free on the disk of {venv}" in r.stderr and "needs about 999999999 MB" in r.stderr
     assert not venv.exists()
+
+
+def test_use_conda_parses_and_plans(workdir):
+    """`--use-conda` reads the workflow and builds the DAG (the f-string in shell.prefix once broke the
+    parse with a NameError). Where conda is absent Snakemake stops after that, at `conda info`."""
+    from conftest import run_snakemake
+
+    proc = run_snakemake(["-n", "--use-conda", "--cores", "1", "--configfile", "configs/micro.yaml"], workdir,
+                         check=False)
+    out = proc.stdout + proc.stderr
+    assert "Building DAG of jobs" in out and "NameError" not in out and "SyntaxError" not in out, out[-2000:]
+    if shutil.which("conda"):
+        assert proc.returncode == 0, out[-2000:]

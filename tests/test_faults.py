@@ -133,14 +133,19 @@ def test_unwritable_output_is_a_clear_error(prepared, tmp_path, capsys):
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
     import errno
 
-    from transferable.data.shards import atomic_write_text
+    from transferable import atomic
 
-    def full(self, *a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("pathlib.Path.write_text", full)
+    def full_open(path, *a, **k):
+        open(path, "w").close()  # the temporary file exists, as on a real disk
+        return Full()
+
+    monkeypatch.setattr("transferable.atomic.open", full_open, raising=False)
     with pytest.raises(OSError, match=r"cannot write .*out.json: No space left on device"):
-        atomic_write_text(tmp_path / "out.json", "{}")
+        atomic.write_text(tmp_path / "out.json", "{}")
     assert not list(tmp_path.iterdir())
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from transferable.figures import paper as paper_mod
 from transferable.figures import tables
-from transferable.figures.paper import PAPER_TABLE1, load_paper_networks, paper_line_means, paper_runs
+from transferable.figures.paper import PAPER_TABLE1, load_paper_networks, paper_line_means
+from transferable.figures.tables import paper_runs
 from transferable.figures.plots import _paper_axis, claims_figure, fig2, fig3, natman_title
 from transferable.figures.tables import (
     RUN_COLUMNS,

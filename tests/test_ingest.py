@@ -1,7 +1,6 @@
 """Ingest of the three layouts, and shards built from them."""
 
 import io
-import json
 import os
 import tarfile
 

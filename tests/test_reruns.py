@@ -8,25 +8,15 @@ import yaml
 from conftest import copy_workflow, run_snakemake
 from test_workflow import planned
 
-import transferable
-
 AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "effects": 1,
               "claims_figure": 1, "training_curves": 3,
               "all": 1}
 
 
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """configs/micro.yaml run to the end once, in a copy of the workflow."""
-    wd = copy_workflow(tmp_path_factory.mktemp("reruns"))
-    shutil.copytree(os.path.dirname(transferable.__file__), wd / "code", ignore=shutil.ignore_patterns("__pycache__"))
-    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml"], wd, env=_env(wd))
-    return wd
-
-
-def _env(wd):
-    """Snakemake reads the stage modules (rule inputs) from a copy that the tests may edit."""
-    return {"TRANSFERABLE_CODE_DIR": str(wd / "code")}
+@pytest.fixture
+def done(micro_done):
+    """configs/micro.yaml run to the end once per session (conftest.micro_done); these tests only plan."""
+    return micro_done
 
 
 def _plan(wd, edit=None, text_edit=None):
@@ -39,7 +29,7 @@ def _plan(wd, edit=None, text_edit=None):
     if text_edit:
         text = text_edit(text)
     cfg_path.write_text(text)
-    return planned(run_snakemake(["-n", "--cores", "2", "--configfile", str(cfg_path)], wd, env=_env(wd)))
+    return planned(run_snakemake(["-n", "--cores", "2", "--configfile", str(cfg_path)], wd))
 
 
 @pytest.mark.slow
@@ -79,7 +69,7 @@ def test_preprocessing_reruns_shards_and_everything_after(done):
     ("data/shards.py", {"shard_part": 2, "shard_index": 1, "train": 12, **AGGREGATES}),
 ])
 def test_stage_code_change_reruns_that_stage_and_downstream(done, module, expected):
-    path = done / "code" / module
+    path = done / "src/transferable" / module
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\n# edited\n")
@@ -89,8 +79,25 @@ def test_stage_code_change_reruns_that_stage_and_downstream(done, module, expect
 
 
 @pytest.mark.slow
+def test_finished_run_stays_finished_when_moved_or_cloned_again(done, tmp_path):
+    """The code inputs are named relative to the checkout: a finished run moved elsewhere (mtimes kept, as
+    mv does) plans nothing, nor does a new copy of the same code (newer mtimes, as a new clone) given
+    the old results/ and .snakemake/."""
+    moved = tmp_path / "moved"
+    shutil.copytree(done, moved, symlinks=True)
+    assert _plan(moved) == {}
+    (tmp_path / "clone").mkdir()
+    clone = copy_workflow(tmp_path / "clone")
+    for f in clone.rglob("*.py"):
+        os.utime(f)  # newer than every result
+    for name in ("results", ".snakemake"):
+        shutil.copytree(done / name, clone / name, symlinks=True)
+    assert _plan(clone) == {}
+
+
+@pytest.mark.slow
 def test_touch_without_change_reruns_nothing(done):
-    os.utime(done / "code" / "train/loop.py")
+    os.utime(done / "src/transferable/train/loop.py")
     assert _plan(done) == {}
 
 

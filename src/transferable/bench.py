@@ -273,7 +273,7 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
     import pandas as pd
     import torch
 
-    from .data.shards import Shards, write_index
+    from .data.shards import Shards, seal_part, write_index
     from .data.splits import make_manifest
     from .models.caffenet import spec_from_config
     from .transfer import build_net
@@ -290,6 +290,7 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
             np.save(part / f"sum_{c:05d}.npy", train.sum(0, dtype=np.float64))
         pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"]).to_csv(part / "rejects.csv",
                                                                                           index=False)
+        seal_part(part)
         write_index([str(part)], size, str(index), str(root / "shards" / "rejects.csv"))
     man = make_manifest("rand0", {"kind": "random", "seed": 0},
                         pd.DataFrame({"wnid": [f"n{c:08d}" for c in range(num_classes)]}))

@@ -9,6 +9,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+
+from . import __version__
 
 
 def _log(*a):
@@ -30,13 +33,13 @@ def cmd_demo_data(a):
 
 
 def cmd_ingest(a):
+    from . import atomic
     from .data.ilsvrc import ingest
-    from .data.shards import atomic_write_text
 
     t = time.time()
     cat, images = ingest(a.root, a.format, log=_log)
-    atomic_write_text(a.images, images.to_csv(index=False))
-    atomic_write_text(a.catalog, cat.to_csv(index=False))
+    atomic.write_text(a.images, images.to_csv(index=False))
+    atomic.write_text(a.catalog, cat.to_csv(index=False))
     _log(f"ingested {a.root}: {len(cat)} classes, {int((images.subset == 'train').sum())} train and "
          f"{int((images.subset == 'val').sum())} val images in {time.time() - t:.1f} s")
 
@@ -44,12 +47,12 @@ def cmd_ingest(a):
 def cmd_split_manifest(a):
     import pandas as pd
 
-    from .data.shards import atomic_write_text
+    from . import atomic
     from .data.splits import make_manifest
 
     cat = pd.read_csv(a.catalog, keep_default_na=False)
     man = make_manifest(a.name, _json(a.params), cat)
-    atomic_write_text(a.out, json.dumps(man, indent=1))
+    atomic.write_text(a.out, json.dumps(man, indent=1))
     _log(f"split {a.name}: " + ", ".join(f"{h} {len(v['classes'])} classes" for h, v in man["halves"].items()))
 
 
@@ -113,6 +116,17 @@ def cmd_figure(a):
     _log(f"wrote {a.out}")
 
 
+def cmd_html_table(a):
+    import pandas as pd
+
+    from . import atomic
+    from .figures import tables
+
+    df = pd.read_csv(a.csv, keep_default_na=False, na_values=[""])
+    atomic.write_text(a.out, tables.html_table(df, a.title or Path(a.csv).name))
+    _log(f"wrote {a.out} ({len(df)} rows)")
+
+
 def cmd_curves(a):
     from .figures import plots
 
@@ -121,35 +135,35 @@ def cmd_curves(a):
 
 
 def cmd_table1(a):
+    from . import atomic
     from .figures import effects, tables
 
     if a.authors_nets:  # the authors' own per-net results, shipped with the package
-        from .figures.paper import paper_runs
-
-        df = paper_runs()
+        df = tables.paper_runs()
     elif a.metrics:
         df = tables.load_runs(a.metrics)
     else:
         raise ValueError("table1: give --metrics FILES or --authors-nets")
     t1 = effects.table1_three_ways(df)
     if a.out:
-        tables.write_csv_atomic(t1, a.out)
+        atomic.write_csv(t1, a.out)
     md = effects.table1_markdown(t1)
     if a.markdown:
-        tables.write_text_atomic(a.markdown, md)
+        atomic.write_text(a.markdown, md)
     if not (a.out or a.markdown):
         print(md)
     _log(f"Table 1 of {len(df)} nets" + (f": wrote {a.out} {a.markdown or ''}" if a.out or a.markdown else ""))
 
 
 def cmd_effects(a):
+    from . import atomic
     from .figures import effects, tables
 
     df = tables.load_runs(a.metrics)
     eff = effects.effects_with_paper(df)
-    tables.write_csv_atomic(eff, a.out)
+    atomic.write_csv(eff, a.out)
     if a.markdown:
-        tables.write_text_atomic(a.markdown, effects.effects_markdown(eff))
+        atomic.write_text(a.markdown, effects.effects_markdown(eff))
     claims = eff[eff["scope"] == "claim"]
     for _, r in claims.iterrows():
         _log(f"{r['claim']:<26} n={r['layers']:<4} {r['verdict']:<12} {100 * r['estimate']:+.2f} pp "
@@ -182,62 +196,77 @@ def cmd_describe_net(a):
     print(json.dumps(param_counts(CaffeNet(spec_from_config(net, a.outputs)))))
 
 
+class _Version(argparse.Action):
+    """``--version``: asks git only when given (every rule runs this CLI)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .provenance import code_version
+
+        v = code_version()
+        where = f"git {v['git'][:12]}{' with local changes' if v['dirty'] else ''}" if v["git"] else "not a git checkout"
+        print(f"transferable {__version__} ({where}; from {v['package_dir']})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferable", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="verb", required=True)
+    p.add_argument("--version", action=_Version, nargs=0, help="the package version and the git commit it runs from")
+    sub = p.add_subparsers(dest="verb", required=True, help="one step of the pipeline (each rule runs one)")
 
     s = sub.add_parser("demo-data", help="generate the embedded demo dataset (official ILSVRC2012 files)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="folder to write the three official-format files into")
     s.add_argument("--params", default="{}", help="JSON: the config's demo section")
     s.set_defaults(func=cmd_demo_data)
 
     s = sub.add_parser("ingest", help="index raw data: class catalog + image index")
-    s.add_argument("--root", required=True)
-    s.add_argument("--format", default="auto", choices=["auto", "tars", "tree", "folder"])
-    s.add_argument("--catalog", required=True)
-    s.add_argument("--images", required=True)
+    s.add_argument("--root", required=True,
+                   help="data root: the official tars, an extracted tree, or an image-folder tree")
+    s.add_argument("--format", default="auto", choices=["auto", "tars", "tree", "folder"],
+                   help="layout of the root (auto: detected)")
+    s.add_argument("--catalog", required=True, help="output: class catalog CSV")
+    s.add_argument("--images", required=True, help="output: image index CSV")
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("split", help="class splits")
-    ss = s.add_subparsers(dest="how", required=True)
+    ss = s.add_subparsers(dest="how", required=True, help="random: the authors' halves; manifest: one configured split")
     r = ss.add_parser("random", help="print half A (or B) of the authors' random split as a JSON list")
-    r.add_argument("--num-classes", type=int, required=True)
-    r.add_argument("--seed", type=int, required=True)
-    r.add_argument("--half", choices=["A", "B"], default="A")
+    r.add_argument("--num-classes", type=int, required=True, help="number of classes of the dataset")
+    r.add_argument("--seed", type=int, required=True, help="the split's seed (the authors': 0, 1, ...)")
+    r.add_argument("--half", choices=["A", "B"], default="A", help="which half to print")
     r.set_defaults(func=cmd_split_random)
     m = ss.add_parser("manifest", help="write the manifest of one configured split")
-    m.add_argument("--name", required=True)
+    m.add_argument("--name", required=True, help="the split's name in the config")
     m.add_argument("--params", required=True, help="JSON: the split's config entry")
-    m.add_argument("--catalog", required=True)
-    m.add_argument("--out", required=True)
+    m.add_argument("--catalog", required=True, help="class catalog CSV (from ingest)")
+    m.add_argument("--out", required=True, help="output: the manifest JSON")
     m.set_defaults(func=cmd_split_manifest)
 
     s = sub.add_parser("shard", help="write one part of the preprocessed shards")
-    s.add_argument("--images", required=True)
-    s.add_argument("--part", type=int, required=True)
-    s.add_argument("--parts", type=int, required=True)
-    s.add_argument("--size", type=int, required=True)
+    s.add_argument("--images", required=True, help="image index CSV (from ingest)")
+    s.add_argument("--part", type=int, required=True, help="which part to write, 0-based")
+    s.add_argument("--parts", type=int, required=True, help="number of parts (blocks of whole classes)")
+    s.add_argument("--size", type=int, required=True, help="warp every image to SIZE x SIZE (paper: 256)")
     s.add_argument("--on-corrupt", choices=["error", "skip"], default="error",
                    help="an image that cannot be decoded stops the job (error) or is recorded in rejects.csv (skip)")
     s.add_argument("--exif", choices=["ignore", "apply"], default="ignore",
                    help="EXIF orientation: ignore it as the authors' ImageMagick convert does, or apply it")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="output folder of the part (written atomically)")
     s.set_defaults(func=cmd_shard)
 
     s = sub.add_parser("shard-index", help="join shard parts into an index")
-    s.add_argument("--parts", nargs="+", required=True)
-    s.add_argument("--size", type=int, required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--rejects", required=True)
+    s.add_argument("--parts", nargs="+", required=True, help="the part folders")
+    s.add_argument("--size", type=int, required=True, help="the parts' image size")
+    s.add_argument("--out", required=True, help="output: index.json")
+    s.add_argument("--rejects", required=True, help="output: all parts' rejected images, CSV")
     s.set_defaults(func=cmd_shard_index)
 
     s = sub.add_parser("train", help="train one net (base, transfer, selffer, fine-tuned or random-filter)")
-    s.add_argument("--split", required=True)
+    s.add_argument("--split", required=True, help="run name: a split, or a replicate SPLIT.sR")
     s.add_argument("--net", required=True, help="baseT, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A")
-    s.add_argument("--manifest", required=True)
+    s.add_argument("--manifest", required=True, help="the split's manifest JSON")
     s.add_argument("--shards", required=True, help="shard index.json")
     s.add_argument("--source-model", default=None, help="model.pt of the base net whose layers are copied")
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--out-dir", required=True, help="output folder: model.pt, history.csv, metrics.json")
     s.add_argument("--ckpt", required=True, help="in-progress checkpoint (resumed if present)")
     s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
     s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
@@ -247,59 +276,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("train-group", help="train several nets of one target half on one stream of batches")
-    s.add_argument("--split", required=True)
+    s.add_argument("--split", required=True, help="run name: a split, or a replicate SPLIT.sR")
     s.add_argument("--nets", required=True, help="comma-separated net names, all with the same target half")
-    s.add_argument("--manifest", required=True)
+    s.add_argument("--manifest", required=True, help="the split's manifest JSON")
     s.add_argument("--shards", required=True, help="shard index.json")
     s.add_argument("--sources", default="", help="comma-separated NET=path/to/source/model.pt")
     s.add_argument("--out-root", required=True, help="each net writes to OUT_ROOT/NET/")
     s.add_argument("--ckpt", required=True, help="the group's in-progress checkpoint")
-    s.add_argument("--params", required=True)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--threads", type=int, default=1)
-    s.add_argument("--compile", type=int, choices=[0, 1], default=0)
+    s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
+    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    s.add_argument("--compile", type=int, choices=[0, 1], default=0,
+                   help="1: torch.compile each net (GPU: faster after warm-up)")
     s.set_defaults(func=cmd_train_group)
 
     s = sub.add_parser("runs", help="collect metrics.json files into runs.csv")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+    s.add_argument("--out", required=True, help="output: runs.csv")
     s.set_defaults(func=cmd_runs)
 
     s = sub.add_parser("figure", help="draw Figure 2, Figure 3 or the claims figure (PDF and a PNG copy)")
-    s.add_argument("which", choices=["fig2", "fig3", "claims"])
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("which", choices=["fig2", "fig3", "claims"], help="fig2, fig3 or claims")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the nets to draw")
+    s.add_argument("--out", required=True, help="output PDF (a PNG is written beside it)")
     s.add_argument("--paper", action=argparse.BooleanOptionalAction, default=False,
                    help="draw the paper's ImageNet means beside ours (meaningful on ImageNet only)")
     s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("effects", help="every claim of the paper as a paired effect with a 95%% CI and a verdict")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--markdown", default=None)
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of every net")
+    s.add_argument("--out", required=True, help="output: effects.csv")
+    s.add_argument("--markdown", default=None, help="also write the verdicts as Markdown here")
     s.set_defaults(func=cmd_effects)
 
+    s = sub.add_parser("html-table", help="a CSV table as an HTML page (the report shows HTML, not CSV)")
+    s.add_argument("--csv", required=True, help="the table")
+    s.add_argument("--out", required=True, help="output: the HTML page")
+    s.add_argument("--title", default="", help="page title (default: the CSV's file name)")
+    s.set_defaults(func=cmd_html_table)
+
     s = sub.add_parser("curves", help="training curves of a set of nets (PDF and a PNG copy)")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--title", default="")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files (their history.csv is read)")
+    s.add_argument("--out", required=True, help="output PDF (a PNG is written beside it)")
+    s.add_argument("--title", default="", help="figure title")
     s.set_defaults(func=cmd_curves)
 
     s = sub.add_parser("table1", help="Table 1 three ways: pooled as the paper, paired, and on the authors' nets")
-    s.add_argument("--metrics", nargs="+", default=None)
+    s.add_argument("--metrics", nargs="+", default=None, help="metrics.json files of the random-split nets")
     s.add_argument("--authors-nets", action="store_true",
                    help="of the authors' own 112 random-split nets (parsed from their logs) instead of --metrics")
     s.add_argument("--out", default=None, help="CSV (default: print the Markdown)")
-    s.add_argument("--markdown", default=None)
+    s.add_argument("--markdown", default=None, help="also write Table 1 as Markdown here")
     s.set_defaults(func=cmd_table1)
 
     s = sub.add_parser("compare", help="our line means beside the paper's, per treatment and n")
-    s.add_argument("--metrics", nargs="+", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of every net")
+    s.add_argument("--out", required=True, help="output: paper_comparison.csv")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles"])
+    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles"],
+                   help="which benchmark (all = the CPU ones: shards, loader, mmap, step, stream)")
     s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
     s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
@@ -309,9 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")
-    s.add_argument("arch", choices=["caffenet", "caffenet-small"])
-    s.add_argument("--outputs", type=int, default=1000)
-    s.add_argument("--crop", type=int, default=None)
+    s.add_argument("arch", choices=["caffenet", "caffenet-small"],
+                   help="caffenet (the paper's) or caffenet-small (the demo's)")
+    s.add_argument("--outputs", type=int, default=1000, help="fc8 width")
+    s.add_argument("--crop", type=int, default=None,
+                   help="input side (default: 227 for caffenet, 32 for caffenet-small)")
     s.add_argument("--widths", default=None, help="7 comma-separated widths (conv1..5, fc6, fc7)")
     s.set_defaults(func=cmd_describe_net)
     return p

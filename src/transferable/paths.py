@@ -11,6 +11,7 @@
     results/ckpt/{split}/{net}/last.pt         in-progress checkpoint (NOT a declared output: survives failures)
     results/tables/*.csv, results/figures/*    aggregates
     logs/<same path as the output>.log         one log per job
+    benchmarks/<same path as the output>.tsv   its wall time and peak memory (Snakemake's benchmark:)
 
 Net names: ``base{T}`` (from scratch on half T), ``{S}{n}{T}`` (layers 1..n from the base net of half S,
 frozen, trained on half T), ``{S}{n}{T}_ft`` (the same, fine-tuned: the paper's "+"), ``R{n}{T}`` (first n
@@ -24,8 +25,13 @@ from dataclasses import dataclass
 
 RESULTS = "results"
 LOGS = "logs"
+BENCHMARKS = "benchmarks"
 
-_NET_RE = re.compile(r"^(?:base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-7])(?P<tgt>[A-Z])(?P<ft>_ft)?)$")
+# The net-name grammar, written once: parse_net reads it, the Snakefile's wildcard constraints use it.
+NET_PATTERN = r"base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-7])(?P<tgt>[A-Z])(?P<ft>_ft)?"
+NET_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", NET_PATTERN)
+BASE_NET_WILDCARD = NET_WILDCARD.split("|")[0]
+_NET_RE = re.compile(f"^(?:{NET_PATTERN})$")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,13 @@ def table(name: str) -> str:
 
 def figure(name: str) -> str:
     return f"{RESULTS}/figures/{name}"
+
+
+def benchmark(path: str) -> str:
+    """The benchmark (time, memory, I/O; Snakemake's ``benchmark:``) of the job that writes ``path``:
+    benchmarks/ mirrors results/ as logs/ does."""
+    rel = path[len(RESULTS) + 1 :] if path.startswith(RESULTS + "/") else path
+    return f"{BENCHMARKS}/{rel.rstrip('/')}.tsv"
 
 
 def log(path: str) -> str:

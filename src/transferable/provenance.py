@@ -57,7 +57,8 @@ def code_version() -> dict:
     commit of the checkout with a dirty flag when the package runs from one (None outside git)."""
     from . import __version__
 
-    out = {"version": __version__, "train_code": code_digest("train"), "git": None, "dirty": None}
+    out = {"version": __version__, "train_code": code_digest("train"), "git": None, "dirty": None,
+           "package_dir": str(PACKAGE_DIR)}
     try:
         import subprocess
 

@@ -2,6 +2,7 @@
 # src/transferable/{paths,plan}.py, where unit tests call it.
 import functools
 import json
+import shlex
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -12,7 +13,10 @@ from transferable import paths, plan, provenance
 def check_config():
     """Everything that can be wrong with the config, found before any job starts (plan.check_config)."""
     try:
-        plan.check_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+        plan.check_config(
+            config,
+            os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
+        )
     except plan.ConfigError as e:
         raise WorkflowError(f"config: {e}")
 
@@ -24,37 +28,50 @@ def known_num_classes():
 
 check_config()
 
-# Every rule runs the `transferable` command. Under --use-conda the envs/*.yaml environments carry the
-# third-party packages only (Snakemake copies env files, so they cannot pip-install this checkout), so
-# `transferable` becomes a shell function that runs the package from the workflow's own src/.
-if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    shell.prefix(
-        f"set -euo pipefail; export PYTHONPATH={workflow.basedir}/src${{PYTHONPATH:+:$PYTHONPATH}}; "
-        'transferable() { python -m transferable "$@"; }; '
-    )
+# Every job runs `transferable <verb>` = workflow/bin/transferable, which is `python -m transferable` with this
+# checkout's src/ first on PYTHONPATH, so the jobs run the same code the workflow parsed and declares as
+# inputs, whatever is installed. The python is the one running Snakemake (its environment has the
+# third-party packages), or under --use-conda the conda environment's (envs/*.yaml: third-party only).
+SRC = os.path.join(workflow.basedir, "src")
+_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+_PREFIX = (
+    "set -euo pipefail; "
+    f"export PYTHONPATH={shlex.quote(SRC)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+    f"export TRANSFERABLE_PYTHON={shlex.quote('python' if _CONDA else sys.executable)}; "
+    f"export PATH={shlex.quote(os.path.join(workflow.basedir, 'workflow/bin'))}:$PATH; "
+)
+# shell.prefix is itself formatted by Snakemake: its literal braces are doubled once more
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
+
 
 # The package modules each stage runs (transferable.provenance.STAGE_CODE), as inputs: editing one reruns
 # that stage and what follows, nothing else. Snakemake compares contents, so a mere touch reruns nothing.
-# TRANSFERABLE_CODE_DIR points elsewhere (the tests use it to edit a copy).
-_PKG = os.environ.get("TRANSFERABLE_CODE_DIR") or None
-
-
+# They are named relative to the working directory (src/transferable/... in a checkout), so a finished run
+# stays finished when the checkout is moved or cloned again at the same commit.
 def code(stage):
-    return provenance.stage_files(stage, _PKG)
+    return [
+        os.path.relpath(f)
+        for f in provenance.stage_files(stage, os.path.join(SRC, "transferable"))
+    ]
 
 
 PREP = paths.prep_name(config["preprocess"]["size"])
 RES = config.get("resources", {})
 
+
 wildcard_constraints:
     split=paths.SPLIT_WILDCARD,
-    net=r"base[A-Z]|[A-Z][1-7][A-Z](_ft)?",
+    net=paths.NET_WILDCARD,
     prep=r"warp\d+",
     k=r"\d+",
 
 
 def data_root():
-    return paths.demo_dir() if config["data"]["source"] == "demo" else config["data"]["root"]
+    return (
+        paths.demo_dir()
+        if config["data"]["source"] == "demo"
+        else config["data"]["root"]
+    )
 
 
 def net_outputs(nets, what="metrics.json"):
@@ -63,22 +80,40 @@ def net_outputs(nets, what="metrics.json"):
 
 def final_targets():
     exp = config["experiment"]
-    out = [paths.table("runs.csv"), paths.table("paper_comparison.csv"), paths.table("effects.csv"),
-           paths.figure("claims.pdf")]
+    out = [
+        paths.table("runs.csv"),
+        paths.table("paper_comparison.csv"),
+        paths.table("effects.csv"),
+        paths.figure("claims.pdf"),
+    ]
     if exp.get("random_splits"):
         out += [paths.figure("fig2.pdf"), paths.table("table1.csv")]
     if exp.get("natman") or exp.get("random_filters"):
         out.append(paths.figure("fig3.pdf"))
     out += [paths.figure(f"curves_{s}.pdf") for s in plan.used_splits(config)]
+    out += [
+        paths.table(f"{t}.html")
+        for t in REPORT_TABLES
+        if paths.table(f"{t}.csv") in out
+    ]
     return out
+
+
+# the tables shown in the report, as HTML (rule table_html)
+REPORT_TABLES = ("effects", "table1", "runs", "paper_comparison")
 
 
 def paper_flag():
     """Whether Figures 2 and 3 draw the paper's ImageNet means: ``figures.paper_lines``; ``auto`` draws
-    them only for a 1000-class dataset read from a data root (ImageNet), never on the demo's classes."""
+    them only for a 1000-class dataset read from a data root (ImageNet), never on the demo's classes.
+    """
     mode = config.get("figures", {}).get("paper_lines", "auto")
     if mode == "auto":
-        mode = "always" if config["data"]["source"] == "path" and known_num_classes() == 1000 else "never"
+        mode = (
+            "always"
+            if config["data"]["source"] == "path" and known_num_classes() == 1000
+            else "never"
+        )
     return "--paper" if mode == "always" else "--no-paper"
 
 
@@ -116,12 +151,15 @@ def ingest_inputs(wildcards):
         return paths.demo_files()
     root = config["data"]["root"]
     official = [os.path.join(root, f) for f in paths.DEMO_FILES]
-    return [f for f in official if os.path.isfile(f)] + ([paths.raw_fingerprint()] if RAW_FINGERPRINT else [])
+    return [f for f in official if os.path.isfile(f)] + (
+        [paths.raw_fingerprint()] if RAW_FINGERPRINT else []
+    )
 
 
 def _fingerprint_data_root():
     """Computed while the workflow is planned (by the main Snakemake process only; a job's own parse
-    never does it) and rewritten only when a file ingest reads was added, removed or changed."""
+    never does it) and rewritten only when a file ingest reads was added, removed or changed.
+    """
     if config["data"]["source"] != "path":
         return False
     from transferable.data import rawfiles
@@ -129,11 +167,17 @@ def _fingerprint_data_root():
     if not workflow.is_main_process:
         return os.path.isfile(paths.raw_fingerprint())
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    changed = rawfiles.fingerprint(config["data"]["root"], paths.raw_fingerprint(),
-                                   config["data"].get("format", "auto"), log=log)
+    changed = rawfiles.fingerprint(
+        config["data"]["root"],
+        paths.raw_fingerprint(),
+        config["data"].get("format", "auto"),
+        log=log,
+    )
     if changed:
-        log(f"{config['data']['root']}: its files changed since the last ingest (or were never fingerprinted): "
-            f"{paths.raw_fingerprint()} rewritten")
+        log(
+            f"{config['data']['root']}: its files changed since the last ingest (or were never fingerprinted): "
+            f"{paths.raw_fingerprint()} rewritten"
+        )
     return changed is not None
 
 

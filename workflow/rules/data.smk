@@ -6,17 +6,19 @@ rule demo_data:
         code=code("demo"),
     output:
         paths.demo_files(),
-    params:
-        demo=lambda w: json.dumps(config.get("demo", {}), sort_keys=True),
-        out=lambda w, output: os.path.dirname(output[0]),
-    conda:
-        "../../envs/data.yaml"
     log:
         paths.log(paths.demo_dir()),
+    benchmark:
+        paths.benchmark(paths.demo_dir())
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        demo=lambda w: json.dumps(config.get("demo", {}), sort_keys=True),
+        out=lambda w, output: os.path.dirname(output[0]),
     shell:
         "transferable demo-data --out {params.out:q} --params {params.demo:q} > {log:q} 2>&1"
 
@@ -28,17 +30,19 @@ rule ingest:
     output:
         catalog=paths.catalog(),
         images=paths.images(),
-    params:
-        root=data_root(),
-        fmt=config["data"].get("format", "auto"),
-    conda:
-        "../../envs/data.yaml"
     log:
         paths.log(paths.catalog()),
+    benchmark:
+        paths.benchmark(paths.catalog())
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        root=data_root(),
+        fmt=config["data"].get("format", "auto"),
     shell:
         "transferable ingest --root {params.root:q} --format {params.fmt:q} "
         "--catalog {output.catalog:q} --images {output.images:q} > {log:q} 2>&1"

@@ -7,10 +7,12 @@ rule runs_table:
         code=code("figures"),
     output:
         paths.table("runs.csv"),
-    conda:
-        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("runs.csv")),
+    benchmark:
+        paths.benchmark(paths.table("runs.csv"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -24,18 +26,22 @@ rule fig2:
         metrics=net_outputs(plan.figure_nets(config, "fig2")),
         code=code("figures"),
     output:
-        pdf=report(paths.figure("fig2.pdf"), caption="../report/fig2.rst", category="Figures"),
-        png=paths.figure("fig2.png"),
-    params:
-        paper=paper_flag(),
-    conda:
-        "../../envs/figures.yaml"
+        pdf=paths.figure("fig2.pdf"),
+        png=report(
+            paths.figure("fig2.png"), caption="../report/fig2.rst", category="Figures"
+        ),
     log:
         paths.log(paths.figure("fig2.pdf")),
+    benchmark:
+        paths.benchmark(paths.figure("fig2.pdf"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        paper=paper_flag(),
     shell:
         "transferable figure fig2 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
 
@@ -45,18 +51,22 @@ rule fig3:
         metrics=net_outputs(plan.figure_nets(config, "fig3")),
         code=code("figures"),
     output:
-        pdf=report(paths.figure("fig3.pdf"), caption="../report/fig3.rst", category="Figures"),
-        png=paths.figure("fig3.png"),
-    params:
-        paper=paper_flag(),
-    conda:
-        "../../envs/figures.yaml"
+        pdf=paths.figure("fig3.pdf"),
+        png=report(
+            paths.figure("fig3.png"), caption="../report/fig3.rst", category="Figures"
+        ),
     log:
         paths.log(paths.figure("fig3.pdf")),
+    benchmark:
+        paths.benchmark(paths.figure("fig3.pdf"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        paper=paper_flag(),
     shell:
         "transferable figure fig3 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
 
@@ -66,12 +76,14 @@ rule table1:
         metrics=net_outputs(plan.figure_nets(config, "table1")),
         code=code("figures"),
     output:
-        csv=report(paths.table("table1.csv"), caption="../report/table1.rst", category="Tables"),
+        csv=paths.table("table1.csv"),
         md=paths.table("table1.md"),
-    conda:
-        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("table1.csv")),
+    benchmark:
+        paths.benchmark(paths.table("table1.csv"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -85,11 +97,13 @@ rule paper_comparison:
         metrics=net_outputs(plan.figure_nets(config, "all")),
         code=code("figures"),
     output:
-        report(paths.table("paper_comparison.csv"), caption="../report/comparison.rst", category="Tables"),
-    conda:
-        "../../envs/figures.yaml"
+        paths.table("paper_comparison.csv"),
     log:
         paths.log(paths.table("paper_comparison.csv")),
+    benchmark:
+        paths.benchmark(paths.table("paper_comparison.csv"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -103,12 +117,14 @@ rule effects:
         metrics=net_outputs(plan.figure_nets(config, "all")),
         code=code("figures"),
     output:
-        csv=report(paths.table("effects.csv"), caption="../report/effects.rst", category="Tables"),
+        csv=paths.table("effects.csv"),
         md=paths.table("effects.md"),
-    conda:
-        "../../envs/figures.yaml"
     log:
         paths.log(paths.table("effects.csv")),
+    benchmark:
+        paths.benchmark(paths.table("effects.csv"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -123,11 +139,17 @@ rule claims_figure:
         code=code("figures"),
     output:
         pdf=paths.figure("claims.pdf"),
-        png=report(paths.figure("claims.png"), caption="../report/claims.rst", category="Figures"),
-    conda:
-        "../../envs/figures.yaml"
+        png=report(
+            paths.figure("claims.png"),
+            caption="../report/claims.rst",
+            category="Figures",
+        ),
     log:
         paths.log(paths.figure("claims.pdf")),
+    benchmark:
+        paths.benchmark(paths.figure("claims.pdf"))
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -139,7 +161,11 @@ rule claims_figure:
 rule training_curves:
     input:
         metrics=lambda w: net_outputs(
-            [n for n in plan.figure_nets(config, "all") if paths.base_split(n.split) == w.split]
+            [
+                n
+                for n in plan.figure_nets(config, "all")
+                if paths.base_split(n.split) == w.split
+            ]
         ),
         code=code("figures"),
     output:
@@ -150,16 +176,44 @@ rule training_curves:
             category="Training curves",
             labels={"split": "{split}"},
         ),
-    params:
-        title=lambda w: f"split {w.split}",
-    conda:
-        "../../envs/figures.yaml"
     log:
         paths.log(paths.figure("curves_{split}.pdf")),
+    benchmark:
+        paths.benchmark(paths.figure("curves_{split}.pdf"))
+    conda:
+        "../../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        title=lambda w: f"split {w.split}",
+    shell:
+        "transferable curves --metrics {input.metrics:q} --out {output.pdf:q} --title {params.title:q} "
+        "> {log:q} 2>&1"
+
+
+rule table_html:
+    """A table of results/tables/ as HTML, shown in the report (a CSV there is only a download)."""
+    input:
+        csv=paths.table("{name}.csv"),
+        code=code("figures"),
+    output:
+        report(
+            paths.table("{name}.html"),
+            caption="../report/tables.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
+    log:
+        paths.log(paths.table("{name}.html")),
+    wildcard_constraints:
+        name="|".join(REPORT_TABLES),
+    conda:
+        "../../envs/figures.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
     shell:
-        "transferable curves --metrics {input.metrics:q} --out {output.pdf:q} --title {params.title:q} "
-        "> {log:q} 2>&1"
+        "transferable html-table --csv {input.csv:q} --out {output:q} > {log:q} 2>&1"

@@ -3,8 +3,11 @@
 
 PARTS = plan.shard_parts(config, known_num_classes())
 if PARTS < config["preprocess"].get("parts", 2) and workflow.is_main_process:
-    print(f"config: preprocess.parts {config['preprocess']['parts']} is more than the {PARTS} classes of the "
-          f"data: using {PARTS} shard jobs", file=sys.stderr)
+    print(
+        f"config: preprocess.parts {config['preprocess']['parts']} is more than the {PARTS} classes of the "
+        f"data: using {PARTS} shard jobs",
+        file=sys.stderr,
+    )
 
 
 rule shard_part:
@@ -13,19 +16,21 @@ rule shard_part:
         code=code("shards"),
     output:
         directory(paths.shard_part("{prep}", "{k}")),
+    log:
+        paths.log(paths.shard_part("{prep}", "{k}")),
+    benchmark:
+        paths.benchmark(paths.shard_part("{prep}", "{k}"))
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
+        runtime=240,
     params:
         size=lambda w: int(w.prep[len("warp") :]),
         parts=PARTS,
         on_corrupt=config["data"].get("on_corrupt", "error"),
         exif=config["preprocess"].get("exif_orientation", "ignore"),
-    conda:
-        "../../envs/data.yaml"
-    log:
-        paths.log(paths.shard_part("{prep}", "{k}")),
-    threads: 1
-    resources:
-        mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
-        runtime=240,
     shell:
         "transferable shard --images {input.images:q} --part {wildcards.k:q} --parts {params.parts:q} "
         "--size {params.size:q} --on-corrupt {params.on_corrupt:q} --exif {params.exif:q} --out {output:q} > {log:q} 2>&1"
@@ -38,16 +43,18 @@ rule shard_index:
     output:
         index=paths.shard_index("{prep}"),
         rejects=f"{paths.RESULTS}/shards/{{prep}}/rejects.csv",
-    params:
-        size=lambda w: int(w.prep[len("warp") :]),
-    conda:
-        "../../envs/data.yaml"
     log:
         paths.log(paths.shard_index("{prep}")),
+    benchmark:
+        paths.benchmark(paths.shard_index("{prep}"))
+    conda:
+        "../../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=500,
         runtime=10,
+    params:
+        size=lambda w: int(w.prep[len("warp") :]),
     shell:
         "transferable shard-index --parts {input.parts:q} --size {params.size:q} --out {output.index:q} "
         "--rejects {output.rejects:q} > {log:q} 2>&1"

@@ -9,9 +9,6 @@ SHARED_STREAM = RES.get("shared_stream", False)
 
 
 rule train:
-    wildcard_constraints:
-        # with resources.shared_stream, only base nets train alone (the others: rules train_together_*)
-        net=r"base[A-Z]" if SHARED_STREAM else r"base[A-Z]|[A-Z][1-7][A-Z](_ft)?",
     input:
         manifest=manifest_of,
         shards=paths.shard_index(PREP),
@@ -21,18 +18,18 @@ rule train:
         model=paths.net_file("{split}", "{net}", "model.pt"),
         history=paths.net_file("{split}", "{net}", "history.csv"),
         metrics=paths.net_file("{split}", "{net}", "metrics.json"),
-    params:
-        cfg=train_params,
-        ckpt=paths.checkpoint("{split}", "{net}"),
-        out_dir=paths.net_dir("{split}", "{net}"),
-        source_flag=lambda w, input: "--source-model" if input.source else "",
-    conda:
-        "../../envs/train.yaml"
     log:
         paths.log(paths.net_dir("{split}", "{net}")),
-    threads: max(1, RES.get("train_threads", 1))
+    benchmark:
+        paths.benchmark(paths.net_dir("{split}", "{net}"))
+    wildcard_constraints:
+        # with resources.shared_stream, only base nets train alone (the others: rules train_together_*)
+        net=paths.BASE_NET_WILDCARD if SHARED_STREAM else paths.NET_WILDCARD,
     # with resources.shared_stream this rule trains only base nets: they unblock whole groups, so first
     priority: 100 if SHARED_STREAM else 0
+    conda:
+        "../../envs/train.yaml"
+    threads: max(1, RES.get("train_threads", 1))
     resources:
         # device, threads and compile are not params: changing them must not rerun finished nets
         train_device=RES.get("device", "auto"),
@@ -40,6 +37,11 @@ rule train:
         gpu=RES.get("train_gpus", 1),
         mem_mb=lambda w, attempt: RES.get("train_mem_mb", 4000) * attempt,  # a retry gets more
         runtime=lambda w, attempt: RES.get("train_runtime_min", 60) * attempt,
+    params:
+        cfg=train_params,
+        ckpt=paths.checkpoint("{split}", "{net}"),
+        out_dir=paths.net_dir("{split}", "{net}"),
+        source_flag=lambda w, input: "--source-model" if input.source else "",
     shell:
         # exec: SIGTERM from SLURM reaches the trainer itself, which checkpoints before it exits
         "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
@@ -52,7 +54,11 @@ rule train:
 # and augments every batch once and shares frozen forward passes (identical results without dropout in
 # the frozen layers; see README "Performance").
 for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else []:
-    _src = {n: src for n in _nets for src in source_model(SimpleNamespace(split=_split, net=n))}
+    _src = {
+        n: src
+        for n in _nets
+        for src in source_model(SimpleNamespace(split=_split, net=n))
+    }
 
     rule:
         name:
@@ -63,27 +69,33 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             source=sorted(set(_src.values())),
             code=code("train"),
         output:
-            [paths.net_file(_split, n, f) for n in _nets for f in ("model.pt", "history.csv", "metrics.json")],
-        params:
-            cfg=train_params_of(_split),
-            nets=",".join(_nets),
-            sources=",".join(f"{n}={p}" for n, p in sorted(_src.items())),
-            ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt",
-            split=_split,
-            out_root=f"{paths.RESULTS}/nets/{_split}",
-        conda:
-            "../../envs/train.yaml"
+            [
+                paths.net_file(_split, n, f)
+                for n in _nets
+                for f in ("model.pt", "history.csv", "metrics.json")
+            ],
         log:
             paths.log(f"{paths.RESULTS}/nets/{_split}/together_{_target}"),
-        threads: max(1, RES.get("train_threads", 1))
+        benchmark:
+            paths.benchmark(f"{paths.RESULTS}/nets/{_split}/together_{_target}")
         # the longest groups first, so that short ones fill the cores at the end
         priority: len(_nets)
+        conda:
+            "../../envs/train.yaml"
+        threads: max(1, RES.get("train_threads", 1))
         resources:
             train_device=RES.get("device", "auto"),
             train_compile=int(RES.get("compile", False)),
             gpu=RES.get("train_gpus", 1),
             mem_mb=RES.get("train_mem_mb", 4000),
             runtime=RES.get("train_runtime_min", 60) * len(_nets),
+        params:
+            cfg=train_params_of(_split),
+            nets=",".join(_nets),
+            sources=",".join(f"{n}={p}" for n, p in sorted(_src.items())),
+            ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt",
+            split=_split,
+            out_root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
         shell:
             "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
             "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "

@@ -53,6 +53,8 @@ import numpy as np
 import scipy.io
 from PIL import Image, ImageDraw
 
+from ..atomic import atomic_path
+
 __all__ = ["generate", "INJECTIONS", "FAMILIES", "TRAIN_TAR", "VAL_TAR", "DEVKIT_TGZ"]
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -472,15 +474,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 @contextmanager
 def _atomic(path: Path) -> Iterator[io.BufferedRandom]:
-    """Open a temporary file next to path; on success it replaces path, on failure it is removed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w+b") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """A binary file open on a temporary name; on success it replaces path (transferable.atomic)."""
+    with atomic_path(path) as tmp, open(tmp, "w+b") as f:
+        yield f
 
 
 def _meta_mat(nodes: list[_Node]) -> bytes:

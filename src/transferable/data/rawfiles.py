@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import atomic
 from .ilsvrc import DEVKIT_DIR, IMAGE_EXTS, detect_format
 
 CACHE_NAME = ".raw_files.cache.json"
@@ -101,9 +102,7 @@ def fingerprint(root: str | os.PathLike, out: str | os.PathLike, fmt: str = "aut
                 log(f"fingerprinting {root}: {i + 1}/{len(todo)} folders ({hashed} read), "
                     f"{(i + 1) / (shown - t0):.0f} folders/s, ETA {(len(todo) - i - 1) * (shown - t0) / (i + 1):.0f} s")
     if entries != cache:
-        from .shards import atomic_write_text
-
-        atomic_write_text(cache_path, json.dumps(entries))
+        atomic.write_text(cache_path, json.dumps(entries))
     total = hashlib.sha256()
     counts: dict[str, list[int]] = {}
     for rel, (_, digest, n, size) in sorted(entries.items()):
@@ -115,7 +114,5 @@ def fingerprint(root: str | os.PathLike, out: str | os.PathLike, fmt: str = "aut
         f"{sub}: {n} files, {b} bytes\n" for sub, (n, b) in sorted(counts.items()))
     if out.is_file() and out.read_text() == text:
         return False
-    from .shards import atomic_write_text
-
-    atomic_write_text(out, text)
+    atomic.write_text(out, text)
     return True

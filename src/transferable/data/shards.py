@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from .. import atomic
 from .ilsvrc import IngestError, read_image_bytes
 
 
@@ -91,11 +92,18 @@ def to_8bit(im: Image.Image, where: str) -> Image.Image:
     return Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8))
 
 
-def _save(path: Path, arr: np.ndarray, digest) -> None:
-    """Write one array (inside the part's temporary folder) and add its name and bytes to the digest."""
-    with open(path, "wb") as f:
-        np.save(f, arr)
-    digest.update(path.name.encode() + b"\0" + np.ascontiguousarray(arr).tobytes())
+def seal_part(part_dir: str | os.PathLike) -> str:
+    """Write ``digest.txt`` into a part folder: the SHA-256 of every array file in it (name and bytes, in
+    name order), so that an index, and a checkpoint through it, can tell its data. Returns the digest."""
+    part_dir = Path(part_dir)
+    h = hashlib.sha256()
+    for f in sorted(part_dir.glob("*.npy")):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 24):
+                h.update(block)
+    (part_dir / "digest.txt").write_text(h.hexdigest() + "\n")
+    return h.hexdigest()
 
 
 def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
@@ -137,15 +145,14 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
                 rate = (i + 1) / max(time.time() - t0, 1e-9)
                 log(f"shard part {k}/{parts}: {i + 1}/{total} images ({100 * done:.0f}%), "
                     f"{rate:.0f} img/s, ETA {(total - i - 1) / rate:.0f} s")
-        digest = hashlib.sha256(f"size {size} exif {exif}".encode())
         for c in classes:
             for subset in ("train", "val"):
                 got = arrays.get((subset, c))
                 if not got:
                     raise IngestError(f"class {c}: no readable {subset} images left for part {k}")
-                _save(tmp / f"{subset}_{c:05d}.npy", np.stack(got), digest)
-            _save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64), digest)
-        (tmp / "digest.txt").write_text(digest.hexdigest() + "\n")
+                np.save(tmp / f"{subset}_{c:05d}.npy", np.stack(got))
+            np.save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64))
+        seal_part(tmp)
         pd.DataFrame(rejects, columns=["subset", "class_index", "path", "member", "error"]).to_csv(
             tmp / "rejects.csv", index=False)
         for f in handles.values():
@@ -167,8 +174,8 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
     for d in part_dirs:
         d = Path(d)
         if not (d / "digest.txt").is_file():
-            raise IngestError(f"{d}: no digest.txt (written by an older version of transferable): rebuild the "
-                              "shards (snakemake --forcerun shard_part)")
+            raise IngestError(f"{d}: no digest.txt (written by an older version of transferable, or not by "
+                              "write_part): rebuild the shards (snakemake --forcerun shard_part)")
         digest.update((d / "digest.txt").read_text().strip().encode())
         for f in sorted(d.glob("train_*.npy")):
             c = int(f.stem.split("_")[1])
@@ -184,22 +191,10 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
         raise IngestError(f"{out_json}: shard parts do not cover classes 0..{n - 1}")
     index = {"size": size, "num_classes": n, "parts": {str(c): classes[c] for c in range(n)},
              "counts": {str(c): counts[c] for c in range(n)}, "digest": digest.hexdigest()}
-    atomic_write_text(out_json, json.dumps(index, indent=1))
+    atomic.write_text(out_json, json.dumps(index, indent=1))
     rej = pd.concat(rejects) if rejects else pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"])
-    atomic_write_text(rejects_csv, rej.to_csv(index=False))
+    atomic.write_text(rejects_csv, rej.to_csv(index=False))
     return index
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 class Shards:

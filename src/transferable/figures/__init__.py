@@ -1,6 +1,6 @@
 """Tables and figures from the run files, and the paper's published numbers (no torch here)."""
 
-from .paper import PAPER_TABLE1, load_paper_networks, paper_line_means, paper_runs
+from .paper import PAPER_TABLE1, load_paper_networks, paper_line_means
 from .tables import (
     RUN_COLUMNS,
     line_means,
@@ -8,11 +8,11 @@ from .tables import (
     load_runs,
     natman_means,
     paper_comparison,
+    paper_runs,
     random_filter_means,
     read_runs_csv,
     relative_top1,
     table1,
-    write_line_means,
     write_paper_comparison,
     write_runs_csv,
     write_table1,
@@ -21,6 +21,6 @@ from .tables import (
 __all__ = [
     "PAPER_TABLE1", "RUN_COLUMNS", "line_means", "load_history", "load_paper_networks", "load_runs",
     "natman_means", "paper_comparison", "paper_line_means", "paper_runs", "random_filter_means",
-    "read_runs_csv", "relative_top1", "table1", "write_line_means", "write_paper_comparison",
+    "read_runs_csv", "relative_top1", "table1", "write_paper_comparison",
     "write_runs_csv", "write_table1",
 ]

@@ -327,7 +327,7 @@ def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None,
                        confidence: float = CONFIDENCE) -> pd.DataFrame:
     """:func:`effects` of our nets beside the same computation on the authors' nets (``paper_*`` columns)."""
     if paper is None:
-        from .paper import paper_runs
+        from .tables import paper_runs
 
         paper = paper_runs()
     a = effects(ours, confidence)
@@ -353,7 +353,7 @@ def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Data
     authors' split s is ``rand{s}`` (configs/paper.yaml: numpy seed [s]); a split of another name matches
     no fine-tuned net."""
     if paper is None:
-        from .paper import paper_runs
+        from .tables import paper_runs
 
         paper = paper_runs()
     from ..paths import base_split
@@ -418,7 +418,8 @@ def table1_three_ways(df: pd.DataFrame, paper: pd.DataFrame | None = None,
     """Table 1 (AnB+'s boost, in points) pooled as the paper did, paired by cell with intervals, and both
     restricted to the nets the authors ran; with the same computation on the authors' nets (``paper_*``)
     and the published values (``published_*``). Columns :data:`TABLE1_COLUMNS` + those."""
-    from .paper import PAPER_TABLE1, paper_runs
+    from .paper import PAPER_TABLE1
+    from .tables import paper_runs
 
     paper = paper_runs() if paper is None else paper
 

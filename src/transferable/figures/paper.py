@@ -175,15 +175,6 @@ def paper_networks_csv_text(json_path: str | Path) -> str:
     return buf.getvalue()
 
 
-def write_paper_networks(json_path: str | Path, out_csv: str | Path | None = None) -> Path:
-    """Regenerate ``paper_networks.csv`` (by default the packaged copy next to this module)."""
-    from .tables import write_text_atomic
-
-    out = Path(out_csv) if out_csv is not None else Path(__file__).with_name(PAPER_CSV_NAME)
-    write_text_atomic(out, paper_networks_csv_text(json_path))
-    return out
-
-
 def read_paper_networks_csv(source) -> pd.DataFrame:
     """Parse a paper_networks.csv (path or file object) with the right dtypes ('' stays '')."""
     df = pd.read_csv(source, keep_default_na=False, dtype={c: str for c in _STR_COLUMNS})
@@ -194,28 +185,3 @@ def load_paper_networks() -> pd.DataFrame:
     """The packaged per-network table of the paper (columns :data:`PAPER_COLUMNS`)."""
     with resources.files(__package__).joinpath(PAPER_CSV_NAME).open("r") as fh:
         return read_paper_networks_csv(fh)
-
-
-def _paper_net_name(row) -> str:
-    t, n, src, tgt = row["treatment"], row["n"], row["source_half"], row["target_half"]
-    if t == "base":
-        return f"base{tgt}" if tgt else "base"
-    if t == "random":
-        return f"R{n}{tgt}"
-    return f"{src}{n}{tgt}" + ("_ft" if t.endswith("+") else "")
-
-
-def paper_runs() -> pd.DataFrame:
-    """The paper's networks in the schema of ``runs.csv`` (see :data:`tables.RUN_COLUMNS`).
-
-    Columns the logs do not give (top-5, wall time) are empty; iters is the solver's 450k.
-    """
-    from .tables import RUN_COLUMNS, coerce_runs
-
-    p = load_paper_networks()
-    df = p.assign(
-        net=p.apply(_paper_net_name, axis=1),
-        top5=float("nan"), top5_final=float("nan"), iters=450000, wall_s=float("nan"),
-        device="paper (K20 GPU, Caffe)", history="",
-    )
-    return coerce_runs(df[RUN_COLUMNS])

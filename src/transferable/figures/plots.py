@@ -11,8 +11,6 @@ Each function writes a PDF and a PNG copy next to it (same stem), atomically, an
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -24,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from scipy import stats  # noqa: E402
 
+from ..atomic import atomic_path  # noqa: E402
 from . import effects as fx  # noqa: E402
 from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
@@ -63,20 +62,13 @@ logging.getLogger("fontTools.ttLib.tables._h_e_a_d").setLevel(logging.ERROR)
 
 
 def _save(fig, out_pdf: str | Path, dpi: int = 80) -> tuple[Path, Path]:
-    """Save ``fig`` as PDF and as a PNG with the same stem, each via a temp file and ``os.replace``."""
+    """Save ``fig`` as PDF and as a PNG with the same stem, each written atomically."""
     out_pdf = Path(out_pdf)
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
     out_png = out_pdf.with_suffix(".png")
     for path, fmt in ((out_pdf, "pdf"), (out_png, "png")):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".{fmt}.tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=fmt, dpi=dpi)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     plt.close(fig)
     return out_pdf, out_png
 
@@ -499,27 +491,31 @@ CURVE_COLOURS = {"base": "k", "BnB": "b", "BnB+": "#8888ff", "AnB": "r", "AnB+":
 
 
 def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tuple[Path, Path]:
-    """Validation top-1 and training loss over iterations, one line per net, coloured by treatment and
-    darker for larger n. Writes a PDF and a PNG copy."""
+    """Validation top-1 and training loss over iterations, one line per net (seaborn, from one long frame
+    of every net's history.csv), coloured by treatment, thicker for larger n. Writes a PDF and a PNG copy."""
+    import seaborn as sns
+
     from .tables import load_history, load_runs
 
-    paths = sorted(Path(p) for p in metrics_paths)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6))
-    for p in paths:
+    frames = []
+    for p in sorted(Path(p) for p in metrics_paths):
         run = load_runs([p]).iloc[0]
-        hist = load_history(p)
-        colour = CURVE_COLOURS.get(run["treatment"], "g")
-        alpha = 0.35 + 0.65 * (int(run["n"]) / 7)
-        label = run["net"] if run["n"] in (0, 1, 7) else None
-        ax1.plot(hist["iter"], hist["top1"], color=colour, alpha=alpha, lw=1.5, label=label)
-        ax2.plot(hist["iter"], hist["train_loss"], color=colour, alpha=alpha, lw=1.5)
+        frames.append(load_history(p).assign(net=run["net"], treatment=run["treatment"], n=int(run["n"])))
+    long = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["iter", "top1", "train_loss", "net", "treatment", "n"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6))
+    style = dict(data=long, x="iter", hue="treatment", units="net", estimator=None, size="n", sizes=(0.8, 2.4),
+                 palette={t: CURVE_COLOURS.get(t, "g") for t in long["treatment"].unique()})
+    if len(long):
+        sns.lineplot(y="top1", ax=ax1, **style)
+        sns.lineplot(y="train_loss", ax=ax2, legend=False, **style)
+        ax1.legend(loc="lower right", fontsize=9, ncol=2)
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("validation top-1")
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("training loss (mean since the previous evaluation)")
     ax2.set_yscale("log")
-    if paths:
-        ax1.legend(loc="lower right", fontsize=10, ncol=2)
+    sns.despine(fig)
     fig.suptitle(title or "Training curves")
     fig.tight_layout()
     return _save(fig, out_pdf)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+from .. import atomic
+from .paper import PAPER_TABLE1, load_paper_networks
 
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
@@ -39,29 +40,6 @@ HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top
 
 
 # ---------------------------------------------------------------------------------------------------------
-# atomic writers
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
-    return write_text_atomic(path, df.to_csv(index=False, lineterminator="\n"))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the per-net frame
 
@@ -127,7 +105,7 @@ def load_history(metrics_path: str | Path) -> pd.DataFrame:
 
 
 def write_runs_csv(df: pd.DataFrame, path: str | Path) -> Path:
-    return write_csv_atomic(coerce_runs(df), path)
+    return atomic.write_csv(coerce_runs(df), path)
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
@@ -292,8 +270,6 @@ def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True) -> pd.Dat
             se = math.sqrt(anb["std"] ** 2 / anb["count"] + s["std"] ** 2 / s["count"]) if both else np.nan
             row[f"boost_over_{name}_se"] = 100 * se
         if paper:
-            from .paper import PAPER_TABLE1
-
             p = PAPER_TABLE1.get((lo, hi), {})
             row["paper_boost_over_base"] = p.get("over_base", np.nan)
             row["paper_boost_over_bnb_plus"] = p.get("over_BnB+", np.nan)
@@ -328,8 +304,6 @@ def paper_comparison(ours: pd.DataFrame, paper: pd.DataFrame | None = None) -> p
     (= mean - paper_mean).  Rows present on only one side are kept, with NaN on the other.
     """
     if paper is None:
-        from .paper import paper_runs
-
         paper = paper_runs()
     keys = ["panel", "treatment", "target_family", "n"]
     a = summary_means(ours)
@@ -383,14 +357,56 @@ def table1_markdown(t1: pd.DataFrame) -> str:
 
 
 def write_table1(t1: pd.DataFrame, csv_path: str | Path, md_path: str | Path | None = None) -> None:
-    write_csv_atomic(t1, csv_path)
+    atomic.write_csv(t1, csv_path)
     if md_path is not None:
-        write_text_atomic(md_path, table1_markdown(t1))
+        atomic.write_text(md_path, table1_markdown(t1))
 
 
 def write_paper_comparison(cmp: pd.DataFrame, csv_path: str | Path) -> Path:
-    return write_csv_atomic(cmp, csv_path)
+    return atomic.write_csv(cmp, csv_path)
 
 
-def write_line_means(lm: pd.DataFrame, csv_path: str | Path) -> Path:
-    return write_csv_atomic(lm, csv_path)
+# the paper's networks, as runs
+
+
+def _paper_net_name(row) -> str:
+    t, n, src, tgt = row["treatment"], row["n"], row["source_half"], row["target_half"]
+    if t == "base":
+        return f"base{tgt}" if tgt else "base"
+    if t == "random":
+        return f"R{n}{tgt}"
+    return f"{src}{n}{tgt}" + ("_ft" if t.endswith("+") else "")
+
+
+def paper_runs() -> pd.DataFrame:
+    """The paper's networks in the schema of ``runs.csv`` (see :data:`tables.RUN_COLUMNS`).
+
+    Columns the logs do not give (top-5, wall time) are empty; iters is the solver's 450k.
+    """
+    p = load_paper_networks()
+    df = p.assign(
+        net=p.apply(_paper_net_name, axis=1),
+        top5=float("nan"), top5_final=float("nan"), iters=450000, wall_s=float("nan"),
+        device="paper (K20 GPU, Caffe)", history="",
+    )
+    return coerce_runs(df[RUN_COLUMNS])
+
+
+# the report's view of a table
+
+
+_HTML_STYLE = """<style>
+body { font-family: sans-serif; font-size: 13px; margin: 12px; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f2f2f2; position: sticky; top: 0; }
+td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+</style>"""
+
+
+def html_table(df: pd.DataFrame, title: str) -> str:
+    """A standalone HTML page of ``df`` (floats to 4 significant digits, empty cells blank)."""
+    body = df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=True)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>{_HTML_STYLE}</head>"
+            f"<body><h3>{title}</h3><p>{len(df)} rows</p>\n{body}\n</body></html>\n")

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..data.loader import TrainStream, eval_batches
-from ..data.shards import Shards, atomic_write_text
+from .. import atomic
+from ..data.shards import Shards
 from ..models.caffenet import spec_from_config
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest
@@ -74,17 +75,6 @@ def best_k_mean(values, k: int) -> float:
     """The paper's score: the mean of the k highest evaluations (reference §5)."""
     v = sorted(values, reverse=True)[:k]
     return float(np.mean(v)) if v else float("nan")
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir: str, ckpt: str,
@@ -179,7 +169,7 @@ def set_aside(path: Path, reason: str, log) -> Path:
     they cannot fill the disk), with the reason in ``<path>.set-aside.txt``."""
     dest = path.with_name(path.name + ".set-aside")
     os.replace(path, dest)
-    atomic_write_text(dest.with_name(dest.name + ".txt"), f"{time.strftime('%Y-%m-%d %H:%M:%S')} {path}: {reason}\n")
+    atomic.write_text(dest.with_name(dest.name + ".txt"), f"{time.strftime('%Y-%m-%d %H:%M:%S')} {path}: {reason}\n")
     log(f"set aside {path} as {dest}: {reason}; training starts from iteration 0")
     return dest
 
@@ -429,7 +419,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                         f"| {rate:.0f} img/s, ETA {eta:.0f} s")
                 t_rate, it_rate = time.time(), it
             if checkpoint_now:
-                _atomic_torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
+                atomic.torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
                                     "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
                                     "elapsed_s": time.time() - t0}, ckpt_path)
                 if stop.signal:
@@ -467,12 +457,12 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
                        "python": platform.python_version(), "host": platform.node(),
                        "source_model": source_model, "config": cfg},
     }
-    _atomic_torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
+    atomic.torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
                         "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes),
                         "net": m.net, "spec": json.dumps(dataclasses.asdict(spec)),
                         "config": json.dumps(cfg, sort_keys=True)}, out / "model.pt")
-    atomic_write_text(out / "history.csv", pd.DataFrame(m.history, columns=HISTORY_COLUMNS).to_csv(index=False))
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    atomic.write_text(out / "history.csv", pd.DataFrame(m.history, columns=HISTORY_COLUMNS).to_csv(index=False))
+    atomic.write_text(out / "metrics.json", json.dumps(metrics, indent=1))
     log(f"[{split}/{m.net}] done: top1 (best-{k} mean) {metrics['top1']:.4f}, final {metrics['top1_final']:.4f}")
     return metrics
 

@@ -1,0 +1,76 @@
+"""`snakemake --report` shows everything, checked in a real headless browser (Chromium driven by
+Playwright): the workflow description, every table as HTML (a cell is read back from the rendered page),
+every figure and training curve as PNG (the image is decoded by the browser).
+
+Needs Chromium: installed with apt-get when missing and run as root (as the SLURM test installs its
+cluster); skipped otherwise, with the reason."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            subprocess.run(install, capture_output=True)
+        return shutil.which("chromium")
+    return None
+
+
+@pytest.fixture(scope="module")
+def page(micro_done):
+    playwright = pytest.importorskip("playwright.sync_api")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium, and no root + apt-get to install it")
+    run_snakemake(["--configfile", "configs/micro.yaml", "--report", "report.html"], micro_done)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 900})
+        pg.goto((micro_done / "report.html").as_uri())
+        yield pg
+        browser.close()
+
+
+def _open(page, category, item):
+    """The report afresh, then a result category, then the view button of one result."""
+    page.goto(page.url.split("#")[0])
+    page.get_by_role("link", name=category, exact=True).click()
+    page.locator("tr", has_text=item).first.get_by_role("link").first.click()
+    page.wait_for_timeout(300)
+
+
+def test_landing_page_describes_the_workflow(page):
+    body = page.inner_text("body")
+    assert "How transferable are features in deep neural networks?" in body
+    assert "data source: demo" in body
+
+
+@pytest.mark.parametrize("table, cell", [("effects", "coadaptation"), ("table1", "authors_nets_paired"),
+                                         ("runs", "A1B_ft"), ("paper_comparison", "natman")])
+def test_tables_are_shown_as_tables(page, table, cell):
+    _open(page, "Tables", table)
+    frames = [f for f in page.frames if f.url.startswith("data:text/html") and f"filename={table}.html" in f.url]
+    assert frames, [f.url[:80] for f in page.frames]
+    cells = frames[0].locator("td", has_text=cell)
+    assert cells.count() > 0 and cells.first.is_visible()
+
+
+@pytest.mark.parametrize("category, item", [("Figures", "fig2.png"), ("Figures", "fig3.png"),
+                                            ("Figures", "claims.png"), ("Training curves", "rand0")])
+def test_figures_are_shown_as_images(page, category, item):
+    _open(page, category, item)
+    shown = [i for i in page.locator("img").all() if (i.get_attribute("src") or "").startswith("data:image/png")]
+    assert shown and shown[0].is_visible()
+    assert shown[0].evaluate("e => e.naturalWidth") > 400  # decoded by the browser, not a broken image
