@@ -193,8 +193,8 @@ rule training_curves:
         "> {log:q} 2>&1"
 
 
+# A table of results/tables/ as HTML, shown in the report (a CSV there is only a download).
 rule table_html:
-    """A table of results/tables/ as HTML, shown in the report (a CSV there is only a download)."""
     input:
         csv=paths.table("{name}.csv"),
         code=code("figures"),
