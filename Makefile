@@ -38,9 +38,9 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q
 
-## Unit tests only (seconds).
+## Unit tests in-process, and one Snakemake smoke test (under a minute on 2 cores).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not slurm" -q
+	$(BIN)/python -m pytest -m "not slow and not slurm and not subprocess" -q
 
 ## CPU benchmarks, each beside a plain baseline (JSON lines; about 4 minutes on 2 cores).
 bench: setup

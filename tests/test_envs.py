@@ -81,6 +81,7 @@ def test_setup_on_a_full_disk_stops_before_installing(tmp_path):
     assert not venv.exists()
 
 
+@pytest.mark.subprocess
 def test_use_conda_parses_and_plans(workdir):
     """`--use-conda` reads the workflow and builds the DAG (the f-string in shell.prefix once broke the
     parse with a NameError). Where conda is absent Snakemake stops after that, at `conda info`."""

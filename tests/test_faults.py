@@ -45,6 +45,7 @@ def _train_cmd(prepared, out, ckpt, cfg, net="baseB"):
             "--out-dir", str(out), "--ckpt", str(ckpt), "--device", "cpu", "--params", json.dumps(cfg)]
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_rerun_resumes_bit_identical(prepared, tmp_path):
     cfg = _cfg(max_iter=600)
     ref = tmp_path / "ref"
@@ -73,6 +74,7 @@ def test_sigkill_then_rerun_resumes_bit_identical(prepared, tmp_path):
     assert not ckpt.exists()  # a finished run removes its checkpoint
 
 
+@pytest.mark.subprocess
 def test_sigterm_checkpoints_and_exits(prepared, tmp_path):
     cfg = _cfg(max_iter=100000)
     out, ckpt = tmp_path / "run", tmp_path / "ckpt/last.pt"
@@ -339,18 +341,19 @@ def test_damaged_checkpoint_is_set_aside_and_training_restarts(prepared, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["garbage", "zero bytes", "not a model"])
-def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path, damage):
+def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path, damage, capsys):
     src = tmp_path / "nets/rand0/baseA/model.pt"
     src.parent.mkdir(parents=True)
     if damage == "not a model":
         torch.save({"something": torch.zeros(3)}, src)
     else:
         src.write_bytes(os.urandom(2048) if damage == "garbage" else b"")
+    from transferable.cli import main
+
     cmd = _train_cmd(prepared, tmp_path / "o", tmp_path / "ckpt.pt", _cfg(max_iter=4), net="A1B")
-    proc = subprocess.run([*cmd, "--source-model", str(src)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert str(src) in proc.stderr and f"snakemake --cores all --force {src}" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    rc = main([*cmd[3:], "--source-model", str(src)])  # the CLI in-process: its error handling, no traceback
+    err = capsys.readouterr().err
+    assert rc == 1 and str(src) in err and f"snakemake --cores all --force {src}" in err
 
 
 def test_model_file_carries_its_spec_and_config(prepared, tmp_path):

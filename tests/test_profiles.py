@@ -113,6 +113,7 @@ def test_every_key_is_commented(path):
 # ---- profiles/slurm -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_slurm_profile_names_every_rule(workdir):
     rc, out = snakemake(["--list-rules", "--configfile", "configs/micro.yaml"], workdir, snakemake_env())
     assert rc == 0, out
@@ -127,6 +128,7 @@ def test_slurm_profile_names_every_rule(workdir):
         assert not keys & set(profile["set-resources"][rule]), f"{rule}: {keys} come from the configuration"
 
 
+@pytest.mark.subprocess
 def test_slurm_profile_requests(workdir, clean_env):
     """A dry run with the profile: what each job would ask SLURM for on its first attempt."""
     rc, plain = snakemake(["-n", "--cores", "1", "--configfile", "configs/micro.yaml"], workdir, snakemake_env())
@@ -157,6 +159,7 @@ def test_slurm_profile_requests(workdir, clean_env):
             "no site settings given: the profile must not invent any"
 
 
+@pytest.mark.subprocess
 def test_slurm_profile_plans_without_slurm_installed(workdir, tmp_path):
     """The CI runner has no SLURM: the plugin must still load and a dry run plan the micro configuration."""
     bin_ = tmp_path / "bin"
@@ -198,6 +201,7 @@ def test_slurm_site_settings(clean_env):
     assert render(SLURM)["set-resources"]["train"]["slurm_partition"] == q("cpu-short")
 
 
+@pytest.mark.subprocess
 def test_slurm_site_settings_reach_the_jobs(workdir, clean_env):
     env = snakemake_env(TRANSFERABLE_SLURM_ACCOUNT="proj123", TRANSFERABLE_SLURM_GPU_PARTITION="gpu-a100",
                         TRANSFERABLE_SLURM_GPU_MODEL="a100")
@@ -253,6 +257,7 @@ def _intervals(d: Path) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("gpus", [0, 1])
+@pytest.mark.subprocess
 def test_local_profile_gpu_cap(tmp_path, gpus):
     """Three jobs asking for gpu=1 each: with K = 1 they run one at a time; with K = 0 (no GPU) they still
     run, side by side on the cores, instead of waiting forever."""

@@ -30,6 +30,7 @@ def _demo_one_job_per_net(workdir):
     return ["--configfile", "configs/demo_alone.yaml"]
 
 
+@pytest.mark.subprocess
 def test_default_config_plans_the_replicated_design(workdir):
     jobs = planned(run_snakemake(["-n", "--cores", "2"], workdir))
     # base nets alone (3 random splits x 2, natman x 3 seeds x 2, all x 2 seeds), the rest in one job per
@@ -40,6 +41,7 @@ def test_default_config_plans_the_replicated_design(workdir):
     assert alone["train"] == 138 + 3 * 16 + 2 * 8
 
 
+@pytest.mark.subprocess
 def test_fig2_plans_only_random_split_nets(workdir):
     proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf", *_demo_one_job_per_net(workdir)],
                          workdir)
@@ -48,6 +50,7 @@ def test_fig2_plans_only_random_split_nets(workdir):
     assert "fig3" not in planned(proc)
 
 
+@pytest.mark.subprocess
 def test_fig3_plans_no_selffer_or_finetuned_nets(workdir):
     nets = planned_nets(run_snakemake(["-n", "--cores", "2", "results/figures/fig3.pdf",
                                        *_demo_one_job_per_net(workdir)], workdir))
@@ -59,6 +62,7 @@ def test_fig3_plans_no_selffer_or_finetuned_nets(workdir):
     assert len([n for n in nets if n.startswith("all.s1/")]) == 8
 
 
+@pytest.mark.subprocess
 def test_paper_config_plans_every_net(workdir, tmp_path):
     root = tmp_path / "imagenet"
     root.mkdir()
@@ -67,6 +71,7 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
     assert jobs["train"] == 4 * 58 + 16 + 8 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
 
 
+@pytest.mark.subprocess
 def test_paper_lines_only_on_imagenet(workdir, tmp_path):
     """The figures draw the paper's ImageNet means only for a 1000-class data root, or when asked."""
     demo = run_snakemake(["-n", "-p", "--configfile", "configs/micro.yaml"], workdir).stdout
@@ -76,6 +81,7 @@ def test_paper_lines_only_on_imagenet(workdir, tmp_path):
     assert " --paper" in asked
 
 
+@pytest.mark.subprocess
 def test_paper_config_without_data_root_fails_before_any_job(workdir):
     proc = run_snakemake(["-n", "--configfile", "configs/paper.yaml"], workdir, check=False)
     assert proc.returncode != 0 and "data.root is required" in proc.stdout + proc.stderr
@@ -121,6 +127,7 @@ def _micro_variant(workdir, name, **resources):
     return ["--configfile", f"configs/{name}.yaml"]
 
 
+@pytest.mark.subprocess
 def test_shared_stream_plans_one_job_per_half(workdir):
     jobs = planned(run_snakemake(["-n", "--cores", "2", *_micro_variant(workdir, "shared", shared_stream=True)], workdir))
     assert jobs["train"] == 5  # the base nets: rand0 A, B; natman A, B; all A

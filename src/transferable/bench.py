@@ -11,7 +11,7 @@
     transferable bench gpu      # one CUDA device, the paper's CaffeNet: step, whole loop, shared stream
 
 ``--small`` shrinks every benchmark to seconds (the tests run them so); ``--device cpu`` runs the GPU
-benchmark's code on the CPU. Numbers depend on the machine; the README's "Performance" section lists what
+benchmark's code on the CPU. Numbers depend on the machine; docs/performance.md lists what
 was measured and where.
 """
 
@@ -558,6 +558,34 @@ def bench_rawfiles(root: Path, files: int = 1_281_167, classes: int = 1000, hash
             "unchanged_rewrote": bool(changed), "one_added_replan_s": round(added_s, 2), "one_added_seen": bool(added),
             "hash_mb_s_page_cache": round(mb_s, 1), "threads": min(8, os.cpu_count() or 1),
             "first_fingerprint_140gb_est_min": round(140e3 / mb_s / 60, 1)}
+
+
+def job_resources(benchmarks: str | Path = "benchmarks") -> list[dict]:
+    """What the jobs of a finished run used, per rule, from Snakemake's ``benchmark:`` files (one TSV per
+    job under benchmarks/, at the path of its output): jobs, wall seconds (max and total) and peak RSS in
+    MB (max). The numbers behind the resource table of docs/cluster.md."""
+    import re
+
+    import pandas as pd
+
+    kinds = [(r"^demo_data\.tsv$", "demo_data"), (r"^ingest/", "ingest"), (r"^shards/[^/]+/part\d+\.tsv$", "shard_part"),
+             (r"^shards/[^/]+/index\.json\.tsv$", "shard_index"), (r"^splits/", "split_manifest"),
+             (r"^nets/[^/]+/together_[A-Z]\.tsv$", "train_together"), (r"^nets/", "train"),
+             (r"^figures/curves_", "training_curves"), (r"^tables/\w+\.html\.tsv$", "table_html"),
+             (r"^(tables|figures)/", "aggregates")]
+    rows: dict[str, list] = {}
+    root = Path(benchmarks)
+    for f in sorted(root.rglob("*.tsv")):
+        rel = f.relative_to(root).as_posix()
+        rule = next((k for pat, k in kinds if re.search(pat, rel)), "other")
+        rows.setdefault(rule, []).append(pd.read_csv(f, sep="\t").iloc[-1])
+    out = []
+    for rule, rs in rows.items():
+        df = pd.DataFrame(rs)
+        out.append({"rule": rule, "jobs": len(df), "wall_s_max": round(float(df["s"].max()), 1),
+                    "wall_s_total": round(float(df["s"].sum()), 1),
+                    "max_rss_mb": round(float(pd.to_numeric(df["max_rss"], errors="coerce").max()), 0)})
+    return out
 
 
 def run(which: str, workdir: str | None = None, small: bool = False, device: str | None = None,

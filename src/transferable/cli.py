@@ -187,6 +187,13 @@ def cmd_bench(a):
               compile_model=not a.no_compile)
 
 
+def cmd_job_resources(a):
+    from .bench import job_resources
+
+    for row in job_resources(a.benchmarks):
+        print(json.dumps(row))
+
+
 def cmd_describe_net(a):
     from .models.caffenet import CaffeNet, param_counts, spec_from_config
 
@@ -344,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dag benchmark only: resources.shared_stream on, as the demo ships (default: one job per net)")
     s.add_argument("--no-compile", action="store_true", help="gpu benchmark only: skip the torch.compile run")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("job-resources", help="per rule: jobs, wall time and peak memory of a finished run")
+    s.add_argument("--benchmarks", default="benchmarks", help="the run's benchmarks/ folder")
+    s.set_defaults(func=cmd_job_resources)
 
     s = sub.add_parser("describe-net", help="per-layer parameter counts as JSON")
     s.add_argument("arch", choices=["caffenet", "caffenet-small"],

@@ -207,6 +207,8 @@ rule table_html:
         ),
     log:
         paths.log(paths.table("{name}.html")),
+    benchmark:
+        paths.benchmark(paths.table("{name}.html"))
     wildcard_constraints:
         name="|".join(REPORT_TABLES),
     conda:
