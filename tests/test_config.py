@@ -145,3 +145,20 @@ def test_every_cli_option_has_help_and_there_is_a_version():
     assert missing == []
     out = subprocess.run([sys.executable, "-m", "transferable", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("transferable 0.1.0 (") and "transferable" in out.stdout
+
+
+def test_nested_config_overrides_are_typed():
+    """`--config 'train={lr: 0.02, max_iter: 6}'` reaches the config as strings (Snakemake reads nested
+    values with YAML's BaseLoader); they are typed as YAML would type them, then validated."""
+    cfg = copy.deepcopy(MICRO)
+    over = {"train": {"lr": "0.02", "max_iter": "6", "deterministic": "true"},
+            "experiment": {"random_splits": {"layers": ["1", "2"]}}}
+    cfg["train"].update(over["train"])
+    cfg["experiment"]["random_splits"]["layers"] = ["1", "2"]
+    plan.check_config(cfg, SCHEMA, overrides=over)
+    assert cfg["train"]["lr"] == 0.02 and cfg["train"]["max_iter"] == 6 and cfg["train"]["deterministic"] is True
+    assert cfg["experiment"]["random_splits"]["layers"] == [1, 2]
+    bad = copy.deepcopy(MICRO)
+    bad["train"]["lr"] = "fast"
+    with pytest.raises(plan.ConfigError, match="train.lr: 'fast' is not of type 'number'"):
+        plan.check_config(bad, SCHEMA, overrides={"train": {"lr": "fast"}})

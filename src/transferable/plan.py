@@ -163,12 +163,31 @@ def known_num_classes(cfg: dict) -> int | None:
     return count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
 
 
-def check_config(cfg: dict, schema: str) -> None:
-    """Validate ``cfg`` in place, as the Snakefile does before any job: the JSON Schema (types, allowed
-    values, unknown keys; fills defaults), ``--config data_root=...``, the data root, then ``check``.
-    Raises ConfigError naming the key."""
+def retype_overrides(cfg: dict, overrides: dict | None) -> None:
+    """Snakemake types a top-level ``--config key=value`` (int, float, bool) but reads a nested one,
+    ``--config 'train={lr: 0.02, max_iter: 500}'``, with YAML's BaseLoader: every value a string. Give each
+    nested override in ``cfg`` the type YAML would give it, so that nested overrides work."""
+    import yaml
+
+    def walk(over: dict, into: dict, depth: int) -> None:
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                walk(v, into[k], depth + 1)
+            elif depth > 0 and isinstance(v, str) and into.get(k) == v:
+                into[k] = yaml.safe_load(v) if v.strip() else v
+            elif depth > 0 and isinstance(v, list) and into.get(k) == v:
+                into[k] = [yaml.safe_load(x) if isinstance(x, str) and x.strip() else x for x in v]
+
+    walk(overrides or {}, cfg, 0)
+
+
+def check_config(cfg: dict, schema: str, overrides: dict | None = None) -> None:
+    """Validate ``cfg`` in place, as the Snakefile does before any job: nested ``--config`` overrides
+    typed (``retype_overrides``), the JSON Schema (types, allowed values, unknown keys; fills defaults),
+    ``--config data_root=...``, the data root, then ``check``. Raises ConfigError naming the key."""
     import os
 
+    retype_overrides(cfg, overrides)
     import jsonschema
     import yaml
     from snakemake.utils import validate
