@@ -406,22 +406,16 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             if evaluate_now or checkpoint_now:
                 _check_finite(members, split, it, lr)
             if evaluate_now:
-                now = time.time()
-                rate = (it - it_rate) * bs / max(now - t_rate, 1e-9)
-                eta = (max_iter - it) * bs / max(rate, 1e-9)
+                rate = (it - it_rate) * bs / max(time.time() - t_rate, 1e-9)
+                progress = f"{rate:.0f} img/s, ETA {(max_iter - it) * bs / max(rate, 1e-9):.0f} s"
                 for m in members:
                     ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
-                    row = {"iter": it, "epoch": round(stream.epochs_done, 4), "lr": lr,
-                           "train_loss": m.take_loss(), **ev, "elapsed_s": round(time.time() - t0, 3)}
-                    m.history.append(row)
-                    log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} "
-                        f"loss {row['train_loss']:.3f} val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} "
-                        f"| {rate:.0f} img/s, ETA {eta:.0f} s")
+                    _record(m, ev, it, max_iter, lr, stream.epochs_done, time.time() - t0, split, progress, log)
                 t_rate, it_rate = time.time(), it
             if checkpoint_now:
                 atomic.torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
-                                    "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
-                                    "elapsed_s": time.time() - t0}, ckpt_path)
+                                   "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
+                                   "elapsed_s": time.time() - t0}, ckpt_path)
                 if stop.signal:
                     log(f"[{tag}] got signal {stop.signal}: checkpointed iteration {it} to {ckpt_path}; "
                         "rerun to resume")
@@ -434,6 +428,16 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     ckpt_path.unlink(missing_ok=True)
     log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
     return results
+
+
+def _record(m: _Member, ev: dict, it: int, max_iter: int, lr: float, epochs: float, elapsed: float, split: str,
+            progress: str, log) -> None:
+    """One evaluation of one net: a history row and a log line with the rate and ETA."""
+    row = {"iter": it, "epoch": round(epochs, 4), "lr": lr, "train_loss": m.take_loss(), **ev,
+           "elapsed_s": round(elapsed, 3)}
+    m.history.append(row)
+    log(f"[{split}/{m.net}] iter {it}/{max_iter} epoch {row['epoch']:.2f} lr {lr:.3g} loss {row['train_loss']:.3f} "
+        f"val top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} | {progress}")
 
 
 def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wall_s, together, outputs, spec,
