@@ -34,6 +34,7 @@ include: "workflow/rules/splits.smk"
 include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/similarity.smk"
 
 
 rule all:

@@ -21,9 +21,9 @@ LOCAL = ROOT / "profiles" / "local" / "config.yaml"
 SITE_VARS = ("ACCOUNT", "PARTITION", "GPU_PARTITION", "GPU_MODEL", "GPU_CONSTRAINT", "QOS", "STATUS_COMMAND")
 CPU_RULES = {"demo_data", "ingest", "shard_part", "shard_index", "split_manifest",
              "runs_table", "fig2", "fig3", "table1", "paper_comparison", "effects", "claims_figure",
-             "training_curves", "table_html"}
+             "training_curves", "table_html", "similarity", "similarity_figure"}
 # Requests the configuration sets (resources.*): the profile leaves them to it.
-FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}}
+FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}, "similarity": {"mem_mb", "runtime"}}
 
 
 @pytest.fixture

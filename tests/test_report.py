@@ -58,7 +58,8 @@ def test_landing_page_describes_the_workflow(page):
 
 
 @pytest.mark.parametrize("table, cell", [("effects", "coadaptation"), ("table1", "authors_nets_paired"),
-                                         ("runs", "A1B_ft"), ("paper_comparison", "natman")])
+                                         ("runs", "A1B_ft"), ("paper_comparison", "natman"),
+                                         ("similarity_by_layer", "conv5")])
 def test_tables_are_shown_as_tables(page, table, cell):
     _open(page, "Tables", table)
     frames = [f for f in page.frames if f.url.startswith("data:text/html") and f"filename={table}.html" in f.url]
@@ -68,7 +69,8 @@ def test_tables_are_shown_as_tables(page, table, cell):
 
 
 @pytest.mark.parametrize("category, item", [("Figures", "fig2.png"), ("Figures", "fig3.png"),
-                                            ("Figures", "claims.png"), ("Training curves", "rand0")])
+                                            ("Figures", "claims.png"), ("Figures", "similarity.png"),
+                                            ("Training curves", "rand0")])
 def test_figures_are_shown_as_images(page, category, item):
     _open(page, category, item)
     shown = [i for i in page.locator("img").all() if (i.get_attribute("src") or "").startswith("data:image/png")]

@@ -9,7 +9,8 @@ from conftest import copy_workflow, run_snakemake
 from test_workflow import planned
 
 AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "effects": 1,
-              "claims_figure": 1, "training_curves": 3, "table_html": 4,
+              "claims_figure": 1, "training_curves": 3, "table_html": 5, "similarity": 1,
+              "similarity_figure": 1,
               "all": 1}
 
 

@@ -69,6 +69,8 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
     jobs = planned(run_snakemake(["-n", "--configfile", "configs/paper.yaml", "--config", f"data_root={root}"], workdir))
     # 4 splits x (2 base + 2 targets x 4 treatments x 7) + natman (2 + 14) + random filters (1 + 7)
     assert jobs["train"] == 4 * 58 + 16 + 8 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
+    # experiment.similarity at paper scale: one job, with its resources, planned with the rest
+    assert jobs["similarity"] == 1 and jobs["similarity_figure"] == 1
 
 
 @pytest.mark.subprocess
@@ -93,7 +95,9 @@ def test_micro_config_runs_the_whole_dag(micro_done):
     workdir = micro_done
     for f in ("figures/fig2.pdf", "figures/fig2.png", "figures/fig3.pdf", "figures/fig3.png",
               "tables/runs.csv", "tables/table1.csv", "tables/table1.md", "tables/paper_comparison.csv",
-              "tables/effects.csv", "tables/effects.md", "figures/claims.pdf", "figures/claims.png"):
+              "tables/effects.csv", "tables/effects.md", "figures/claims.pdf", "figures/claims.png",
+              "figures/similarity.pdf", "figures/similarity.png", "tables/similarity.csv", "tables/probes.csv",
+              "tables/similarity_by_layer.csv"):
         assert (workdir / "results" / f).stat().st_size > 0, f
     runs = pd.read_csv(workdir / "results/tables/runs.csv")
     assert len(runs) == 12
@@ -111,6 +115,9 @@ def test_micro_config_runs_the_whole_dag(micro_done):
     # one split and one target half, n = 1 only: one cell per claim, no interval, nothing is resolved
     assert (claims["verdict"] == "inconclusive").all()
     assert (claims["paper_verdict"] != "").all()
+    sim = pd.read_csv(workdir / "results/tables/similarity.csv")
+    assert set(sim["kind"]) == {"A_vs_B", "finetuned_vs_base"} and sim["cka"].between(-0.5, 1.0001).all()
+    assert len(pd.read_csv(workdir / "results/tables/probes.csv")) == 2 * 2 * 7  # 2 targets x 2 nets x 7 layers
     t1 = pd.read_csv(workdir / "results/tables/table1.csv")
     assert set(t1["method"]) == {"pooled", "paired", "authors_nets_pooled", "authors_nets_paired"}
     again = run_snakemake(MICRO + ["--cores", "2"], workdir)

@@ -127,6 +127,42 @@ def cmd_html_table(a):
     _log(f"wrote {a.out} ({len(df)} rows)")
 
 
+def cmd_similarity(a):
+    import torch
+
+    from . import atomic
+    from .paths import base_split
+    from .similarity import analyse
+
+    torch.set_num_threads(max(1, a.threads))
+    models = {}
+    for path in a.models:  # results/nets/{run}/{net}/model.pt
+        parts = Path(path).parts
+        models[(parts[-3], parts[-2])] = path
+    manifests = {Path(m).stem: m for m in a.manifests}
+    missing = sorted({base_split(r) for r, _ in models} - set(manifests))
+    if missing:
+        raise ValueError(f"similarity: no manifest given for split(s) {missing}")
+    sim, probes = analyse(models, manifests, a.shards, _json(a.params), log=_log)
+    atomic.write_csv(sim, a.out)
+    atomic.write_csv(probes, a.probes)
+    _log(f"wrote {a.out} ({len(sim)} rows) and {a.probes} ({len(probes)} rows)")
+
+
+def cmd_similarity_figure(a):
+    import pandas as pd
+
+    from . import atomic
+    from .figures import plots, tables
+
+    runs = tables.load_runs(a.metrics)
+    sim = pd.read_csv(a.similarity)
+    probes = pd.read_csv(a.probes)
+    by_layer = plots.similarity_figure(sim, probes, runs, a.out)
+    atomic.write_csv(by_layer, a.table)
+    _log(f"wrote {a.out} and {a.table}")
+
+
 def cmd_curves(a):
     from .figures import plots
 
@@ -321,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output: the HTML page")
     s.add_argument("--title", default="", help="page title (default: the CSV's file name)")
     s.set_defaults(func=cmd_html_table)
+
+    s = sub.add_parser("similarity", help="per-layer linear CKA between nets, and linear probes (CSV tables)")
+    s.add_argument("--models", nargs="+", required=True, help="model.pt files (results/nets/RUN/NET/model.pt)")
+    s.add_argument("--manifests", nargs="+", required=True, help="the manifests of their splits")
+    s.add_argument("--shards", required=True, help="shard index.json")
+    s.add_argument("--params", required=True, help="JSON: the config's experiment.similarity section")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    s.add_argument("--out", required=True, help="output: similarity.csv")
+    s.add_argument("--probes", required=True, help="output: probes.csv")
+    s.set_defaults(func=cmd_similarity)
+
+    s = sub.add_parser("similarity-figure", help="CKA and probes by layer beside the AnB transfer loss")
+    s.add_argument("--similarity", required=True, help="similarity.csv")
+    s.add_argument("--probes", required=True, help="probes.csv")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json of the random-split nets")
+    s.add_argument("--out", required=True, help="output PDF (a PNG is written beside it)")
+    s.add_argument("--table", required=True, help="output: the by-layer summary with the correlation, CSV")
+    s.set_defaults(func=cmd_similarity_figure)
 
     s = sub.add_parser("curves", help="training curves of a set of nets (PDF and a PNG copy)")
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files (their history.csv is read)")

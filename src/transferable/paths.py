@@ -27,6 +27,9 @@ RESULTS = "results"
 LOGS = "logs"
 BENCHMARKS = "benchmarks"
 
+# CaffeNet's transferable layers in order: n in a net's name counts them (fc8 is always re-initialised)
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
 # The net-name grammar, written once: parse_net reads it, the Snakefile's wildcard constraints use it.
 NET_PATTERN = r"base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-7])(?P<tgt>[A-Z])(?P<ft>_ft)?"
 NET_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", NET_PATTERN)

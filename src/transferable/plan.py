@@ -126,6 +126,19 @@ def figure_nets(cfg: dict, figure: str) -> list[Net]:
     raise ValueError(f"unknown figure {figure!r}")
 
 
+def similarity_nets(cfg: dict) -> list[Net]:
+    """The nets ``experiment.similarity`` compares (transferable.similarity.analyse): the base nets and
+    fine-tuned nets of the random splits, and the base nets of every replicated block (the seed floor)."""
+    if not cfg["experiment"].get("similarity"):
+        return []
+    nets = {n for n in random_split_nets(cfg) if n.parsed.is_base or n.parsed.finetune}
+    for key, fn in (("random_splits", random_split_nets), ("natman", natman_nets), ("random_filters", random_filter_nets)):
+        block = cfg["experiment"].get(key)
+        if block and int(block.get("replicates", 1)) > 1:
+            nets |= {n for n in fn(cfg) if n.parsed.is_base}
+    return sorted(nets)
+
+
 def stream_groups(cfg: dict) -> list[tuple[str, str, list[str]]]:
     """(split, target half, nets) for every set of non-base nets that train on the same half: with
     ``resources.shared_stream`` each set trains in one job on one stream of batches."""

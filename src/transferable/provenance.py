@@ -20,6 +20,7 @@ STAGE_CODE = {
     "splits": ["data/splits.py"],
     "shards": ["data/shards.py", "data/ilsvrc.py"],
     "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "data/loader.py"],
+    "similarity": ["similarity.py", "models/caffenet.py", "data/loader.py", "data/shards.py"],
     "figures": [
         "figures/tables.py",
         "figures/effects.py",

@@ -92,6 +92,8 @@ def final_targets():
     if exp.get("natman") or exp.get("random_filters"):
         out.append(paths.figure("fig3.pdf"))
     out += [paths.figure(f"curves_{s}.pdf") for s in plan.used_splits(config)]
+    if plan.similarity_nets(config):
+        out += [paths.figure("similarity.pdf"), paths.table("similarity_by_layer.csv")]
     out += [
         paths.table(f"{t}.html")
         for t in REPORT_TABLES
@@ -101,7 +103,7 @@ def final_targets():
 
 
 # the tables shown in the report, as HTML (rule table_html)
-REPORT_TABLES = ("effects", "table1", "runs", "paper_comparison")
+REPORT_TABLES = ("effects", "table1", "runs", "paper_comparison", "similarity_by_layer")
 
 
 def paper_flag():

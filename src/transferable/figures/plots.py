@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
+from ..paths import LAYER_NAMES  # noqa: E402
 from . import effects as fx  # noqa: E402
 from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
@@ -558,3 +559,94 @@ def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame 
         ax.grid(axis="x", color="0.9")
         fig.tight_layout()
         return _save(fig, out_pdf, dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Why features transfer: similarity and probes by layer
+
+SIM_KINDS = {"A_vs_B": ("baseA vs baseB (different classes)", "#d7191c"),
+             "seed_floor": ("same half, another seed (noise floor)", "#2b83ba"),
+             "finetuned_vs_base": ("fine-tuned net vs its target's base net", "#7b3294")}
+
+
+def _mean_ci(values: pd.Series) -> tuple[float, float]:
+    v = values.dropna().to_numpy(float)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else float("nan")), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def anb_loss_by_layer(runs: pd.DataFrame) -> pd.DataFrame:
+    """The transfer loss of AnB at each n, paired per cell (random split run, target half): top-1 of the
+    cell's base net minus the AnB net's. Columns n, anb_loss, anb_loss_ci, cells."""
+    r = runs[runs["split_kind"] == "random"]
+    base = r[r["treatment"] == "base"].set_index(["split", "target_half"])["top1"]
+    anb = r[r["treatment"] == "AnB"]
+    rows = []
+    for n, g in anb.groupby("n"):
+        d = pd.Series([base.get((s, t), np.nan) - v for s, t, v in zip(g["split"], g["target_half"], g["top1"])])
+        m, ci = _mean_ci(d)
+        rows.append({"n": int(n), "anb_loss": m, "anb_loss_ci": ci, "cells": int(d.notna().sum())})
+    return pd.DataFrame(rows, columns=["n", "anb_loss", "anb_loss_ci", "cells"])
+
+
+def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per layer: mean CKA of each kind of pair (with 95% CI over pairs), the probes' top-1 (the
+    other half's base net and the target's own), the AnB loss at n = layer, and across layers the Pearson
+    correlation of CKA(baseA, baseB) with the AnB loss (the same r and p on every row)."""
+    rows = []
+    loss = anb_loss_by_layer(runs).set_index("n")
+    for n, layer in enumerate(LAYER_NAMES, start=1):
+        row = {"n": n, "layer": layer}
+        for kind in SIM_KINDS:
+            m, ci = _mean_ci(sim.loc[(sim["kind"] == kind) & (sim["n"] == n), "cka"])
+            row[f"cka_{kind}"], row[f"cka_{kind}_ci"] = m, ci
+        p = probes[probes["n"] == n]
+        row["probe_other_half"], row["probe_other_half_ci"] = _mean_ci(p.loc[p["source_half"] != p["target_half"], "top1"])
+        row["probe_own_half"], row["probe_own_half_ci"] = _mean_ci(p.loc[p["source_half"] == p["target_half"], "top1"])
+        row["anb_loss"] = loss["anb_loss"].get(n, np.nan)
+        row["anb_loss_ci"] = loss["anb_loss_ci"].get(n, np.nan)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    ok = df[["cka_A_vs_B", "anb_loss"]].dropna()
+    r, pval = stats.pearsonr(ok["cka_A_vs_B"], ok["anb_loss"]) if len(ok) >= 3 else (np.nan, np.nan)
+    df["r_cka_vs_anb_loss"], df["p_cka_vs_anb_loss"], df["layers_correlated"] = r, pval, len(ok)
+    return df
+
+
+def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame, out_pdf: str | Path) -> pd.DataFrame:
+    """Left: linear CKA by layer for each kind of pair (mean and 95% CI over pairs), with the AnB transfer
+    loss on a second axis; right: linear-probe top-1 by layer of the other half's base net and of the
+    target's own. Writes a PDF and a PNG; returns the by-layer table."""
+    import seaborn as sns
+
+    by = similarity_by_layer(sim, probes, runs)
+    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 5.5))
+    if len(sim):
+        s = sim.assign(pair=sim["kind"].map(lambda k: SIM_KINDS.get(k, (k,))[0]))
+        sns.lineplot(data=s, x="n", y="cka", hue="pair", errorbar=("ci", 95), marker="o", ax=ax1,
+                     palette={v[0]: v[1] for v in SIM_KINDS.values()})
+    ax1.set_ylabel("linear CKA (mini-batch, unbiased HSIC)")
+    ax1.set_ylim(0, 1.05)
+    ax2 = ax1.twinx()
+    ax2.errorbar(by["n"], 100 * by["anb_loss"], yerr=100 * by["anb_loss_ci"], color="k", ls="--", marker="s",
+                 capsize=3, label="AnB transfer loss (base − AnB, points)")
+    ax2.set_ylabel("AnB transfer loss, points of top-1")
+    ax2.legend(loc="lower left", fontsize=9)
+    r = by["r_cka_vs_anb_loss"].iloc[0]
+    ax1.set_title(f"Similarity vs transfer loss by layer: Pearson r = {r:.2f} over {by['layers_correlated'].iloc[0]} layers")
+    if len(probes):
+        p = probes.assign(features=np.where(probes["source_half"] == probes["target_half"],
+                                            "own half's base net (reference)", "other half's base net"))
+        sns.lineplot(data=p, x="n", y="top1", hue="features", errorbar=("ci", 95), marker="o", ax=ax3,
+                     palette={"own half's base net (reference)": "k", "other half's base net": "#d7191c"})
+    ax3.set_ylabel("linear probe top-1 on the target half")
+    ax3.set_title("How much of the target task each frozen layer separates")
+    for ax in (ax1, ax3):
+        ax.set_xticks(range(1, 8))
+        ax.set_xticklabels(LAYER_NAMES)
+        ax.set_xlabel("layer n")
+    sns.despine(fig, right=False)
+    fig.tight_layout()
+    _save(fig, out_pdf)
+    return by

@@ -1,0 +1,242 @@
+"""Why features transfer: per-layer representation similarity (linear CKA) and linear probes.
+
+Linear CKA (Kornblith et al. 2019) compares two nets' representations of the same images at a layer:
+1 for representations equal up to an orthogonal transform and an isotropic scaling, near 0 for unrelated
+ones. It is estimated on mini-batches as Nguyen et al. (2021) do: the unbiased HSIC estimator (Song et al.
+2012) of each batch's linear Gram matrices, summed over batches, so that paper-scale activations never
+have to be held at once:
+
+    CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))
+
+A linear probe fits a multinomial logistic regression on a frozen layer's features of one half's training
+images and scores it on that half's validation images: how much of the target task a layer already
+separates.
+
+Feature maps are average-pooled to at most ``pool`` x ``pool`` positions and flattened (CaffeNet's conv5
+is 6 x 6, so with the default 6 it is kept whole; conv1's 55 x 55 becomes 6 x 6): global pooling would
+discard the spatial layout that CKA on flattened maps sees, and full conv1 maps (290,400 values per
+image) would make the Gram products of a batch cost more than the forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .paths import LAYER_NAMES
+
+
+def _unbiased_hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
+    """HSIC_1 of Song et al. (2012) for two n x n Gram matrices (n > 3), in float64."""
+    n = k.shape[0]
+    k = k.clone()
+    l_ = l_.clone()
+    k.fill_diagonal_(0)
+    l_.fill_diagonal_(0)
+    ones = torch.ones(n, 1, dtype=k.dtype, device=k.device)
+    trace = (k * l_).sum()
+    sums = (ones.T @ k @ ones) * (ones.T @ l_ @ ones) / ((n - 1) * (n - 2))
+    cross = (ones.T @ k @ l_ @ ones) * 2 / (n - 2)
+    return ((trace + sums - cross) / (n * (n - 3))).squeeze()
+
+
+class MinibatchCKA:
+    """Linear CKA of two representations, accumulated batch by batch (each batch: the same images)."""
+
+    def __init__(self):
+        self.xy = self.xx = self.yy = 0.0
+        self.batches = 0
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.reshape(len(x), -1).double()
+        y = y.reshape(len(y), -1).double()
+        if len(x) != len(y) or len(x) < 4:
+            raise ValueError(f"CKA batches need the same >= 4 images on both sides, got {len(x)} and {len(y)}")
+        k, l_ = x @ x.T, y @ y.T
+        self.xy += float(_unbiased_hsic(k, l_))
+        self.xx += float(_unbiased_hsic(k, k))
+        self.yy += float(_unbiased_hsic(l_, l_))
+        self.batches += 1
+
+    def value(self) -> float:
+        if not self.batches or self.xx <= 0 or self.yy <= 0:
+            return float("nan")
+        return self.xy / np.sqrt(self.xx * self.yy)
+
+
+def cka(x: torch.Tensor, y: torch.Tensor, batch: int | None = None) -> float:
+    """Linear CKA of x and y (n x ... each); on mini-batches of ``batch`` rows (all rows: one batch)."""
+    est = MinibatchCKA()
+    b = batch or len(x)
+    for i in range(0, len(x), b):
+        if len(x[i : i + b]) >= 4:  # a last batch of fewer than 4 images has no unbiased HSIC
+            est.update(x[i : i + b], y[i : i + b])
+    return est.value()
+
+
+def pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
+    """A layer's output as one feature vector per image: conv maps average-pooled to at most pool x pool."""
+    if x.dim() == 4 and x.shape[-1] > pool:
+        x = F.adaptive_avg_pool2d(x, pool)
+    return x.reshape(len(x), -1).float()
+
+
+@torch.no_grad()
+def layer_features(model, images: torch.Tensor, layers: int, pool: int) -> list[torch.Tensor]:
+    """The pooled outputs of layers 1..``layers`` of a CaffeNet (conv1 ... fc7) for a batch of inputs."""
+    model.eval()
+    out, x = [], images
+    for i in range(layers):
+        x = model._block(i, x)
+        out.append(pooled(x, pool))
+    return out
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+              classes: int, steps: int = 200, weight_decay: float = 1e-4) -> float:
+    """Top-1 of a multinomial logistic regression on standardised features (full-batch L-BFGS from zero
+    weights: deterministic), trained on (train_x, train_y), scored on (val_x, val_y)."""
+    mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    tx, vx = (train_x - mu) / sd, (val_x - mu) / sd
+    lin = torch.nn.Linear(tx.shape[1], classes).double()
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    tx, vx = tx.double(), vx.double()
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(tx), train_y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float((lin(vx).argmax(1) == val_y).double().mean())
+
+
+# ------------------------------------------------------------------------------------- the pipeline's step
+SIM_COLUMNS = ["kind", "split", "net_a", "net_b", "layer", "n", "cka", "images"]
+PROBE_COLUMNS = ["split", "target_half", "net", "source_half", "layer", "n", "top1", "train_images", "val_images"]
+
+
+def load_net(path: str):
+    """(model, mean image, input scale) of a trained net's model.pt (it carries its config and outputs)."""
+    import json
+
+    from .models.caffenet import CaffeNet, spec_from_config
+
+    try:
+        m = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = json.loads(m["config"])
+    except Exception as e:  # noqa: BLE001 - any damage: name the file
+        raise RuntimeError(f"{path}: not a model.pt of this version of transferable ({type(e).__name__}: {e}); "
+                           f"rebuild it with: snakemake --cores all --force {path}") from e
+    net = CaffeNet(spec_from_config(cfg["net"], int(m["outputs"])))
+    net.load_state_dict(m["state_dict"])
+    net.eval()
+    return net, m["mean"].numpy(), float(cfg["net"].get("input_scale", 1.0))
+
+
+def net_features(path: str, images: np.ndarray, pool: int, batch: int) -> list[torch.Tensor]:
+    """Pooled features of layers 1..7 of the net at ``path`` for uint8 images (N, 3, S, S), centre-cropped
+    and minus the net's own mean image, as in its evaluation."""
+    from .data.loader import eval_batches
+
+    net, mean, scale = load_net(path)
+    per_layer: list[list[torch.Tensor]] = [[] for _ in LAYER_NAMES]
+    labels = np.zeros(len(images), dtype=np.int64)
+    for xb, _ in eval_batches(images, labels, mean, net.spec.crop, batch, "cpu", scale):
+        for i, f in enumerate(layer_features(net, xb, len(LAYER_NAMES), pool)):
+            per_layer[i].append(f)
+    return [torch.cat(f) for f in per_layer]
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    """A fixed sample of k of n indices (all of them, in order, when k >= n)."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shards_index: str, params: dict,
+            log=print):
+    """CKA between the pairs the pipeline asks about, and linear probes, for the nets in ``models``
+    ({(run, net): model.pt}); ``manifests`` maps each configured split to its manifest. Returns the
+    similarity and probe frames (columns SIM_COLUMNS, PROBE_COLUMNS)."""
+    import json
+
+    import pandas as pd
+
+    from .data.shards import Shards
+    from .paths import base_split, parse_net, parse_replicate
+
+    shards = Shards(shards_index)
+    pool, batch, k_img, k_probe = (int(params[k]) for k in ("pool", "batch", "images", "probe_images"))
+    halves = {s: json.load(open(p))["halves"] for s, p in manifests.items()}
+    feats: dict[tuple, list[torch.Tensor]] = {}
+
+    def images_of(split: str, subset: str, which: list[str], k: int, seed: int):
+        classes = sorted(c for h in which for c in halves[split][h]["classes"])
+        x, y = shards.load(subset, classes)
+        idx = _sample(len(x), k, seed)
+        return x.take(idx), y[idx], len(classes)
+
+    def features(run, net, split, subset, which, k, seed):
+        key = (run, net, split, subset, tuple(which), k)
+        if key not in feats:
+            x, _, _ = images_of(split, subset, which, k, seed)
+            feats[key] = net_features(models[(run, net)], x, pool, batch)
+        return feats[key]
+
+    def compare(kind, run, a, b, split, name_a, name_b):
+        which = sorted(halves[split])
+        fa = features(a[0], a[1], split, "val", which, k_img, 0)
+        fb = features(b[0], b[1], split, "val", which, k_img, 0)
+        for i, layer in enumerate(LAYER_NAMES):
+            sim_rows.append({"kind": kind, "split": run, "net_a": name_a, "net_b": name_b, "layer": layer,
+                             "n": i + 1, "cka": cka(fa[i], fb[i], batch), "images": len(fa[i])})
+        log(f"CKA {kind} {run} {name_a} vs {name_b}: " + " ".join(f"{r['cka']:.2f}" for r in sim_rows[-7:]))
+
+    sim_rows, probe_rows = [], []
+    runs = sorted({r for r, _ in models})
+    for run in runs:
+        split = base_split(run)
+        nets = {n for r, n in models if r == run}
+        if {"baseA", "baseB"} <= nets and halves[split].keys() >= {"A", "B"}:
+            compare("A_vs_B", run, (run, "baseA"), (run, "baseB"), split, "baseA", "baseB")
+        for net in sorted(nets):
+            p = parse_net(net)
+            if p.finetune and f"base{p.target}" in nets:
+                compare("finetuned_vs_base", run, (run, net), (run, f"base{p.target}"), split, net, f"base{p.target}")
+        feats.clear()  # one run's features at a time (paper scale: ~0.5 GB per net)
+    # the noise floor: the same half's base net trained with another seed (replicate r >= 1 vs r = 0)
+    for run in runs:
+        split, r = parse_replicate(run)
+        if r == 0:
+            continue
+        for net in sorted(n for rr, n in models if rr == run and parse_net(n).is_base):
+            if (split, net) in models:
+                compare("seed_floor", run, (split, net), (run, net), split, f"{split}/{net}", f"{run}/{net}")
+    # linear probes: each base net's layers on each half of its random split (its own half: the reference)
+    for run in runs:
+        split = base_split(run)
+        nets = {n for r, n in models if r == run}
+        if not ({"baseA", "baseB"} <= nets and halves[split].keys() >= {"A", "B"}):
+            continue
+        for target in ("A", "B"):
+            _, ytr, n_classes = images_of(split, "train", [target], k_probe, 1)
+            _, yva, _ = images_of(split, "val", [target], k_img, 2)
+            for source in ("A", "B"):
+                ftr = features(run, f"base{source}", split, "train", [target], k_probe, 1)
+                fva = features(run, f"base{source}", split, "val", [target], k_img, 2)
+                for i, layer in enumerate(LAYER_NAMES):
+                    top1 = fit_probe(ftr[i], torch.from_numpy(ytr), fva[i], torch.from_numpy(yva), n_classes)
+                    probe_rows.append({"split": run, "target_half": target, "net": f"base{source}",
+                                       "source_half": source, "layer": layer, "n": i + 1, "top1": top1,
+                                       "train_images": len(ytr), "val_images": len(yva)})
+                log(f"probes {run} base{source} on half {target}: " +
+                    " ".join(f"{r['top1']:.2f}" for r in probe_rows[-7:]))
+            feats.clear()  # the next target's images
+    return pd.DataFrame(sim_rows, columns=SIM_COLUMNS), pd.DataFrame(probe_rows, columns=PROBE_COLUMNS)

@@ -1,0 +1,69 @@
+# Why features transfer (experiment.similarity): per-layer linear CKA between nets and linear probes,
+# from forward passes of nets already trained, beside the AnB transfer loss.
+
+
+rule similarity:
+    input:
+        models=net_outputs(plan.similarity_nets(config), "model.pt"),
+        manifests=lambda w: sorted(
+            {
+                paths.split_manifest(paths.base_split(n.split))
+                for n in plan.similarity_nets(config)
+            }
+        ),
+        shards=paths.shard_index(PREP),
+        code=code("similarity"),
+    output:
+        sim=paths.table("similarity.csv"),
+        probes=paths.table("probes.csv"),
+    log:
+        paths.log(paths.table("similarity.csv")),
+    benchmark:
+        paths.benchmark(paths.table("similarity.csv"))
+    conda:
+        "../../envs/train.yaml"
+    threads: max(1, RES.get("train_threads", 1))
+    resources:
+        mem_mb=lambda w, attempt: RES.get("similarity_mem_mb", 4000) * attempt,
+        runtime=lambda w, attempt: RES.get("similarity_runtime_min", 60) * attempt,
+    params:
+        sim=json.dumps(config["experiment"].get("similarity") or {}, sort_keys=True),
+    shell:
+        "transferable similarity --models {input.models:q} --manifests {input.manifests:q} "
+        "--shards {input.shards:q} --params {params.sim:q} --threads {threads} --out {output.sim:q} "
+        "--probes {output.probes:q} > {log:q} 2>&1"
+
+
+rule similarity_figure:
+    input:
+        sim=paths.table("similarity.csv"),
+        probes=paths.table("probes.csv"),
+        metrics=net_outputs(
+            [
+                n
+                for n in plan.random_split_nets(config)
+                if n.parsed.treatment in ("base", "AnB")
+            ]
+        ),
+        code=code("figures"),
+    output:
+        pdf=paths.figure("similarity.pdf"),
+        png=report(
+            paths.figure("similarity.png"),
+            caption="../report/similarity.rst",
+            category="Figures",
+        ),
+        table=paths.table("similarity_by_layer.csv"),
+    log:
+        paths.log(paths.figure("similarity.pdf")),
+    benchmark:
+        paths.benchmark(paths.figure("similarity.pdf"))
+    conda:
+        "../../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "transferable similarity-figure --similarity {input.sim:q} --probes {input.probes:q} "
+        "--metrics {input.metrics:q} --out {output.pdf:q} --table {output.table:q} > {log:q} 2>&1"
