@@ -152,12 +152,17 @@ def test_nested_config_overrides_are_typed():
     values with YAML's BaseLoader); they are typed as YAML would type them, then validated."""
     cfg = copy.deepcopy(MICRO)
     over = {"train": {"lr": "0.02", "max_iter": "6", "deterministic": "true"},
-            "experiment": {"random_splits": {"layers": ["1", "2"]}}}
+            "experiment": {"random_splits": {"layers": ["1", "2"]}},
+            "splits": {"nm": {"kind": "ranges", "halves": {"A": {"family": "'quoted'", "ranges": "0-1"},
+                                                          "B": {"family": "on", "ranges": "2-3"}}}}}
     cfg["train"].update(over["train"])
     cfg["experiment"]["random_splits"]["layers"] = ["1", "2"]
+    cfg["splits"]["nm"] = copy.deepcopy(over["splits"]["nm"])
     plan.check_config(cfg, SCHEMA, overrides=over)
     assert cfg["train"]["lr"] == 0.02 and cfg["train"]["max_iter"] == 6 and cfg["train"]["deterministic"] is True
     assert cfg["experiment"]["random_splits"]["layers"] == [1, 2]
+    # strings stay strings: quotes kept, YAML 1.1 booleans (on, no, ...) not turned into booleans
+    assert [cfg["splits"]["nm"]["halves"][h]["family"] for h in "AB"] == ["'quoted'", "on"]
     bad = copy.deepcopy(MICRO)
     bad["train"]["lr"] = "fast"
     with pytest.raises(plan.ConfigError, match="train.lr: 'fast' is not of type 'number'"):

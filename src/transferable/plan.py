@@ -176,20 +176,34 @@ def known_num_classes(cfg: dict) -> int | None:
     return count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
 
 
+def _typed(v: str):
+    """What YAML makes of a command-line string: a number, true/false, a list; else the string itself
+    (``on``, ``no``... stay strings, and so does anything YAML cannot read)."""
+    import yaml
+
+    try:
+        t = yaml.safe_load(v) if v.strip() else v
+    except yaml.YAMLError:
+        return v
+    if isinstance(t, bool) and v.strip().lower() not in ("true", "false"):
+        return v
+    return t if isinstance(t, (int, float, bool, list)) else v
+
+
 def retype_overrides(cfg: dict, overrides: dict | None) -> None:
     """Snakemake types a top-level ``--config key=value`` (int, float, bool) but reads a nested one,
     ``--config 'train={lr: 0.02, max_iter: 500}'``, with YAML's BaseLoader: every value a string. Give each
-    nested override in ``cfg`` the type YAML would give it, so that nested overrides work."""
-    import yaml
+    nested command-line override in ``cfg`` the type YAML would give it, so that nested overrides work.
+    ``overrides`` must be the ``--config`` values only (config files are typed already)."""
 
-    def walk(over: dict, into: dict, depth: int) -> None:
+    def walk(over, into: dict, depth: int) -> None:
         for k, v in over.items():
             if isinstance(v, dict) and isinstance(into.get(k), dict):
                 walk(v, into[k], depth + 1)
             elif depth > 0 and isinstance(v, str) and into.get(k) == v:
-                into[k] = yaml.safe_load(v) if v.strip() else v
-            elif depth > 0 and isinstance(v, list) and into.get(k) == v:
-                into[k] = [yaml.safe_load(x) if isinstance(x, str) and x.strip() else x for x in v]
+                into[k] = _typed(v)
+            elif depth > 0 and isinstance(v, (list, tuple)) and list(into.get(k) or []) == list(v):
+                into[k] = [_typed(x) if isinstance(x, str) else x for x in v]
 
     walk(overrides or {}, cfg, 0)
 

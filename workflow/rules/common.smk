@@ -16,7 +16,7 @@ def check_config():
         plan.check_config(
             config,
             os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
-            overrides=workflow.config_settings.overwrite_config,
+            overrides=workflow.config_settings.config,  # --config values only
         )
     except plan.ConfigError as e:
         raise WorkflowError(f"config: {e}")
