@@ -572,6 +572,7 @@ def job_resources(benchmarks: str | Path = "benchmarks") -> list[dict]:
              (r"^shards/[^/]+/index\.json\.tsv$", "shard_index"), (r"^splits/", "split_manifest"),
              (r"^nets/[^/]+/together_[A-Z]\.tsv$", "train_together"), (r"^nets/", "train"),
              (r"^figures/curves_", "training_curves"), (r"^tables/\w+\.html\.tsv$", "table_html"),
+             (r"^tables/similarity\.csv\.tsv$", "similarity"), (r"^figures/similarity\.pdf\.tsv$", "similarity_figure"),
              (r"^(tables|figures)/", "aggregates")]
     rows: dict[str, list] = {}
     root = Path(benchmarks)

@@ -564,7 +564,8 @@ def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame 
 # ---------------------------------------------------------------------------------------------------------
 # Why features transfer: similarity and probes by layer
 
-SIM_KINDS = {"A_vs_B": ("baseA vs baseB (different classes)", "#d7191c"),
+SIM_KINDS = {"A_vs_B": ("baseA vs baseB, random split (different classes)", "#d7191c"),
+             "A_vs_B_fixed_split": ("baseA vs baseB, natural / man-made", "#fdae61"),
              "seed_floor": ("same half, another seed (noise floor)", "#2b83ba"),
              "finetuned_vs_base": ("fine-tuned net vs its target's base net", "#7b3294")}
 
