@@ -633,7 +633,9 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     ax2.errorbar(by["n"], 100 * by["anb_loss"], yerr=100 * by["anb_loss_ci"], color="k", ls="--", marker="s",
                  capsize=3, label="AnB transfer loss (base − AnB, points)")
     ax2.set_ylabel("AnB transfer loss, points of top-1")
-    ax2.legend(loc="lower left", fontsize=9)
+    ax2.legend(loc="upper center", fontsize=8)
+    if len(sim):
+        ax1.legend(loc="lower left", fontsize=8, title=None)
     r = by["r_cka_vs_anb_loss"].iloc[0]
     ax1.set_title(f"Similarity vs transfer loss by layer: Pearson r = {r:.2f} over {by['layers_correlated'].iloc[0]} layers")
     if len(probes):
