@@ -441,3 +441,22 @@ def test_huge_devkit_meta_is_refused_before_it_is_read(tmp_path, monkeypatch):
     with pytest.raises(IngestError, match=r"ILSVRC2012_devkit_t12.tar.gz: data/meta.mat is 300000000 bytes"):
         ingest(tmp_path)
     assert not reads
+
+
+def test_checkpoint_carries_the_cuda_rng_on_a_gpu(monkeypatch):
+    """Issue 17, case 4: on a GPU the CUDA generators are saved and restored with the CPU one (a CPU run
+    stores none); checked here with torch.cuda's state functions replaced, as no GPU is present."""
+    from transferable.train import loop
+
+    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.append(s))
+    cpu = loop.rng_state(torch.device("cpu"))
+    assert cpu["cuda_rng"] is None and torch.equal(cpu["torch_rng"], torch.get_rng_state())
+    gpu = loop.rng_state(torch.device("cuda", 0))
+    assert gpu["cuda_rng"] is saved
+    loop.set_rng_state(gpu, torch.device("cuda", 0))
+    assert restored == [saved]
+    loop.set_rng_state(cpu, torch.device("cuda", 0))  # a checkpoint written on the CPU: nothing to restore
+    assert restored == [saved]

@@ -140,3 +140,41 @@ def test_checkpoint_written_before_device_side_loss_sums_still_resumes():
     restored = _Member("baseB", model, opt, np.zeros((3, 4, 4), np.float32), 0, "own", torch.device("cpu"))
     restored.load(m.state())
     assert restored.loss_n == 1 and restored.take_loss() == 5.0
+
+
+def test_a_frozen_net_alone_runs_its_own_forward():
+    """Issue 17, case 6: a frozen net trained alone (the train rule) must go through its own forward, the
+    one resources.compile compiles, not the shared frozen pass, which only nets of one source share."""
+    from types import SimpleNamespace as NS
+
+    from transferable.train.loop import _shared_passes
+
+    alone = [NS(frozen=3, source_key="baseA")]
+    assert _shared_passes(alone) == {}
+    group = [NS(frozen=3, source_key="baseA"), NS(frozen=5, source_key="baseA"), NS(frozen=2, source_key="baseB"),
+             NS(frozen=0, source_key="baseA"), NS(frozen=0, source_key="own")]
+    shared = _shared_passes(group)
+    assert set(shared) == {"baseA"} and shared["baseA"].frozen == 5
+
+
+def test_deterministic_on_cuda_sets_cublas_and_says_what_is_not(monkeypatch):
+    """Issue 17, case 8: train.deterministic on CUDA sets CUBLAS_WORKSPACE_CONFIG and says that LRN's
+    backward stays nondeterministic (checked without a GPU: only the settings are made)."""
+    import os
+
+    import torch
+
+    from transferable.train.loop import deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    lines = []
+    try:
+        deterministic(torch.device("cuda", 0), lines.append)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and "LRN" in lines[0]
+        assert torch.are_deterministic_algorithms_enabled()
+        lines.clear()
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+        deterministic(torch.device("cpu"), lines.append)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not lines
+    finally:
+        torch.use_deterministic_algorithms(False)

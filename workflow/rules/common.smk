@@ -67,6 +67,14 @@ wildcard_constraints:
     k=r"\d+",
 
 
+def train_device():
+    """resources.device for the training jobs; with resources.train_gpus 0 they ask SLURM or Snakemake
+    for no GPU, so `auto` means the CPU (it would otherwise take a GPU the job never asked for).
+    """
+    device = RES.get("device", "auto")
+    return "cpu" if device == "auto" and int(RES.get("train_gpus", 1)) == 0 else device
+
+
 def data_root():
     return (
         paths.demo_dir()

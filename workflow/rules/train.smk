@@ -32,7 +32,7 @@ rule train:
     threads: max(1, RES.get("train_threads", 1))
     resources:
         # device, threads and compile are not params: changing them must not rerun finished nets
-        train_device=RES.get("device", "auto"),
+        train_device=train_device(),
         train_compile=int(RES.get("compile", False)),
         gpu=RES.get("train_gpus", 1),
         mem_mb=lambda w, attempt: RES.get("train_mem_mb", 4000) * attempt,  # a retry gets more
@@ -84,7 +84,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "../../envs/train.yaml"
         threads: max(1, RES.get("train_threads", 1))
         resources:
-            train_device=RES.get("device", "auto"),
+            train_device=train_device(),
             train_compile=int(RES.get("compile", False)),
             gpu=RES.get("train_gpus", 1),
             mem_mb=RES.get("train_mem_mb", 4000),

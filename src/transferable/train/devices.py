@@ -3,14 +3,18 @@
 Snakemake's ``resources: gpu=1`` only counts GPUs; it never says WHICH one a job got. On a workstation
 with K GPUs (``profiles/local``) each training job therefore takes the first GPU whose lock file it can
 lock (``fcntl.flock``, released by the kernel when the process ends, even on SIGKILL), so K jobs run at
-once, one per device. Under SLURM, ``CUDA_VISIBLE_DEVICES`` already holds the job's own GPU(s).
+once, one per device. Under SLURM, ``CUDA_VISIBLE_DEVICES`` holds the job's own GPU(s), and with
+``ConstrainDevices=yes`` every one-GPU job sees index 0: the lock names carry the SLURM job id, so two jobs
+on one node never take each other's lock (they share /tmp, not GPUs).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
 import torch
@@ -30,21 +34,45 @@ def acquire_gpu(count: int | None = None, locks: Path | None = None) -> int | No
     if str(locks) in _held:
         return _held[str(locks)][0]
     locks.mkdir(parents=True, exist_ok=True)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").replace(",", "_")
+    job = os.environ.get("SLURM_JOB_ID", "local")  # a SLURM job's GPUs are its own, whatever their index
     for i in range(count):
-        f = open(locks / f"{socket.gethostname()}-{visible.replace(',', '_')}-gpu{i}.lock", "w")
+        path = locks / f"{socket.gethostname()}-job{job}-{visible}-gpu{i}.lock"
+        f = open(path, "w")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
             f.close()
-            continue
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                continue  # held by another job
+            raise RuntimeError(f"{path}: cannot lock ({e.strerror or e}); the GPU locks need a file system with "
+                               "flock: point TRANSFERABLE_GPU_LOCKS at a local folder (e.g. /tmp)") from e
         _held[str(locks)] = (i, f)
         return i
     return None
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: a free CUDA device if any is visible, else the CPU; ``cpu``; ``cuda``; ``cuda:N``."""
+def wait_for_gpu(count: int | None = None, locks: Path | None = None, poll_s: float = 5.0, log=print) -> int:
+    """A free GPU's index, waiting while all are held: when more training jobs run than there are GPUs
+    (Snakemake without ``--resources gpu=K``), the extra jobs queue here instead of failing."""
+    count = torch.cuda.device_count() if count is None else count
+    t0, said = time.time(), -1.0
+    while True:
+        i = acquire_gpu(count, locks)
+        if i is not None:
+            if said >= 0:
+                log(f"got GPU {i} after waiting {time.time() - t0:.0f} s")
+            return i
+        if time.time() - said > 60:
+            said = time.time()
+            log(f"all {count} visible GPUs are held by other training jobs: waiting for one (run snakemake "
+                "with --resources gpu=<number of GPUs>, as profiles/local does, to start no more jobs than GPUs)")
+        time.sleep(poll_s)
+
+
+def pick_device(name: str, log=print) -> torch.device:
+    """``auto``: a free CUDA device if any is visible (waiting for one while all are held), else the CPU;
+    ``cpu``; ``cuda``; ``cuda:N``."""
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -52,11 +80,5 @@ def pick_device(name: str) -> torch.device:
             return torch.device("cpu")
         raise RuntimeError(f"resources.device: {name!r} requested but no CUDA device is visible")
     if name in ("auto", "cuda"):
-        i = acquire_gpu()
-        if i is None:
-            raise RuntimeError(
-                f"all {torch.cuda.device_count()} visible GPUs are held by other training jobs; run snakemake "
-                "with --resources gpu=<number of GPUs> (profiles/local does) so it never starts more jobs than GPUs"
-            )
-        return torch.device(f"cuda:{i}")
+        return torch.device(f"cuda:{wait_for_gpu(log=log)}")
     return torch.device(name)

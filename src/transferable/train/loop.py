@@ -249,12 +249,14 @@ def _build_members(nets, split, spec, tcfg, shards, classes, source_models, devi
 
 def _shared_passes(members: list[_Member]) -> dict[str, _Member]:
     """Frozen nets copied from the same source share the frozen forward pass: the member frozen deepest
-    computes it (its layers 1..n are the source's), the others tap it at their own n."""
+    computes it (its layers 1..n are the source's), the others tap it at their own n. A source with one
+    frozen net has nothing to share: that net runs its own (possibly compiled) forward."""
     shared: dict[str, _Member] = {}
-    for m in members:
-        if m.frozen and m.source_key != "own" and m.frozen > getattr(shared.get(m.source_key), "frozen", 0):
+    frozen = [m for m in members if m.frozen and m.source_key != "own"]
+    for m in frozen:
+        if m.frozen > getattr(shared.get(m.source_key), "frozen", 0):
             shared[m.source_key] = m
-    return shared
+    return {k: m for k, m in shared.items() if sum(f.source_key == k for f in frozen) > 1}
 
 
 def _step(members, shared, forwards, stream, lr: float, device, amp: bool, clip: float) -> None:
@@ -294,6 +296,30 @@ def _check_finite(members, split: str, it: int, lr: float) -> None:
             raise FloatingPointError(f"[{split}/{m.net}] non-finite train loss between iterations "
                                      f"{it - m.loss_n + 1} and {it} (lr now {lr:g}); lower train.lr or "
                                      "set train.grad_clip")
+
+
+def deterministic(device: torch.device, log=print) -> None:
+    """``train.deterministic``: deterministic kernels where torch has them. On CUDA cuBLAS also needs
+    ``CUBLAS_WORKSPACE_CONFIG`` (set here unless the user set it), and LRN's backward has no deterministic
+    CUDA kernel: torch warns and runs it anyway, so a CUDA rerun matches to rounding, not bit for bit."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        log("train.deterministic on CUDA: CUBLAS_WORKSPACE_CONFIG=" + os.environ["CUBLAS_WORKSPACE_CONFIG"] +
+            "; LRN's backward has no deterministic CUDA kernel, so reruns agree to rounding only")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random state a resumed run needs: the CPU generator, and on a GPU every CUDA device's (dropout
+    masks are drawn there)."""
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 class _StopOnSignal:
@@ -342,9 +368,9 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     spec = spec_from_config(ncfg, outputs)
     if threads:
         torch.set_num_threads(threads)
+    device = pick_device(device, log=log)
     if tcfg.get("deterministic", False):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    device = pick_device(device)
+        deterministic(device, log)
     amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
     scale = float(ncfg.get("input_scale", 1.0))
     seed = int(tcfg["seed"])
@@ -380,7 +406,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             for m in members:
                 m.load(state["members"][m.net])
             stream.load_state_dict(state["stream"])
-            torch.set_rng_state(state["torch_rng"])
+            set_rng_state(state, device)
             it, elapsed_before = int(state["iter"]), float(state["elapsed_s"])
             log(f"[{tag}] resumed from {ckpt_path} at iteration {it}")
         except Exception as e:  # noqa: BLE001 - a checkpoint that matches but does not fit: start over
@@ -414,7 +440,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                 t_rate, it_rate = time.time(), it
             if checkpoint_now:
                 atomic.torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
-                                   "stream": stream.state_dict(), "torch_rng": torch.get_rng_state(), "iter": it,
+                                   "stream": stream.state_dict(), **rng_state(device), "iter": it,
                                    "elapsed_s": time.time() - t0}, ckpt_path)
                 if stop.signal:
                     log(f"[{tag}] got signal {stop.signal}: checkpointed iteration {it} to {ckpt_path}; "
