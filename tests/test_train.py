@@ -178,3 +178,29 @@ def test_deterministic_on_cuda_sets_cublas_and_says_what_is_not(monkeypatch):
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not lines
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_kernel_settings_are_explicit():
+    """Issue 17, case 5: train.tf32 and train.cudnn_benchmark set both TF32 flags and the autotuner
+    explicitly (torch's defaults differ by op); deterministic runs never autotune."""
+    import torch
+
+    from transferable.train.loop import kernel_settings
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        _check_kernel_settings(kernel_settings, torch)
+    finally:
+        (torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32) = saved
+
+
+def _check_kernel_settings(kernel_settings, torch):
+    k = kernel_settings({"tf32": False, "cudnn_benchmark": True, "amp": False}, torch.device("cuda", 0))
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.benchmark and k == {"tf32": False, "cudnn_benchmark": True, "bf16_autocast": False,
+                                                    "device_type": "cuda"}
+    k = kernel_settings({"tf32": True, "cudnn_benchmark": True, "deterministic": True, "amp": True},
+                        torch.device("cuda", 0))
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.benchmark and k["bf16_autocast"]

@@ -450,12 +450,12 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
 
     if device == "cuda" and not torch.cuda.is_available():
         return {"bench": "gpu", "skipped": "no CUDA device visible"}
+    from .train.loop import kernel_settings
+
     dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    amp = dev.type == "cuda"
+    base = _repo_config("configs/paper-fast.yaml")
+    kernels = kernel_settings(base["train"], dev)  # the settings the pipeline trains paper-fast.yaml with
+    amp = kernels["bf16_autocast"]
     if small:
         net = {"arch": "caffenet-small", "crop": 32, "widths": [16, 32, 48, 48, 32, 128, 128], "init": "kaiming",
                "input_scale": 0.017,
@@ -465,7 +465,7 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
         net = {"arch": "caffenet", "crop": 227, "init": "caffe", "dropout": 0.5, "outputs": "all", "lrn": True}
         size, n_cls, per_class, val, batch, iters, outputs = 256, 100, 100, 10, 256, 200, 1000
     out = {"bench": "gpu", "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
-           "torch": torch.__version__, "batch": batch}
+           "torch": torch.__version__, "batch": batch, "kernels": kernels}
     step = bench_step(net["arch"], net["crop"], batch, threads=torch.get_num_threads(), widths=net.get("widths"),
                       outputs=outputs, device=device, amp=amp, compile_model=compile_model and not small,
                       min_time=0.2 if small else 3.0)
@@ -474,7 +474,6 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
     out["step"] = step["runs"]
     _note(json.dumps({"gpu_step": out["step"]}))  # each part's numbers as soon as it ends
 
-    base = _repo_config("configs/paper-fast.yaml")
     net["outputs"] = outputs  # fc8 keeps the paper's 1000 outputs although the synthetic set has fewer classes
     cfg = {"net": net, "metric": {"best_k": 1}, "split_kind": "random",
            "train": dict(base["train"], batch_size=batch, max_iter=iters, eval_every=iters, checkpoint_every=iters,

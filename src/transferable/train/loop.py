@@ -298,6 +298,20 @@ def _check_finite(members, split: str, it: int, lr: float) -> None:
                                      "set train.grad_clip")
 
 
+def kernel_settings(tcfg: dict, device: torch.device) -> dict:
+    """Apply ``train.tf32`` and ``train.cudnn_benchmark`` explicitly, for the pipeline and ``bench gpu`` alike,
+    and return them for metrics.json. torch's own defaults differ by op (TF32 on for cuDNN convolutions,
+    off for matmuls), so an unset flag would make "fp32" mean TF32 convolutions and fp32 fc layers.
+    cuDNN's autotuner is off under ``train.deterministic`` (it may pick different kernels per run)."""
+    tf32 = bool(tcfg.get("tf32", False))
+    autotune = bool(tcfg.get("cudnn_benchmark", True)) and not tcfg.get("deterministic", False)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = autotune
+    amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
+    return {"tf32": tf32, "cudnn_benchmark": autotune, "bf16_autocast": amp, "device_type": device.type}
+
+
 def deterministic(device: torch.device, log=print) -> None:
     """``train.deterministic``: deterministic kernels where torch has them. On CUDA cuBLAS also needs
     ``CUBLAS_WORKSPACE_CONFIG`` (set here unless the user set it), and LRN's backward has no deterministic
@@ -371,7 +385,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     device = pick_device(device, log=log)
     if tcfg.get("deterministic", False):
         deterministic(device, log)
-    amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
+    kernels = kernel_settings(tcfg, device)
+    amp = kernels["bf16_autocast"]
     scale = float(ncfg.get("input_scale", 1.0))
     seed = int(tcfg["seed"])
     shards = Shards(shards_index)
@@ -449,7 +464,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
 
     wall = time.time() - t0
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
-                                     len(members), outputs, spec, device, source_models.get(m.net), log)
+                                     len(members), outputs, spec, device, source_models.get(m.net), kernels, log)
                for m in members}
     ckpt_path.unlink(missing_ok=True)
     log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
@@ -467,7 +482,7 @@ def _record(m: _Member, ev: dict, it: int, max_iter: int, lr: float, epochs: flo
 
 
 def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wall_s, together, outputs, spec,
-                   device, source_model, log) -> dict:
+                   device, source_model, kernels, log) -> dict:
     """model.pt (weights, mean image, the net's spec and config), history.csv and metrics.json of one net."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -485,7 +500,7 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
         "trained_with": together, "history": "history.csv",
         "provenance": {"transferable": __version__, "code": code_version(), "torch": torch.__version__,
                        "python": platform.python_version(), "host": platform.node(),
-                       "source_model": source_model, "config": cfg},
+                       "source_model": source_model, "kernels": kernels, "config": cfg},
     }
     atomic.torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
                         "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes),
