@@ -37,7 +37,8 @@ CPU = "resources={device: cpu}"
 SITE = {"TRANSFERABLE_SLURM_PARTITION": "debug", "TRANSFERABLE_SLURM_STATUS_COMMAND": "squeue"}
 CLUSTER_FLAGS = ["--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
                  "--slurm-keep-successful-logs", "--verbose"]
-GROUP_JOBS = {"rule_data_demo_data_ingest", "rule_shards_shard_part", "rule_prepare_shard_index_split_manifest"}
+GROUP_JOBS = {"rule_data_demo_data_ingest", "rule_shards_shard_part", "rule_prepare_shard_index_split_manifest",
+              "rule_similarity"}
 SCORES = ["top1", "top1_final", "top5", "top5_final", "top1_max", "evals", "iters"]
 
 
@@ -139,19 +140,20 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         assert len(lines) == 1, f"{comment} was submitted {len(lines)} times"
         assert re.search(r" (--gpus=1|--gres=gpu:1)( |$)", lines[0]), lines[0]
         assert "--cpus-per-gpu=1" in lines[0] and "--signal=TERM@120" in lines[0] and "--requeue" in lines[0]
-    # the 16 small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, 5 aggregates, 3 curves) went
-    # out as 4 SLURM jobs, each asking for one CPU: its jobs run one after the other
+    # the small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, the aggregates, 3 curves, the
+    # HTML tables, the similarity figure) went out as 4 SLURM jobs and the similarity job as one, each asking
+    # for one CPU: a group's jobs run one after the other
     small = {c: lines for c, lines in calls.items() if c not in train}
     summary = [c for c in small if c.startswith("rule_summary_")]
     assert set(small) == GROUP_JOBS | set(summary) and len(summary) == 1, sorted(small)
     for comment, lines in small.items():
         assert len(lines) == 1 and "--gpus" not in lines[0] and "--gres" not in lines[0], lines
         assert "--cpus-per-task=1" in lines[0] and " -p debug " in lines[0], lines[0]
-    assert len(calls) == 16
+    assert len(calls) == 17
 
     # SLURM's own record: the GPU requests it accepted, and every job completed
     jobs = _jobs(micro.run_id)
-    assert len(jobs) == 16 and {_state(j) for j in jobs} == {"COMPLETED"}
+    assert len(jobs) == 17 and {_state(j) for j in jobs} == {"COMPLETED"}
     assert sorted(j["comment"] for j in jobs if j["tres_per_job"] == "gres:gpu:1") == sorted(train)
 
 
