@@ -93,3 +93,25 @@ def test_no_gpu_resource_means_the_cpu(workdir):
     (workdir / "configs/nogpu.yaml").write_text(yaml.safe_dump(cfg))
     out = run_snakemake(["-n", "-p", "--configfile", "configs/nogpu.yaml"], workdir).stdout
     assert "--device cpu" in out and "--device auto" not in out
+
+
+def test_memory_decisions_follow_the_job_not_the_node(tmp_path):
+    """Issue 17, case 2: a job that asked SLURM for 64 GB on a node with far more free memory gets 64 GB as
+    its budget (from SLURM's variables, or from its cgroup's limit), not the node's MemAvailable."""
+    from transferable.data.shards import available_memory
+
+    none = tmp_path / "none"
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/slurm/job42\n")
+    # the node's free memory moves between calls: compare loosely; the limits below are far smaller (1 GB <<)
+    assert abs(devices.job_memory_bytes({}, str(none), str(proc)) - available_memory()) < 512 << 20
+    assert available_memory() > 2 << 30
+    assert devices.job_memory_bytes({"SLURM_MEM_PER_NODE": "1024"}, str(none), str(proc)) == 1 << 30
+    assert devices.job_memory_bytes({"SLURM_MEM_PER_CPU": "256", "SLURM_CPUS_ON_NODE": "2"}, str(none),
+                                    str(proc)) == 512 << 20
+    cg = tmp_path / "sys" / "slurm" / "job42"
+    cg.mkdir(parents=True)
+    (cg / "memory.max").write_text(f"{300 << 20}\n")
+    assert devices.job_memory_bytes({}, str(tmp_path / "sys"), str(proc)) == 300 << 20
+    (cg / "memory.max").write_text("max\n")  # no limit
+    assert devices.job_memory_bytes({}, str(tmp_path / "sys"), str(proc)) > 2 << 30

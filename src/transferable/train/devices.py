@@ -82,3 +82,32 @@ def pick_device(name: str, log=print) -> torch.device:
     if name in ("auto", "cuda"):
         return torch.device(f"cuda:{wait_for_gpu(log=log)}")
     return torch.device(name)
+
+
+def job_memory_bytes(env=None, cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
+    """The memory this job may use: the smallest of the node's available memory, the limit of the job's
+    cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``: what SLURM enforces with ConstrainRAMSpace) and
+    SLURM's allocation (``SLURM_MEM_PER_NODE``, or ``SLURM_MEM_PER_CPU`` x ``SLURM_CPUS_ON_NODE``, in MB).
+    A job on a 2 TB node that asked for 64 GB must not load a 127 GB half because the node has room."""
+    from ..data.shards import available_memory
+
+    env = os.environ if env is None else env
+    limits = [available_memory()]
+    try:
+        rel = next((line.strip().split(":", 2)[2] for line in open(proc_cgroup)
+                    if line.startswith("0::") or ":memory:" in line), "/")
+    except OSError:
+        rel = "/"
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        for base in (Path(cgroup_root) / rel.lstrip("/"), Path(cgroup_root) / "memory" / rel.lstrip("/")):
+            try:
+                text = (base / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 1 << 60:  # "max" / 2^63-ish: no limit
+                limits.append(int(text))
+    if env.get("SLURM_MEM_PER_NODE", "").isdigit():
+        limits.append(int(env["SLURM_MEM_PER_NODE"]) << 20)
+    elif env.get("SLURM_MEM_PER_CPU", "").isdigit() and env.get("SLURM_CPUS_ON_NODE", "").isdigit():
+        limits.append(int(env["SLURM_MEM_PER_CPU"]) * int(env["SLURM_CPUS_ON_NODE"]) << 20)
+    return min(limits)

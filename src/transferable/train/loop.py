@@ -30,7 +30,7 @@ from ..models.caffenet import spec_from_config
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest
 from ..transfer import CaffeSGD, build_net, param_groups
-from .devices import pick_device
+from .devices import job_memory_bytes, pick_device
 
 HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
 
@@ -368,7 +368,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
 
     ``source_models`` maps each transferred net to its source's model.pt; ``out_dirs`` each net to its
     output folder. ``ram_limit`` (bytes) overrides when the images are read from memory-mapped shards
-    instead of memory (default: when they take more than a quarter of the available memory). A checkpoint
+    instead of memory (default: when they take more than a quarter of the memory this job may use,
+    ``devices.job_memory_bytes``). A checkpoint
     at ``ckpt`` is resumed only if it was written for this very run (``run_identity``). Returns
     {net: metrics}."""
     t_start = time.time()
@@ -393,6 +394,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
 
     t_load = time.time()
+    if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
+        ram_limit = job_memory_bytes() / 4
     x_train, y_train = shards.load("train", classes, ram_limit)
     x_val, y_val = shards.load("val", classes, ram_limit)
 
