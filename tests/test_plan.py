@@ -24,6 +24,14 @@ def test_net_names_round_trip():
             paths.parse_net(bad)
 
 
+def test_net_file_paths_round_trip():
+    for run, net in (("rand0", "baseB"), ("natman.s2", "A3B_ft"), ("all.s1", "R7A")):
+        assert paths.parse_net_file(paths.net_file(run, net, "model.pt")) == (run, net)
+    for bad in ("model.pt", "results/nets/rand0/notanet/model.pt", "results/nets/bad name!/baseA/model.pt"):
+        with pytest.raises(ValueError):
+            paths.parse_net_file(bad)
+
+
 def test_demo_plan_counts(cfg):
     fig2 = plan.figure_nets(cfg, "fig2")
     # 3 splits x (baseA, baseB, and on each half BnB and AnB at n = 1..7, BnB+ and AnB+ at n = 1, 3, 5, 7)

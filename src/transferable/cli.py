@@ -131,14 +131,11 @@ def cmd_similarity(a):
     import torch
 
     from . import atomic
-    from .paths import base_split
+    from .paths import base_split, parse_net_file
     from .similarity import analyse
 
     torch.set_num_threads(max(1, a.threads))
-    models = {}
-    for path in a.models:  # results/nets/{run}/{net}/model.pt
-        parts = Path(path).parts
-        models[(parts[-3], parts[-2])] = path
+    models = {parse_net_file(path): path for path in a.models}
     manifests = {Path(m).stem: m for m in a.manifests}
     missing = sorted({base_split(r) for r, _ in models} - set(manifests))
     if missing:
@@ -251,6 +248,19 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _training_options(s: argparse.ArgumentParser, ckpt_help: str) -> None:
+    """The options `train` and `train-group` share: the run, its data, its checkpoint, where it runs."""
+    s.add_argument("--split", required=True, help="run name: a split, or a replicate SPLIT.sR")
+    s.add_argument("--manifest", required=True, help="the split's manifest JSON")
+    s.add_argument("--shards", required=True, help="shard index.json")
+    s.add_argument("--ckpt", required=True, help=ckpt_help)
+    s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
+    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    s.add_argument("--compile", type=int, choices=[0, 1], default=0,
+                   help="1: torch.compile each net (GPU: faster after warm-up)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferable", description=__doc__.splitlines()[0])
     p.add_argument("--version", action=_Version, nargs=0, help="the package version and the git commit it runs from")
@@ -304,33 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_shard_index)
 
     s = sub.add_parser("train", help="train one net (base, transfer, selffer, fine-tuned or random-filter)")
-    s.add_argument("--split", required=True, help="run name: a split, or a replicate SPLIT.sR")
     s.add_argument("--net", required=True, help="baseT, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A")
-    s.add_argument("--manifest", required=True, help="the split's manifest JSON")
-    s.add_argument("--shards", required=True, help="shard index.json")
     s.add_argument("--source-model", default=None, help="model.pt of the base net whose layers are copied")
     s.add_argument("--out-dir", required=True, help="output folder: model.pt, history.csv, metrics.json")
-    s.add_argument("--ckpt", required=True, help="in-progress checkpoint (resumed if present)")
-    s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
-    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
-    s.add_argument("--compile", type=int, choices=[0, 1], default=0,
-                   help="1: torch.compile the net (GPU: faster after warm-up)")
+    _training_options(s, "in-progress checkpoint (resumed if it was written for this very run)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("train-group", help="train several nets of one target half on one stream of batches")
-    s.add_argument("--split", required=True, help="run name: a split, or a replicate SPLIT.sR")
     s.add_argument("--nets", required=True, help="comma-separated net names, all with the same target half")
-    s.add_argument("--manifest", required=True, help="the split's manifest JSON")
-    s.add_argument("--shards", required=True, help="shard index.json")
     s.add_argument("--sources", default="", help="comma-separated NET=path/to/source/model.pt")
     s.add_argument("--out-root", required=True, help="each net writes to OUT_ROOT/NET/")
-    s.add_argument("--ckpt", required=True, help="the group's in-progress checkpoint")
-    s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
-    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
-    s.add_argument("--compile", type=int, choices=[0, 1], default=0,
-                   help="1: torch.compile each net (GPU: faster after warm-up)")
+    _training_options(s, "the group's in-progress checkpoint")
     s.set_defaults(func=cmd_train_group)
 
     s = sub.add_parser("runs", help="collect metrics.json files into runs.csv")

@@ -157,6 +157,17 @@ def net_file(split: str, net: str, what: str) -> str:
     return f"{net_dir(split, net)}/{what}"
 
 
+def parse_net_file(path: str) -> tuple[str, str]:
+    """(run, net) of a file ``.../nets/{run}/{net}/{what}``: the inverse of ``net_file``."""
+    parts = str(path).replace("\\", "/").split("/")
+    if len(parts) < 3:
+        raise ValueError(f"not a net's file: {path!r} (expected .../nets/RUN/NET/FILE)")
+    run, net = parts[-3], parts[-2]
+    parse_net(net)  # a ValueError naming the name if the path is not a net's file
+    parse_replicate(run)
+    return run, net
+
+
 def checkpoint(split: str, net: str) -> str:
     return f"{RESULTS}/ckpt/{split}/{net}/last.pt"
 

@@ -214,16 +214,19 @@ def check_config(cfg: dict, schema: str, overrides: dict | None = None) -> None:
     ``--config data_root=...``, the data root, then ``check``. Raises ConfigError naming the key."""
     import os
 
-    retype_overrides(cfg, overrides)
-    import jsonschema
-    import yaml
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    with open(schema) as f:
-        errors = list(jsonschema.Draft202012Validator(yaml.safe_load(f)).iter_errors(cfg))
-    if errors:
-        raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)))
-    validate(cfg, schema)  # fills the schema's defaults
+    retype_overrides(cfg, overrides)
+    try:
+        validate(cfg, schema)  # and fills the schema's defaults
+    except WorkflowError as e:  # its message prints the whole schema: name the key instead
+        import jsonschema
+        import yaml
+
+        with open(schema) as f:
+            errors = list(jsonschema.Draft202012Validator(yaml.safe_load(f)).iter_errors(cfg))
+        raise ConfigError(_schema_message(jsonschema.exceptions.best_match(errors)) if errors else str(e)) from e
     if cfg.get("data_root"):  # `--config data_root=/path/to/imagenet`
         cfg["data"].update(source="path", root=str(cfg["data_root"]))
     if cfg["data"]["source"] == "path":

@@ -20,6 +20,8 @@ image) would make the Gram products of a batch cost more than the forward pass.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -175,16 +177,22 @@ def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shard
 
     shards = Shards(shards_index)
     pool, batch, k_img, k_probe = (int(params[k]) for k in ("pool", "batch", "images", "probe_images"))
-    mans = {s: json.load(open(p)) for s, p in manifests.items()}
+    mans = {s: json.loads(Path(p).read_text()) for s, p in manifests.items()}
     halves = {s: m["halves"] for s, m in mans.items()}
     random = {s for s, m in mans.items() if m.get("kind") == "random"}
     feats: dict[tuple, list[torch.Tensor]] = {}
 
+    imgs: dict[tuple, tuple] = {}
+
     def images_of(split: str, subset: str, which: list[str], k: int, seed: int):
-        classes = sorted(c for h in which for c in halves[split][h]["classes"])
-        x, y = shards.load(subset, classes)
-        idx = _sample(len(x), k, seed)
-        return x.take(idx), y[idx], len(classes)
+        """A fixed sample of the images of some halves, read once while the features that use it are kept."""
+        key = (split, subset, tuple(which), k, seed)
+        if key not in imgs:
+            classes = sorted(c for h in which for c in halves[split][h]["classes"])
+            x, y = shards.load(subset, classes)
+            idx = _sample(len(x), k, seed)
+            imgs[key] = (x.take(idx), y[idx], len(classes))
+        return imgs[key]
 
     def features(run, net, split, subset, which, k, seed):
         key = (run, net, split, subset, tuple(which), k)
@@ -214,7 +222,8 @@ def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shard
             p = parse_net(net)
             if p.finetune and f"base{p.target}" in nets:
                 compare("finetuned_vs_base", run, (run, net), (run, f"base{p.target}"), split, net, f"base{p.target}")
-        feats.clear()  # one run's features at a time (paper scale: ~0.5 GB per net)
+        feats.clear()  # one run's features and images at a time (paper scale: ~0.5 GB per net)
+        imgs.clear()
     # the noise floor: the same half's base net trained with another seed (replicate r >= 1 vs r = 0)
     for run in runs:
         split, r = parse_replicate(run)
@@ -243,4 +252,5 @@ def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shard
                 log(f"probes {run} base{source} on half {target}: " +
                     " ".join(f"{r['top1']:.2f}" for r in probe_rows[-7:]))
             feats.clear()  # the next target's images
+            imgs.clear()
     return pd.DataFrame(sim_rows, columns=SIM_COLUMNS), pd.DataFrame(probe_rows, columns=PROBE_COLUMNS)

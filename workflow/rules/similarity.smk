@@ -1,15 +1,14 @@
 # Why features transfer (experiment.similarity): per-layer linear CKA between nets and linear probes,
 # from forward passes of nets already trained, beside the AnB transfer loss.
 
+SIM_NETS = plan.similarity_nets(config)
+
 
 rule similarity:
     input:
-        models=net_outputs(plan.similarity_nets(config), "model.pt"),
-        manifests=lambda w: sorted(
-            {
-                paths.split_manifest(paths.base_split(n.split))
-                for n in plan.similarity_nets(config)
-            }
+        models=net_outputs(SIM_NETS, "model.pt"),
+        manifests=sorted(
+            {paths.split_manifest(paths.base_split(n.split)) for n in SIM_NETS}
         ),
         shards=paths.shard_index(PREP),
         code=code("similarity"),

@@ -570,43 +570,31 @@ SIM_KINDS = {"A_vs_B": ("baseA vs baseB, random split (different classes)", "#d7
              "finetuned_vs_base": ("fine-tuned net vs its target's base net", "#7b3294")}
 
 
-def _mean_ci(values: pd.Series) -> tuple[float, float]:
-    v = values.dropna().to_numpy(float)
-    if len(v) < 2:
-        return (float(v.mean()) if len(v) else float("nan")), float("nan")
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-
-
-def anb_loss_by_layer(runs: pd.DataFrame) -> pd.DataFrame:
-    """The transfer loss of AnB at each n, paired per cell (random split run, target half): top-1 of the
-    cell's base net minus the AnB net's. Columns n, anb_loss, anb_loss_ci, cells."""
-    r = runs[runs["split_kind"] == "random"]
-    base = r[r["treatment"] == "base"].set_index(["split", "target_half"])["top1"]
-    anb = r[r["treatment"] == "AnB"]
-    rows = []
-    for n, g in anb.groupby("n"):
-        d = pd.Series([base.get((s, t), np.nan) - v for s, t, v in zip(g["split"], g["target_half"], g["top1"])])
-        m, ci = _mean_ci(d)
-        rows.append({"n": int(n), "anb_loss": m, "anb_loss_ci": ci, "cells": int(d.notna().sum())})
-    return pd.DataFrame(rows, columns=["n", "anb_loss", "anb_loss_ci", "cells"])
+def _mean_ci(values: pd.Series, cells: pd.Series) -> tuple[float, float]:
+    """Mean and 95% CI half-width over independent cells (effects.cluster_mean: several values of one cell,
+    e.g. the fine-tuned nets of one split that share their base net, count as one)."""
+    est = fx.cluster_mean(values, cells)
+    return est.estimate, (est.ci_hi - est.ci_lo) / 2
 
 
 def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per layer: mean CKA of each kind of pair (with 95% CI over pairs), the probes' top-1 (the
-    other half's base net and the target's own), the AnB loss at n = layer, and across layers the Pearson
-    correlation of CKA(baseA, baseB) with the AnB loss (the same r and p on every row)."""
+    """One row per layer: mean CKA of each kind of pair (95% CI over cells: a run and a reference net), the
+    probes' top-1 (the other half's base net and the target's own; cells: split and target half), the AnB transfer
+    loss at n = layer (base − AnB, paired per cell as effects.csv pairs it), and across layers the Pearson
+    correlation of CKA(baseA, baseB) with that loss (the same r and p on every row)."""
     rows = []
-    loss = anb_loss_by_layer(runs).set_index("n")
     for n, layer in enumerate(LAYER_NAMES, start=1):
         row = {"n": n, "layer": layer}
         for kind in SIM_KINDS:
-            m, ci = _mean_ci(sim.loc[(sim["kind"] == kind) & (sim["n"] == n), "cka"])
-            row[f"cka_{kind}"], row[f"cka_{kind}_ci"] = m, ci
-        p = probes[probes["n"] == n]
-        row["probe_other_half"], row["probe_other_half_ci"] = _mean_ci(p.loc[p["source_half"] != p["target_half"], "top1"])
-        row["probe_own_half"], row["probe_own_half_ci"] = _mean_ci(p.loc[p["source_half"] == p["target_half"], "top1"])
-        row["anb_loss"] = loss["anb_loss"].get(n, np.nan)
-        row["anb_loss_ci"] = loss["anb_loss_ci"].get(n, np.nan)
+            k = sim[(sim["kind"] == kind) & (sim["n"] == n)]
+            # a cell: one run and one reference net (the fine-tuned nets of a target share its base net)
+            row[f"cka_{kind}"], row[f"cka_{kind}_ci"] = _mean_ci(k["cka"], k["split"] + "/" + k["net_b"])
+        p = probes[probes["n"] == n].assign(cell=lambda x: x["split"] + "/" + x["target_half"])
+        for name, same in (("probe_other_half", False), ("probe_own_half", True)):
+            q = p[(p["source_half"] == p["target_half"]) == same]
+            row[name], row[f"{name}_ci"] = _mean_ci(q["top1"], q["cell"])
+        d = fx.paired_diffs(runs, "random", "AnB", "base", n, n)
+        row["anb_loss"], row["anb_loss_ci"] = _mean_ci(-d["diff"], d["cell"])
         rows.append(row)
     df = pd.DataFrame(rows)
     ok = df[["cka_A_vs_B", "anb_loss"]].dropna()

@@ -466,8 +466,9 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                     raise SystemExit(128 + stop.signal)
 
     wall = time.time() - t0
+    run_info = {"code": code_version(), "kernels": kernels}  # the same for every net of the run: asked once
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
-                                     len(members), outputs, spec, device, source_models.get(m.net), kernels, log)
+                                     len(members), outputs, spec, device, source_models.get(m.net), run_info, log)
                for m in members}
     ckpt_path.unlink(missing_ok=True)
     log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
@@ -485,7 +486,7 @@ def _record(m: _Member, ev: dict, it: int, max_iter: int, lr: float, epochs: flo
 
 
 def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wall_s, together, outputs, spec,
-                   device, source_model, kernels, log) -> dict:
+                   device, source_model, run_info, log) -> dict:
     """model.pt (weights, mean image, the net's spec and config), history.csv and metrics.json of one net."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -501,9 +502,9 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
         "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(m.history),
         "best_k": k, "iters": iters, "wall_s": round(wall_s, 2), "device": str(device),
         "trained_with": together, "history": "history.csv",
-        "provenance": {"transferable": __version__, "code": code_version(), "torch": torch.__version__,
+        "provenance": {"transferable": __version__, "code": run_info["code"], "torch": torch.__version__,
                        "python": platform.python_version(), "host": platform.node(),
-                       "source_model": source_model, "kernels": kernels, "config": cfg},
+                       "source_model": source_model, "kernels": run_info["kernels"], "config": cfg},
     }
     atomic.torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
                         "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes),
