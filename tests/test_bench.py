@@ -70,3 +70,24 @@ def test_scratch_folder_of_its_own_is_removed_at_the_end(tmp_path, monkeypatch):
     kept = tmp_path / "kept"
     bench.run("shards", str(kept), small=True)
     assert any(kept.iterdir())
+
+
+def test_paper_scale_data_benchmarks(tmp_path):
+    """bench ingest and bench jpeg (issue 14) at their small sizes: ImageNet-sized JPEGs, every shard
+    setting with its memory and bytes, the paper's derived cost, decode and batch rates of both formats."""
+    ing = bench.run("ingest", str(tmp_path), small=True)[0]
+    assert ing["images"] == 28 and 70 <= ing["source_kb_per_image"] <= 160
+    assert ing["ingest_img_s"] > 0 and ing["baseline_tar_extract_img_s"] > 0 and ing["baseline_img_s"] > 0
+    assert set(ing["shard_jobs"]) == {"fast/raw", "imagemagick/raw", "imagemagick/jpeg"}
+    for job in ing["shard_jobs"].values():
+        assert job["img_s"] > 0 and 0 < job["max_rss_mb"] < 2000
+    jobs = ing["shard_jobs"]
+    assert jobs["imagemagick/jpeg"]["bytes_per_image"] < jobs["imagemagick/raw"]["bytes_per_image"]
+    est = ing["paper_estimate"]["imagemagick/raw"]
+    assert est["shard_disk_gb"] == pytest.approx(1_331_167 * jobs["imagemagick/raw"]["bytes_per_image"] / 1e9, rel=0.01)
+    # the same workdir: bench jpeg reuses the generated images
+    jp = bench.run("jpeg", str(tmp_path), small=True)[0]
+    assert jp["bytes_per_image"]["raw"] == 3 * 64 * 64 and 0 < jp["bytes_per_image"]["jpeg"] < 3 * 64 * 64
+    assert jp["decode_img_s"]["torchvision_1_thread"] > 0 and jp["baseline_img_s"] > 0
+    assert set(jp["train_batch_img_s"]) == {"raw_1_threads", "raw_2_threads", "jpeg_1_threads", "jpeg_2_threads"}
+    assert jp["jpeg_psnr_db"] > 20

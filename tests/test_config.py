@@ -56,6 +56,12 @@ CASES = [
     ("batch larger than a half", lambda c: c["train"].update(batch_size=17), "train.batch_size: 17"),
     ("warm-up longer than the run", lambda c: c["train"].update(warmup_iter=4), "train.warmup_iter"),
     ("fewer outputs than classes", lambda c: c["net"].update(outputs=2), "net.outputs"),
+    # issue 14: the preprocessing choices
+    ("JPEG quality below 1", lambda c: c["preprocess"].update(format="jpeg", jpeg_quality=0), "preprocess.jpeg_quality"),
+    ("JPEG quality above 100", lambda c: c["preprocess"].update(jpeg_quality=101), "preprocess.jpeg_quality"),
+    ("unknown resize filter", lambda c: c["preprocess"].update(resize="lanczos5"), "preprocess.resize"),
+    ("unknown shard format", lambda c: c["preprocess"].update(format="png"), "preprocess.format"),
+    ("unknown demo size model", lambda c: c.setdefault("demo", {}).update(sizes="huge"), "demo.sizes"),
 ]
 
 

@@ -57,9 +57,17 @@ def test_split_seed_reruns_that_split_only_never_shards(done):
 
 
 @pytest.mark.slow
-def test_preprocessing_reruns_shards_and_everything_after(done):
-    jobs = _plan(done, edit=lambda c: c["preprocess"].update(size=22))
+@pytest.mark.parametrize("change", [dict(size=22), dict(resize="imagemagick"), dict(resize="bicubic"),
+                                    dict(format="jpeg"), dict(format="jpeg", jpeg_quality=75)])
+def test_preprocessing_reruns_shards_and_everything_after(done, change):
+    jobs = _plan(done, edit=lambda c: c["preprocess"].update(change))
     assert jobs == {"shard_part": 2, "shard_index": 1, "train": 12, **AGGREGATES}
+
+
+@pytest.mark.slow
+def test_jpeg_quality_of_raw_shards_reruns_nothing(done):
+    """jpeg_quality only matters to JPEG shards: it is not in the raw shards' path."""
+    assert _plan(done, edit=lambda c: c["preprocess"].update(jpeg_quality=75)) == {}
 
 
 @pytest.mark.slow

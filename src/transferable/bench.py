@@ -9,6 +9,8 @@
     transferable bench dag      # the whole demo pipeline from an empty results/ (minutes)
     transferable bench rawfiles # the rerun trigger of a folder data root at ImageNet's 1.28 M files
     transferable bench gpu      # one CUDA device, the paper's CaffeNet: step, whole loop, shared stream
+    transferable bench ingest   # ImageNet-sized JPEGs: ingest vs tar -x, shard jobs (img/s, memory, bytes)
+    transferable bench jpeg     # JPEG vs raw shards: decode per thread, training batches at 227 px
 
 ``--small`` shrinks every benchmark to seconds (the tests run them so); ``--device cpu`` runs the GPU
 benchmark's code on the CPU. Numbers depend on the machine; docs/performance.md lists what
@@ -101,6 +103,189 @@ def bench_shards(root: Path, size: int = 36, per_class: int = 100) -> dict:
     return {"bench": "shards", "images": n, "size": size, "ours_img_s": round(ours, 1),
             "baseline": "Pillow open+convert+resize+save JPEG per file", "baseline_img_s": round(base, 1),
             "ratio": round(ours / base, 2)}
+
+
+PAPER_TRAIN, PAPER_VAL = 1_281_167, 50_000  # ILSVRC2012's images (reference/paper.md)
+
+
+def _realistic(root: Path, classes_per_family: int, per_class: int) -> Path:
+    """An ILSVRC2012-format dataset with ImageNet's image sizes and JPEG weights (demo sizes="imagenet")."""
+    from .data import demo
+
+    raw = root / f"real{classes_per_family}x{per_class}"
+    if not (raw / demo.DEVKIT_TGZ).exists():
+        _note(f"generating {2 * classes_per_family * per_class} ImageNet-sized images")
+        demo.generate(raw, seed=0, classes_per_family=classes_per_family, train_per_class=per_class,
+                      val_per_class=max(1, per_class // 25), sizes="imagenet")
+    return raw
+
+
+_SHARD_JOB = """
+import json, resource, sys, time
+from transferable.data.shards import write_part
+a = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+r = write_part(a["images"], 0, 1, a["size"], a["out"], log=lambda *x: None, resize=a["resize"], fmt=a["fmt"])
+print(json.dumps({"seconds": time.perf_counter() - t0, "images": r["images"],
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _shard_job(images_csv: Path, out: Path, size: int, resize: str, fmt: str) -> dict:
+    """One shard job as the pipeline runs it (its own process, one core): seconds and peak memory."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(_REPO / "src"), OMP_NUM_THREADS="1")
+    arg = json.dumps({"images": str(images_csv), "out": str(out), "size": size, "resize": resize, "fmt": fmt})
+    r = subprocess.run([sys.executable, "-c", _SHARD_JOB, arg], capture_output=True, text=True, env=env, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_ingest(root: Path, classes_per_family: int = 5, per_class: int = 100, size: int = 256) -> dict:
+    """The data path at ImageNet's real image sizes (generated: mean ~400 x 350 px, ~110 KB JPEGs), on one
+    core each: (1) ingest (index the outer tar of per-class tars, by offset) against extracting it with GNU
+    tar (outer, then every class tar), as the usual ImageNet preparation does; (2) one shard job at
+    ``size`` px for each decode/filter and format, with its peak memory, against a plain Pillow loop (open
+    each extracted JPEG, convert, bicubic resize, save as JPEG); (3) bytes per image; (4) the paper's ingest
+    and shard cost derived from these (1.33 M images, ``preprocess.parts: 100``)."""
+    import subprocess
+
+    from PIL import Image
+
+    from .data.ilsvrc import ingest
+
+    raw = _realistic(root, classes_per_family, per_class)
+    train_tar = raw / "ILSVRC2012_img_train.tar"
+    n_train = 2 * classes_per_family * per_class
+    src_kb = train_tar.stat().st_size / n_train / 1e3
+    _note(f"ingest of {n_train} train images ({train_tar.stat().st_size / 1e6:.0f} MB)")
+    t0 = time.perf_counter()
+    _, images = ingest(raw)
+    ingest_s = time.perf_counter() - t0
+    images.to_csv(root / "images.csv", index=False)
+    n = len(images)
+
+    ext = root / "extracted"
+    shutil.rmtree(ext, ignore_errors=True)
+    ext.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run(["tar", "-xf", str(train_tar), "-C", str(ext)], check=True)
+    for inner in sorted(ext.glob("*.tar")):
+        d = ext / inner.stem
+        d.mkdir()
+        subprocess.run(["tar", "-xf", str(inner), "-C", str(d)], check=True)
+        inner.unlink()
+    tar_s = time.perf_counter() - t0
+    files = sorted(ext.rglob("*.JPEG"))
+
+    runs = {}
+    for resize, fmt in (("fast", "raw"), ("imagemagick", "raw"), ("imagemagick", "jpeg")):
+        _note(f"shard job at {size} px: resize {resize}, format {fmt}")
+        out = root / f"part_{resize}_{fmt}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = _shard_job(root / "images.csv", out, size, resize, fmt)
+        runs[f"{resize}/{fmt}"] = {"img_s": round(r["images"] / r["seconds"], 1),
+                                   "max_rss_mb": round(r["max_rss_mb"]),
+                                   "bytes_per_image": round(_du(out) / r["images"])}
+    _note("baseline: Pillow decode + resize + save per extracted file")
+    base_out = root / "baseline_out"
+    shutil.rmtree(base_out, ignore_errors=True)
+    base_out.mkdir()
+    t0 = time.perf_counter()
+    for i, f in enumerate(files):
+        Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC).save(base_out / f"{i}.JPEG", quality=90)
+    base = len(files) / (time.perf_counter() - t0)
+
+    paper = PAPER_TRAIN + PAPER_VAL
+    estimate = {}
+    for key, r in runs.items():
+        core_h = paper / (n / ingest_s) / 3600 + paper / r["img_s"] / 3600
+        estimate[key] = {"core_hours": round(core_h, 1),
+                         "wall_h_at_100_parts": round(paper / (n / ingest_s) / 3600 + paper / 100 / r["img_s"] / 3600, 2),
+                         "shard_disk_gb": round(paper * r["bytes_per_image"] / 1e9, 1)}
+    return {"bench": "ingest", "images": n, "size": size, "source_kb_per_image": round(src_kb, 1),
+            "ingest_img_s": round(n / ingest_s, 1), "baseline_tar_extract_img_s": round(n_train / tar_s, 1),
+            "ingest_vs_extract": round((n / ingest_s) / (n_train / tar_s), 2),
+            "shard_jobs": runs, "baseline": "Pillow open+convert+bicubic resize+save JPEG per extracted file",
+            "baseline_img_s": round(base, 1),
+            "paper_estimate": estimate | {"note": f"{paper:,} images; ingest is one job (the tar index), "
+                                                  "the shards 100 jobs of one core each"}}
+
+
+def bench_jpeg(root: Path, classes_per_family: int = 5, per_class: int = 100, size: int = 256, crop: int = 227,
+               batch: int = 256, min_time: float = 2.0, device: str | None = None) -> dict:
+    """JPEG shards against raw ones, on ImageNet-sized images warped to ``size``: (1) decode rate per CPU
+    thread (``decode_jpegs``: torchvision.io.decode_jpeg) against Pillow's decode, and with 2 threads;
+    (2) training batches at ``crop`` px (crop + mirror + mean, ``TrainStream``) from raw shards in the page
+    cache against JPEG shards, 1 and 2 threads; (3) the re-encoding error; (4) what feeding 20,000 images/s
+    takes; (5) on a CUDA device, nvJPEG's batched decode rate."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from .data.ilsvrc import ingest
+    from .data.loader import TrainStream
+    from .data.shards import Shards, decode_jpegs, write_index, write_part
+
+    raw = _realistic(root, classes_per_family, per_class)
+    if not (root / "images.csv").exists():
+        ingest(raw)[1].to_csv(root / "images.csv", index=False)
+    sets = {}
+    for fmt in ("raw", "jpeg"):
+        d = root / f"shards_{fmt}{size}"
+        if not (d / "index.json").exists():
+            _note(f"writing {fmt} shards at {size} px")
+            write_part(str(root / "images.csv"), 0, 1, size, str(d / "part0"), log=lambda *a: None,
+                       resize="imagemagick", fmt=fmt)
+            write_index([str(d / "part0")], size, str(d / "index.json"), str(d / "rejects.csv"))
+        sets[fmt] = Shards(d / "index.json")
+    classes = list(range(sets["raw"].index["num_classes"]))
+    raw_set, labels = sets["raw"].load("train", classes, ram_limit=0)  # memory-mapped: the page cache
+    jpeg_set, _ = sets["jpeg"].load("train", classes)
+    n = len(labels)
+    rng = np.random.default_rng(0)
+    files = jpeg_set.files(np.arange(n))
+    kb = np.mean([len(f) for f in files]) / 1e3
+    ref = raw_set.take(np.arange(min(n, 200))).astype(np.float64)
+    dec = jpeg_set.take(np.arange(min(n, 200))).astype(np.float64)
+    psnr = 10 * np.log10(255 ** 2 / np.mean((ref - dec) ** 2))
+
+    torch.set_num_threads(1)
+    blobs = [bytes(f.numpy()) for f in files[:batch]]
+    pil = batch / _timeit(lambda: [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs],
+                          min_time=min_time)[0]
+    tv = {k: batch / _timeit(lambda: decode_jpegs(files[:batch], threads=k), min_time=min_time)[0] for k in (1, 2)}
+    mean = sets["raw"].mean_image(classes)
+    rates = {}
+    for fmt, images in (("raw", raw_set), ("jpeg", jpeg_set)):
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            stream = TrainStream(images, labels, mean, crop, batch, seed=0)
+            rates[f"{fmt}_{k}_threads"] = round(batch / _timeit(stream.next, min_time=min_time)[0], 1)
+    torch.set_num_threads(1)
+    feed = 20_000
+    out = {"bench": "jpeg", "images": n, "size": size, "crop": crop, "batch": batch,
+           "bytes_per_image": {"raw": 3 * size * size, "jpeg": round(kb * 1e3)}, "jpeg_psnr_db": round(psnr, 1),
+           "decode_img_s": {"torchvision_1_thread": round(tv[1], 1), "torchvision_2_threads": round(tv[2], 1)},
+           "baseline": "Pillow decode (Image.open + convert RGB) per image, 1 thread",
+           "baseline_img_s": round(pil, 1), "ratio": round(tv[1] / pil, 2),
+           "train_batch_img_s": rates,
+           f"to_feed_{feed}_img_s": {
+               "raw": f"{feed * 3 * size * size / 1e9:.1f} GB/s from page cache or disk (a half: "
+                      f"{PAPER_TRAIN / 2 * 3 * size * size / 1e9:.0f} GB)",
+               "jpeg_cpu": f"{feed / tv[1]:.0f} CPU threads decoding, {feed * kb / 1e6:.2f} GB/s read (a half: "
+                           f"{PAPER_TRAIN / 2 * kb / 1e6:.0f} GB)"}}
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        sync = torch.cuda.synchronize
+        out["decode_img_s"]["nvjpeg_batched"] = round(
+            batch / _timeit(lambda: decode_jpegs(files[:batch], device=dev), min_time=min_time, sync=sync)[0], 1)
+    return out
 
 
 def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, per_class: int = 100,
@@ -290,7 +475,7 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
             np.save(part / f"sum_{c:05d}.npy", train.sum(0, dtype=np.float64))
         pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"]).to_csv(part / "rejects.csv",
                                                                                           index=False)
-        seal_part(part)
+        seal_part(part, {c: [train_per_class, val_per_class] for c in range(num_classes)}, size)
         write_index([str(part)], size, str(index), str(root / "shards" / "rejects.csv"))
     man = make_manifest("rand0", {"kind": "random", "seed": 0},
                         pd.DataFrame({"wnid": [f"n{c:08d}" for c in range(num_classes)]}))
@@ -617,6 +802,11 @@ def _run_in(root: Path, which: str, small: bool, device: str | None, shared_stre
         "rawfiles": lambda: bench_rawfiles(root, files=20_000 if small else 1_281_167, classes=100 if small else 1000,
                                            hash_mb=16 if small else 512),
         "gpu": lambda: bench_gpu(root, device=device or "cuda", small=small, compile_model=compile_model),
+        "ingest": lambda: bench_ingest(root, classes_per_family=2 if small else 5, per_class=6 if small else 100,
+                                       size=64 if small else 256),
+        "jpeg": lambda: bench_jpeg(root, classes_per_family=2 if small else 5, per_class=6 if small else 100,
+                                   size=64 if small else 256, crop=56 if small else 227, batch=8 if small else 256,
+                                   min_time=mt, device=device),
     }
     todo = ["shards", "loader", "mmap", "step", "stream"] if which == "all" else [which]
     results = []

@@ -66,7 +66,8 @@ def cmd_split_random(a):
 def cmd_shard(a):
     from .data.shards import write_part
 
-    r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log, exif=a.exif)
+    r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log, exif=a.exif, resize=a.resize,
+                   fmt=a.format, quality=a.quality)
     _log(f"part {a.part}: {r['images']} images, {r['rejects']} rejected, {r['seconds']:.1f} s")
 
 
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image that cannot be decoded stops the job (error) or is recorded in rejects.csv (skip)")
     s.add_argument("--exif", choices=["ignore", "apply"], default="ignore",
                    help="EXIF orientation: ignore it as the authors' ImageMagick convert does, or apply it")
+    s.add_argument("--resize", choices=["fast", "bicubic", "imagemagick"], default="fast",
+                   help="decode and filter (preprocess.resize): DCT-domain pre-shrink + bicubic, full decode + "
+                        "bicubic, or full decode + ImageMagick's default filters (the authors')")
+    s.add_argument("--format", choices=["raw", "jpeg"], default="raw",
+                   help="store uint8 pixels (raw) or JPEG files decoded while training (jpeg)")
+    s.add_argument("--quality", type=int, default=90, help="JPEG quality of --format jpeg, 1..100")
     s.add_argument("--out", required=True, help="output folder of the part (written atomically)")
     s.set_defaults(func=cmd_shard)
 
@@ -390,11 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles"],
+    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles", "ingest", "jpeg"],
                    help="which benchmark (all = the CPU ones: shards, loader, mmap, step, stream)")
     s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")
-    s.add_argument("--device", default=None, help="gpu benchmark only: cuda (default) or cpu")
+    s.add_argument("--device", default=None, help="gpu benchmark: cuda (default) or cpu; jpeg benchmark: cuda adds nvJPEG's decode rate")
     s.add_argument("--shared-stream", action="store_true",
                    help="dag benchmark only: resources.shared_stream on, as the demo ships (default: one job per net)")
     s.add_argument("--no-compile", action="store_true", help="gpu benchmark only: skip the torch.compile run")

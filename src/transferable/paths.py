@@ -108,9 +108,39 @@ def base_split(run: str) -> str:
     return parse_replicate(run)[0]
 
 
-def prep_name(size: int) -> str:
-    """Preprocessing id: every image warped to size x size (the paper: 256)."""
-    return f"warp{int(size)}"
+RESIZES = ("fast", "bicubic", "imagemagick")  # data/shards.py::decode says what each does
+SHARD_FORMATS = ("raw", "jpeg")
+PREP_PATTERN = r"warp(?P<size>\d+)(?:-(?P<resize>bicubic|imagemagick))?(?:-jpeg(?P<quality>\d+))?"
+PREP_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", PREP_PATTERN)
+
+
+def prep_name(size: int, resize: str = "fast", fmt: str = "raw", quality: int = 90) -> str:
+    """Preprocessing id, one shard set per setting: every image warped to size x size (the paper: 256) by
+    ``resize``, stored as ``fmt``. The defaults add nothing (``warp20``); ``warp256-imagemagick-jpeg90`` is a
+    full decode with ImageMagick's filters, stored as JPEG at quality 90. Changing any of them writes a new
+    shard set (and trains on it); the old one stays where it was."""
+    if resize not in RESIZES:
+        raise ValueError(f"preprocess.resize: {resize!r} is not one of {', '.join(RESIZES)}")
+    if fmt not in SHARD_FORMATS:
+        raise ValueError(f"preprocess.format: {fmt!r} is not one of {', '.join(SHARD_FORMATS)}")
+    return (f"warp{int(size)}" + ("" if resize == "fast" else f"-{resize}")
+            + (f"-jpeg{int(quality)}" if fmt == "jpeg" else ""))
+
+
+def prep_from_config(prep: dict) -> str:
+    """The preprocessing id of a config's ``preprocess`` section."""
+    return prep_name(prep["size"], prep.get("resize", "fast"), prep.get("format", "raw"),
+                     prep.get("jpeg_quality", 90))
+
+
+def parse_prep(name: str) -> dict:
+    """``prep_name``'s inverse: {"size", "resize", "format", "quality"}."""
+    m = re.fullmatch(PREP_PATTERN, name)
+    if not m:
+        raise ValueError(f"not a preprocessing id: {name!r} (expected e.g. warp256, warp256-imagemagick-jpeg90)")
+    q = m["quality"]
+    return {"size": int(m["size"]), "resize": m["resize"] or "fast", "format": "jpeg" if q else "raw",
+            "quality": int(q) if q else 90}
 
 
 def demo_dir() -> str:

@@ -6,6 +6,8 @@ only the nets drawn in it (Figure 2 never plans a natural/man-made net, Figure 3
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 from . import paths
@@ -171,9 +173,16 @@ def known_num_classes(cfg: dict) -> int | None:
     its devkit or train/ folders (never from an earlier run's catalog, which may be another dataset's)."""
     if cfg["data"]["source"] == "demo":
         return 2 * cfg.get("demo", {}).get("classes_per_family", 20)
+    return _count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
+
+
+@functools.lru_cache(maxsize=8)
+def _count_classes(root: str, fmt: str) -> int | None:
+    """The devkit (or train/ folders) read once per Snakemake process, whoever asks (the config check, the
+    shard plan, the figures' paper lines)."""
     from .data.ilsvrc import count_classes
 
-    return count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
+    return count_classes(root, fmt)
 
 
 def _typed(v: str):

@@ -56,14 +56,14 @@ def code(stage):
     ]
 
 
-PREP = paths.prep_name(config["preprocess"]["size"])
+PREP = paths.prep_from_config(config["preprocess"])
 RES = config.get("resources", {})
 
 
 wildcard_constraints:
     split=paths.SPLIT_WILDCARD,
     net=paths.NET_WILDCARD,
-    prep=r"warp\d+",
+    prep=paths.PREP_WILDCARD,
     k=r"\d+",
 
 

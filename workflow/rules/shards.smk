@@ -27,13 +27,17 @@ rule shard_part:
         mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
         runtime=240,
     params:
-        size=lambda w: int(w.prep[len("warp") :]),
+        size=lambda w: paths.parse_prep(w.prep)["size"],
+        resize=lambda w: paths.parse_prep(w.prep)["resize"],
+        fmt=lambda w: paths.parse_prep(w.prep)["format"],
+        quality=lambda w: paths.parse_prep(w.prep)["quality"],
         parts=PARTS,
         on_corrupt=config["data"].get("on_corrupt", "error"),
         exif=config["preprocess"].get("exif_orientation", "ignore"),
     shell:
         "transferable shard --images {input.images:q} --part {wildcards.k:q} --parts {params.parts:q} "
-        "--size {params.size:q} --on-corrupt {params.on_corrupt:q} --exif {params.exif:q} --out {output:q} > {log:q} 2>&1"
+        "--size {params.size:q} --resize {params.resize:q} --format {params.fmt:q} --quality {params.quality:q} "
+        "--on-corrupt {params.on_corrupt:q} --exif {params.exif:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule shard_index:
@@ -54,7 +58,7 @@ rule shard_index:
         mem_mb=500,
         runtime=10,
     params:
-        size=lambda w: int(w.prep[len("warp") :]),
+        size=lambda w: paths.parse_prep(w.prep)["size"],
     shell:
         "transferable shard-index --parts {input.parts:q} --size {params.size:q} --out {output.index:q} "
         "--rejects {output.rejects:q} > {log:q} 2>&1"

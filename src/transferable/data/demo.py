@@ -55,7 +55,7 @@ from PIL import Image, ImageDraw
 
 from ..atomic import atomic_path
 
-__all__ = ["generate", "INJECTIONS", "FAMILIES", "TRAIN_TAR", "VAL_TAR", "DEVKIT_TGZ"]
+__all__ = ["generate", "imagenet_size", "SIZES", "INJECTIONS", "FAMILIES", "TRAIN_TAR", "VAL_TAR", "DEVKIT_TGZ"]
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -388,8 +388,49 @@ def _background(family: str, W: int, H: int, rng: np.random.Generator) -> Image.
     return img
 
 
-def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int) -> Image.Image:
-    w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+SIZES = ("uniform", "imagenet")
+# ImageNet-like sizes (``sizes="imagenet"``), a model of ILSVRC2012's training images: most are Flickr's
+# "medium" size with the long side at 500 px, the rest smaller (a few larger); 4:3 and 3:2 dominate, a
+# fifth are portrait. It gives a mean of about 400 x 350 px and a median of 500 x 375 or so
+# (tests/test_demo.py checks these), and with the texture below about 110 KB per JPEG at quality 90, as
+# the real 140 GB / 1.28 M images.
+_LONG_500, _LONG_SMALLER = 0.45, 0.985  # P(long side = 500), P(<= 500): the rest are 501..1600 px
+_ASPECTS, _ASPECT_P = (4 / 3, 3 / 2, 1.0), (0.55, 0.2, 0.12)  # the other 13 %: uniform in [1, 1.8]
+_PORTRAIT = 0.22
+_TEXTURE_AMP = 75.0  # std of the multi-octave texture (grey levels) that gives real photos' JPEG sizes
+
+
+def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) drawn from the ImageNet-like size model above."""
+    u = rng.random()
+    long = 500 if u < _LONG_500 else int(rng.integers(160, 500)) if u < _LONG_SMALLER else int(rng.integers(501, 1601))
+    v = rng.random()
+    cum = np.cumsum(_ASPECT_P)
+    aspect = _ASPECTS[int(np.searchsorted(cum, v, side="right"))] if v < cum[-1] else rng.uniform(1.0, 1.8)
+    short = max(32, round(long / aspect))
+    return (long, short) if rng.random() >= _PORTRAIT else (short, long)
+
+
+def _texture(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """Noise with energy at every scale (six octaves, each upsampled bilinearly), as photographs have:
+    white noise alone compresses unlike a photo once the image is warped smaller."""
+    out = np.zeros((h, w, 3), np.float32)
+    octaves = 6
+    for k in range(octaves):
+        sw, sh = max(1, w >> k), max(1, h >> k)
+        n = rng.standard_normal((sh, sw, 3), dtype=np.float32)
+        if k:
+            n = np.stack([np.asarray(Image.fromarray(n[..., c], mode="F").resize((w, h), Image.BILINEAR))
+                          for c in range(3)], -1)
+        out += n
+    return out * (_TEXTURE_AMP / math.sqrt(octaves))
+
+
+def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int, sizes: str = "uniform") -> Image.Image:
+    if sizes == "imagenet":
+        w, h = imagenet_size(rng)
+    else:
+        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
     W, H = w * _SUPERSAMPLE, h * _SUPERSAMPLE
     S = min(W, H)  # the class composition lives in the central square, so centre crops keep it
     fam, other = cls.family, FAMILIES[1 - FAMILIES.index(cls.family)]
@@ -433,6 +474,8 @@ def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int)
     img = img.reduce(_SUPERSAMPLE)
     grain = 7.0 if fam == "natural" else 2.5
     arr = np.asarray(img, dtype=np.float32) + rng.standard_normal((h, w, 1), dtype=np.float32) * grain
+    if sizes == "imagenet":
+        arr += _texture(w, h, rng)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
@@ -504,7 +547,9 @@ def _write_devkit(path: Path, nodes: list[_Node], val_ids: list[int]) -> None:
 
 
 def _check_args(seed: int, classes_per_family: int, train_per_class: int, val_per_class: int, min_side: int,
-                max_side: int, inject: Sequence[str]) -> tuple[str, ...]:
+                max_side: int, inject: Sequence[str], sizes: str = "uniform") -> tuple[str, ...]:
+    if sizes not in SIZES:
+        raise ValueError(f"sizes must be one of {', '.join(SIZES)}, got {sizes!r}")
     for name, v, lo in (("seed", seed, 0), ("classes_per_family", classes_per_family, 1),
                         ("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
                         ("min_side", min_side, 8)):
@@ -521,12 +566,15 @@ def _check_args(seed: int, classes_per_family: int, train_per_class: int, val_pe
 
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: int = 20,
              train_per_class: int = 200, val_per_class: int = 50, min_side: int = 32, max_side: int = 64,
-             inject: Sequence[str] = ()) -> dict:
+             inject: Sequence[str] = (), sizes: str = "uniform") -> dict:
     """Write the demo dataset as the three official ILSVRC2012 archives into ``out_dir``.
 
     ``classes_per_family`` leaf classes per family (C = 2 x classes_per_family), ``train_per_class`` and
     ``val_per_class`` images per class, each image ``min_side``..``max_side`` pixels wide and (independently)
-    high. ``inject`` is a subset of :data:`INJECTIONS` (see the module docstring).
+    high. ``sizes="imagenet"`` instead draws each image's size from a model of ILSVRC2012's (``imagenet_size``:
+    mean about 400 x 350 px) and adds a photo-like texture, so that the JPEGs weigh what real ones do (about
+    110 KB at quality 90): the data path is then measured at the paper's scale (``transferable bench ingest``).
+    ``inject`` is a subset of :data:`INJECTIONS` (see the module docstring).
 
     Returns {"classes", "train_images", "val_images", "bytes" (of the three files), "seconds",
     "families": {"man-made": [leaf WNIDs], "natural": [...]}, "injected": {kind: member name}}. For the JPEG
@@ -534,7 +582,8 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
     ``truncated_tar`` it is the class tar ``nXXXXXXXX.tar`` that the file ends inside.
     """
     t0 = time.perf_counter()
-    faults = _check_args(seed, classes_per_family, train_per_class, val_per_class, min_side, max_side, inject)
+    faults = _check_args(seed, classes_per_family, train_per_class, val_per_class, min_side, max_side, inject,
+                         sizes)
     seed = int(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -568,7 +617,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
                 inner_buf = io.BytesIO()
                 with tarfile.open(fileobj=inner_buf, mode="w", format=tarfile.USTAR_FORMAT) as inner:
                     for k in range(1, train_per_class + 1):
-                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side)
+                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side, sizes)
                         _add(inner, f"{c.wnid}_{k}.JPEG", _encode(img, slot_fault.get((c.index, k))))
                 data = inner_buf.getvalue()
                 _add(outer, f"{c.wnid}.tar", data)
@@ -588,7 +637,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i, j in enumerate(perm, start=1):
                 c, k = order[int(j)]
-                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side)
+                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side, sizes)
                 _add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", _encode(img, None))
                 val_ids.append(leaf_id[c.wnid])
 

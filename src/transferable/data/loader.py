@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .shards import ImageSet
+from .shards import ImageSet, JpegSet
 
 
 def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:
@@ -74,8 +74,8 @@ class TrainStream:
 
     def __init__(self, images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0):
-        # an ImageSet (in memory or memory-mapped), or a uint8 array (N, 3, S, S)
-        self.images = images if isinstance(images, ImageSet) else ImageSet([images])
+        # an ImageSet (in memory or memory-mapped), a JpegSet (decoded per batch), or a uint8 array (N, 3, S, S)
+        self.images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
         self.device = torch.device(device)
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.mean = torch.from_numpy(mean).to(device)
@@ -97,9 +97,9 @@ class TrainStream:
         self.perm = torch.randperm(len(self.y), generator=self.gen)
         self.pos = 0
         self.epoch = 0
-        # Memory-mapped sets (a paper-scale half): a background thread reads the NEXT batch's images while
-        # the current one trains. Only the reading moves ahead; every random draw stays in order, so the
-        # batches (and checkpoints) are exactly those of the in-memory path.
+        # Memory-mapped sets (a paper-scale half) and JPEG sets: a background thread reads (and decodes) the
+        # NEXT batch's images while the current one trains. Only the reading moves ahead; every random draw
+        # stays in order, so the batches (and checkpoints) are exactly those of the in-memory path.
         self._pool = None if self.images.in_memory or self.on_device is not None else ThreadPoolExecutor(1)
         self._pending = None  # ((epoch, pos), future of the uint8 images)
 
@@ -146,6 +146,8 @@ class TrainStream:
     def _fetch(self, idx: np.ndarray) -> torch.Tensor:
         """Read the images; for a GPU also into pinned memory, so that the copy to the device is
         asynchronous. Runs in the read-ahead thread, off the training loop's path."""
+        if isinstance(self.images, JpegSet):  # decoded on the GPU (nvJPEG) when training runs on one
+            return self.images.batch(idx, device=self.device if self.device.type == "cuda" else None)
         data = torch.from_numpy(self.images.take(idx))
         return data.pin_memory() if self.device.type == "cuda" else data
 
@@ -180,13 +182,18 @@ def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_
                  device="cpu", scale: float = 1.0):
     """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror). ``images`` is an
     ImageSet or a uint8 array (N, 3, S, S)."""
-    images = images if isinstance(images, ImageSet) else ImageSet([images])
+    images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
     size = images.shape[-1]
     off = (size - crop) // 2
     m = torch.from_numpy(np.ascontiguousarray(mean[:, off : off + crop, off : off + crop])).to(device)
+    on_gpu_decode = isinstance(images, JpegSet) and torch.device(device).type == "cuda"
     for i in range(0, len(images), batch_size):
-        block = images.slice(i, i + batch_size)
-        xb = torch.from_numpy(np.ascontiguousarray(block[:, :, off : off + crop, off : off + crop])).to(device)
+        if on_gpu_decode:
+            block = images.batch(np.arange(i, min(i + batch_size, len(images))), device=device)
+            xb = block[:, :, off : off + crop, off : off + crop]
+        else:
+            block = images.slice(i, i + batch_size)
+            xb = torch.from_numpy(np.ascontiguousarray(block[:, :, off : off + crop, off : off + crop])).to(device)
         xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
         if scale != 1.0:
             xb *= scale

@@ -1,16 +1,24 @@
-"""Preprocessed shards: every image decoded once, warped to size x size RGB, stored as raw uint8.
+"""Preprocessed shards: every image decoded once, warped to size x size RGB, stored as raw uint8 pixels
+or (``preprocess.format: jpeg``) re-encoded as JPEG and decoded in batches while training.
 
 Shards depend only on the raw data and the preprocessing setting, never on a split, so every split and
 every net reads the same files. Layout of one part (a block of consecutive classes)::
 
-    part{k}/train_{class:05d}.npy   uint8 (N, 3, S, S)
-    part{k}/val_{class:05d}.npy     uint8 (M, 3, S, S)
-    part{k}/sum_{class:05d}.npy     float64 (3, S, S): sum of the class's train images, so that the
-                                    per-pixel mean image of any set of classes (the paper's mean image of a
-                                    half) is a sum of per-class sums, without rereading images
-    part{k}/rejects.csv             images skipped under data.on_corrupt: skip
+    part{k}/train_{class:05d}.npy          raw: uint8 (N, 3, S, S)
+    part{k}/val_{class:05d}.npy            raw: uint8 (M, 3, S, S)
+    part{k}/train_{class:05d}.jpeg.npy     jpeg: uint8 (bytes,), the N JPEG files one after the other
+    part{k}/train_{class:05d}.offsets.npy  jpeg: int64 (N + 1,), where each starts (and the last ends)
+    part{k}/val_...                        the same for the validation images
+    part{k}/sum_{class:05d}.npy            float64 (3, S, S): sum of the class's train images as training
+                                           sees them (for jpeg: decoded again), so that the per-pixel mean
+                                           image of any set of classes (the paper's mean image of a half) is
+                                           a sum of per-class sums, without rereading images
+    part{k}/counts.json                    the setting and each class's image counts
+    part{k}/rejects.csv                    images skipped under data.on_corrupt: skip
+    part{k}/digest.txt                     SHA-256 of every array (a checkpoint tells its data by it)
 
-One class is read without touching the other classes' bytes (the files can be memory-mapped).
+One class is read without touching the other classes' bytes (the files can be memory-mapped), and a shard
+job holds no more than one image in memory: arrays are written through memory maps as images arrive.
 """
 
 from __future__ import annotations
@@ -38,32 +46,99 @@ def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
 
 
 EXIF_ORIENTATION = ("ignore", "apply")
+RESIZES = ("fast", "bicubic", "imagemagick")
+FORMATS = ("raw", "jpeg")
 
 
-def decode(data: bytes, size: int, where: str, exif: str = "ignore") -> np.ndarray:
+def decode(data: bytes, size: int, where: str, exif: str = "ignore", resize: str = "fast") -> np.ndarray:
     """Decode any Pillow format (CMYK, grayscale, palette, 16-bit, float and PNG-as-JPEG included) to RGB,
     warp to size x size (the paper: ``convert -resize 256x256!``, aspect ratio not kept), return uint8
     (3, size, size). High-bit-depth and float images are scaled to 8 bits, not clipped (``to_8bit``).
     ``exif``: ``ignore`` keeps the stored pixel order, as the authors' ImageMagick ``convert`` does without
-    ``-auto-orient``; ``apply`` rotates/flips by the EXIF Orientation tag first."""
+    ``-auto-orient``; ``apply`` rotates/flips by the EXIF Orientation tag first.
+
+    ``resize`` (``preprocess.resize``):
+      * ``fast``: a JPEG is first shrunk in the DCT domain (libjpeg's 1/2, 1/4, 1/8 scaling, never below
+        ``size``), then resized bicubically: 2-4x faster on large images, not pixel-identical to a full decode;
+      * ``bicubic``: full decode, bicubic (Keys, a = -0.5);
+      * ``imagemagick``: full decode and the filter ImageMagick's ``-resize`` picks by default: Lanczos (3
+        lobes) when the image loses area, Mitchell when it gains some; Pillow has no Mitchell, so its bicubic
+        stands in for those (ImageNet: the images under 256 x 256 = 65,536 pixels, a few percent).
+    """
     if not data:
         raise IngestError(f"{where}: empty file (0 bytes)")
+    if resize not in RESIZES:
+        raise ValueError(f"preprocess.resize: {resize!r} is not one of {', '.join(RESIZES)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            if im.format == "JPEG":
-                im.draft("RGB", (size, size))  # DCT-domain downscale, never below size: same result, faster
+            if im.format == "JPEG" and resize == "fast":
+                im.draft("RGB", (size, size))  # DCT-domain downscale, never below size
             if exif == "apply":
                 im = ImageOps.exif_transpose(im)
             im = to_8bit(im, where)
-            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8)
+            im = im.convert("RGB")
+            flt = Image.BICUBIC
+            if resize == "imagemagick" and size * size <= im.width * im.height:
+                flt = Image.LANCZOS
+            arr = np.asarray(im.resize((size, size), flt), dtype=np.uint8)
     except IngestError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
         raise IngestError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
+    """A warped uint8 (3, S, S) image as a baseline JPEG (4:2:0, as photo JPEGs are) at ``quality``."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr.transpose(1, 2, 0))).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = None):
+    """JPEG files (1-D uint8 tensors or bytes) -> uint8 tensor (B, 3, S, S) on ``device``, with
+    ``torchvision.io.decode_jpeg``: one batched nvJPEG call on a GPU; on the CPU split between ``threads``
+    threads (default: torch's intra-op threads), which decode in parallel (the decoder releases the GIL)."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here);
+    # they are what the product card names and they work: when torchvision drops them, this is the one
+    # function to port.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    ts = [b if isinstance(b, torch.Tensor) else torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    if not ts:
+        raise ValueError("decode_jpegs: no images")
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        return torch.stack(decode_jpeg(ts, mode=ImageReadMode.RGB, device=dev))
+    k = max(1, min(threads or torch.get_num_threads(), len(ts)))
+
+    def work(chunk):
+        return [decode_jpeg(t, mode=ImageReadMode.RGB) for t in chunk]
+
+    if k == 1:
+        return torch.stack(work(ts))
+    chunks = [ts[j::k] for j in range(k)]
+    done = list(_decode_pool(k).map(work, chunks))
+    out = [None] * len(ts)
+    for j, imgs in enumerate(done):
+        out[j::k] = imgs
+    return torch.stack(out)
+
+
+_POOLS: dict = {}
+
+
+def _decode_pool(k: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if k not in _POOLS:
+        _POOLS[k] = ThreadPoolExecutor(k, thread_name_prefix="decode")
+    return _POOLS[k]
 
 
 def to_8bit(im: Image.Image, where: str) -> Image.Image:
@@ -92,10 +167,15 @@ def to_8bit(im: Image.Image, where: str) -> Image.Image:
     return Image.fromarray(((a * 255 + top // 2) // top).astype(np.uint8))
 
 
-def seal_part(part_dir: str | os.PathLike) -> str:
-    """Write ``digest.txt`` into a part folder: the SHA-256 of every array file in it (name and bytes, in
-    name order), so that an index, and a checkpoint through it, can tell its data. Returns the digest."""
+def seal_part(part_dir: str | os.PathLike, counts: dict, size: int, resize: str = "fast", fmt: str = "raw",
+              quality: int = 90) -> str:
+    """Finish a part folder: ``counts.json`` (the setting and {class: [train, val] image counts}) and
+    ``digest.txt``: the SHA-256 of every array file in it (name and bytes, in name order), so that an index,
+    and a checkpoint through it, can tell its data. Returns the digest."""
     part_dir = Path(part_dir)
+    (part_dir / "counts.json").write_text(json.dumps(
+        {"size": int(size), "resize": resize, "format": fmt, "quality": int(quality) if fmt == "jpeg" else None,
+         "counts": {str(c): list(n) for c, n in counts.items()}}))
     h = hashlib.sha256()
     for f in sorted(part_dir.glob("*.npy")):
         h.update(f.name.encode() + b"\0")
@@ -106,10 +186,72 @@ def seal_part(part_dir: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+class _PartWriter:
+    """Per-class arrays of one part, filled image by image: raw pixels through memory-mapped ``.npy``
+    files of the expected length (so a job's memory does not grow with the part), JPEG files appended to
+    per-class lists (~30 KB each); the per-class sums of the training images as they come."""
+
+    def __init__(self, tmp: Path, size: int, fmt: str, quality: int, expected: dict):
+        self.tmp, self.size, self.fmt, self.quality, self.expected = tmp, size, fmt, quality, expected
+        self.filled: dict = {}
+        self.maps: dict = {}
+        self.jpegs: dict = {}
+        self.sums: dict = {}
+
+    def add(self, subset: str, c: int, arr: np.ndarray) -> None:
+        key = (subset, c)
+        i = self.filled.get(key, 0)
+        if self.fmt == "jpeg":
+            blob = encode_jpeg(arr, self.quality)
+            self.jpegs.setdefault(key, []).append(blob)
+            if subset == "train":  # the mean of what training will see: the decoded JPEG (Pillow and
+                # torchvision's CPU decoder are the same libjpeg-turbo, bit for bit: tests/test_preprocess.py)
+                arr = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).transpose(2, 0, 1)
+        else:
+            if key not in self.maps:
+                self.maps[key] = np.lib.format.open_memmap(
+                    self.tmp / f"{subset}_{c:05d}.npy", mode="w+", dtype=np.uint8,
+                    shape=(self.expected[key], 3, self.size, self.size))
+            self.maps[key][i] = arr
+        if subset == "train":
+            if c not in self.sums:
+                self.sums[c] = np.zeros((3, self.size, self.size), np.float64)
+            self.sums[c] += arr
+        self.filled[key] = i + 1
+
+    def finish(self, classes: list[int]) -> dict:
+        """Write what is left; return {class: [train count, val count]}."""
+        while self.maps:
+            (subset, c), m = self.maps.popitem()
+            n = self.filled[(subset, c)]
+            m.flush()
+            if n < len(m):  # images were skipped (data.on_corrupt: skip): keep the filled rows
+                f = self.tmp / f"{subset}_{c:05d}.npy"
+                np.save(f.with_suffix(".short.npy"), m[:n])
+                del m
+                os.replace(f.with_suffix(".short.npy"), f)
+            else:
+                del m
+        for (subset, c), blobs in self.jpegs.items():
+            np.save(self.tmp / f"{subset}_{c:05d}.jpeg.npy", np.frombuffer(b"".join(blobs), dtype=np.uint8))
+            np.save(self.tmp / f"{subset}_{c:05d}.offsets.npy",
+                    np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64))
+        for c in classes:
+            np.save(self.tmp / f"sum_{c:05d}.npy", self.sums[c])
+        return {c: [self.filled.get(("train", c), 0), self.filled.get(("val", c), 0)] for c in classes}
+
+
 def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
-               log=print, exif: str = "ignore") -> dict:
+               log=print, exif: str = "ignore", resize: str = "fast", fmt: str = "raw", quality: int = 90) -> dict:
     """Write part ``k`` of ``parts`` into ``out_dir`` (created atomically: built in a temp dir, renamed),
-    with ``digest.txt``: the SHA-256 of every array it holds, so that a checkpoint can tell its data."""
+    with ``counts.json`` and ``digest.txt``: the SHA-256 of every array it holds, so that a checkpoint can
+    tell its data. ``resize``: see ``decode``; ``fmt``: raw pixels, or JPEG at ``quality`` (1..100)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"preprocess.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"preprocess.jpeg_quality: {quality} is outside 1..100")
+    if resize not in RESIZES:
+        raise ValueError(f"preprocess.resize: {resize!r} is not one of {', '.join(RESIZES)}")
     images = pd.read_csv(images_csv, keep_default_na=False)
     num_classes = int(images.class_index.max()) + 1
     blocks = class_blocks(num_classes, parts)
@@ -118,12 +260,13 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
                          f"0..{len(blocks) - 1} exist (preprocess.parts is clamped to the number of classes)")
     classes = blocks[k]
     rows = images[images.class_index.isin(classes)].sort_values(["path", "offset"], kind="stable")
+    expected = {(sub, int(c)): int(n) for (sub, c), n in rows.groupby(["subset", "class_index"]).size().items()}
     out = Path(out_dir)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     handles: dict = {}
-    arrays: dict[tuple[str, int], list[np.ndarray]] = {}
+    writer = _PartWriter(tmp, size, fmt, int(quality), expected)
     rejects = []
     t0, total, last = time.time(), len(rows), 0.0
     try:
@@ -131,14 +274,14 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
             where = f"{row.path}" + (f": member {row.member!r}" if row.source == "tar" else "")
             try:
                 arr = decode(read_image_bytes(row.source, row.path, row.offset, row.size, row.member, handles),
-                             size, where, exif)
+                             size, where, exif, resize)
             except IngestError as e:
                 if on_corrupt != "skip":
                     raise IngestError(f"{e} (set data.on_corrupt: skip to record it in a rejects table)") from e
                 rejects.append({"subset": row.subset, "class_index": row.class_index, "path": row.path,
                                 "member": row.member, "error": str(e)})
                 continue
-            arrays.setdefault((row.subset, int(row.class_index)), []).append(arr)
+            writer.add(row.subset, int(row.class_index), arr)
             done = (i + 1) / max(total, 1)
             if done - last >= 0.05 or i + 1 == total:
                 last = done
@@ -147,12 +290,9 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
                     f"{rate:.0f} img/s, ETA {(total - i - 1) / rate:.0f} s")
         for c in classes:
             for subset in ("train", "val"):
-                got = arrays.get((subset, c))
-                if not got:
+                if not writer.filled.get((subset, c)):
                     raise IngestError(f"class {c}: no readable {subset} images left for part {k}")
-                np.save(tmp / f"{subset}_{c:05d}.npy", np.stack(got))
-            np.save(tmp / f"sum_{c:05d}.npy", np.stack(arrays[("train", c)]).sum(0, dtype=np.float64))
-        seal_part(tmp)
+        seal_part(tmp, writer.finish(classes), size, resize, fmt, quality)
         pd.DataFrame(rejects, columns=["subset", "class_index", "path", "member", "error"]).to_csv(
             tmp / "rejects.csv", index=False)
         for f in handles.values():
@@ -168,28 +308,34 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
 
 
 def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str) -> dict:
-    """Join the parts: class -> part, counts, and all rejects (written atomically)."""
-    classes, counts, rejects = {}, {}, []
+    """Join the parts: class -> part, counts, the storage format, and all rejects (written atomically)."""
+    classes, counts, rejects, settings = {}, {}, [], {}
     digest = hashlib.sha256()
     for d in part_dirs:
         d = Path(d)
-        if not (d / "digest.txt").is_file():
-            raise IngestError(f"{d}: no digest.txt (written by an older version of transferable, or not by "
-                              "write_part): rebuild the shards (snakemake --forcerun shard_part)")
+        if not (d / "digest.txt").is_file() or not (d / "counts.json").is_file():
+            raise IngestError(f"{d}: no digest.txt or counts.json (written by an older version of transferable, "
+                              "or not by write_part): rebuild the shards (snakemake --forcerun shard_part)")
         digest.update((d / "digest.txt").read_text().strip().encode())
-        for f in sorted(d.glob("train_*.npy")):
-            c = int(f.stem.split("_")[1])
-            n_train = np.load(f, mmap_mode="r").shape[0]
-            n_val = np.load(d / f"val_{c:05d}.npy", mmap_mode="r").shape[0]
-            classes[c] = d.name
-            counts[c] = [n_train, n_val]
+        part = json.loads((d / "counts.json").read_text())
+        setting = {k: part.get(k) for k in ("size", "resize", "format", "quality")}
+        if settings and setting != settings:
+            raise IngestError(f"{d}: written with {setting}, other parts with {settings}: rebuild the shards")
+        if setting["size"] != size:
+            raise IngestError(f"{d}: images of {setting['size']} px, the index is for {size} px")
+        settings = setting
+        for c, n in part["counts"].items():
+            classes[int(c)] = d.name
+            counts[int(c)] = n
         r = pd.read_csv(d / "rejects.csv", keep_default_na=False)
         if len(r):
             rejects.append(r)
     n = len(classes)
     if sorted(classes) != list(range(n)):
         raise IngestError(f"{out_json}: shard parts do not cover classes 0..{n - 1}")
-    index = {"size": size, "num_classes": n, "parts": {str(c): classes[c] for c in range(n)},
+    index = {"size": size, "format": settings.get("format", "raw"), "quality": settings.get("quality"),
+             "resize": settings.get("resize"), "num_classes": n,
+             "parts": {str(c): classes[c] for c in range(n)},
              "counts": {str(c): counts[c] for c in range(n)}, "digest": digest.hexdigest()}
     atomic.write_text(out_json, json.dumps(index, indent=1))
     rej = pd.concat(rejects) if rejects else pd.DataFrame(columns=["subset", "class_index", "path", "member", "error"])
@@ -205,14 +351,18 @@ class Shards:
         with open(index_json) as f:
             self.index = json.load(f)
         self.size = int(self.index["size"])
+        self.format = self.index.get("format", "raw")
         # the content of every array (from the parts' digests); an index without one: its own text
         self.digest = self.index.get("digest") or hashlib.sha256(
             json.dumps(self.index, sort_keys=True).encode()).hexdigest()
 
-    def _file(self, what: str, c: int) -> Path:
-        return self.root / self.index["parts"][str(c)] / f"{what}_{c:05d}.npy"
+    def _file(self, what: str, c: int, suffix: str = ".npy") -> Path:
+        return self.root / self.index["parts"][str(c)] / f"{what}_{c:05d}{suffix}"
 
     def array(self, subset: str, c: int) -> np.ndarray:
+        """A class's images, uint8 (N, 3, S, S): memory-mapped (raw), or decoded (jpeg)."""
+        if self.format == "jpeg":
+            return self.load(subset, [c])[0].slice(0, self.count(subset, c))
         return np.load(self._file(subset, c), mmap_mode="r")
 
     def count(self, subset: str, c: int) -> int:
@@ -226,10 +376,16 @@ class Shards:
         n = sum(self.count("train", c) for c in classes)
         return (total / n).astype(np.float32)
 
-    def load(self, subset: str, classes: list[int], ram_limit: float | None = None) -> tuple[ImageSet, np.ndarray]:
-        """The images of ``classes`` and their labels (= position of the class in ``classes``). In memory
-        when they take less than ``ram_limit`` bytes (default: a quarter of the available memory),
-        otherwise read on demand from the memory-mapped files (a paper-scale half is ~127 GB)."""
+    def load(self, subset: str, classes: list[int], ram_limit: float | None = None):
+        """The images of ``classes`` and their labels (= position of the class in ``classes``). Raw shards:
+        an ImageSet, in memory when the pixels take less than ``ram_limit`` bytes (default: a quarter of the
+        available memory), otherwise read on demand from the memory-mapped files (a paper-scale half is
+        ~127 GB). JPEG shards: a JpegSet, its files in memory under the same rule, decoded per batch."""
+        if self.format == "jpeg":
+            blobs = [np.load(self._file(subset, c, ".jpeg.npy"), mmap_mode="r") for c in classes]
+            offsets = [np.load(self._file(subset, c, ".offsets.npy")) for c in classes]
+            ys = np.concatenate([np.full(len(o) - 1, i, dtype=np.int64) for i, o in enumerate(offsets)])
+            return JpegSet(blobs, offsets, self.size, ram_limit), ys
         xs = [self.array(subset, c) for c in classes]
         ys = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)])
         return ImageSet(xs, ram_limit), ys
@@ -271,6 +427,53 @@ class ImageSet:
         for j in np.argsort(idx, kind="stable"):  # file order: sequential-ish reads
             out[j] = self.arrays[cls[j]][idx[j] - self.starts[cls[j]]]
         return out
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        return self.take(np.arange(start, min(stop, len(self))))
+
+
+class JpegSet:
+    """JPEG-compressed images of several classes as one indexable set, decoded batch by batch with
+    ``torchvision.io.decode_jpeg`` (``decode_jpegs``): on the GPU when ``batch`` is asked for one, by CPU
+    threads otherwise. The files stay memory-mapped unless they fit under ``ram_limit`` (a paper-scale
+    half at quality 90: ~20 GB instead of ~127 GB of pixels)."""
+
+    in_memory = False  # no pixels are held: every batch is decoded
+
+    def __init__(self, blobs: list[np.ndarray], offsets: list[np.ndarray], size: int, ram_limit: float | None = None):
+        self.shape = (sum(len(o) - 1 for o in offsets), 3, size, size)
+        nbytes = sum(b.nbytes for b in blobs)
+        limit = available_memory() / 4 if ram_limit is None else ram_limit
+        self.blobs = [np.asarray(b) if nbytes <= limit else b for b in blobs]
+        self.offsets = offsets
+        self.starts = np.cumsum([0] + [len(o) - 1 for o in offsets])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def files(self, idx) -> list:
+        """The JPEG files of images ``idx`` as 1-D uint8 tensors (copies: the maps stay read-only)."""
+        import torch
+
+        idx = np.asarray(idx)
+        cls = np.searchsorted(self.starts, idx, side="right") - 1
+        out = []
+        for i, c in zip(idx.tolist(), cls.tolist()):
+            j = i - self.starts[c]
+            a, b = self.offsets[c][j], self.offsets[c][j + 1]
+            out.append(torch.from_numpy(np.array(self.blobs[c][a:b])))
+        return out
+
+    def batch(self, idx, device=None, threads: int | None = None):
+        """Images ``idx`` decoded: uint8 tensor (B, 3, S, S) on ``device`` (default: the CPU)."""
+        x = decode_jpegs(self.files(idx), device=device, threads=threads)
+        if x.shape[-2:] != self.shape[-2:]:
+            raise IngestError(f"JPEG shards: decoded images are {tuple(x.shape[-2:])}, the index says "
+                              f"{self.shape[-2:]}: rebuild the shards")
+        return x
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        return self.batch(idx).numpy()
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         return self.take(np.arange(start, min(stop, len(self))))

@@ -1,0 +1,164 @@
+"""The paper-scale data path (issue 14): ImageNet-sized generated images, the resize choice, JPEG shards."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transferable import paths
+from transferable.data import demo
+from transferable.data.ilsvrc import ingest
+from transferable.data.loader import TrainStream, eval_batches
+from transferable.data.shards import JpegSet, Shards, decode, decode_jpegs, write_index, write_part
+
+
+def test_imagenet_size_model_matches_ilsvrc2012():
+    """Mean about 400 x 350 px, most long sides at Flickr's 500 px, some images below 256 x 256 (upscaled
+    by the warp) and some above 500 px."""
+    rng = np.random.default_rng(0)
+    s = np.array([demo.imagenet_size(rng) for _ in range(20_000)])
+    w, h = s.mean(0)
+    assert 380 <= w <= 420 and 320 <= h <= 370, (w, h)
+    long = s.max(1)
+    assert 0.4 <= (long == 500).mean() <= 0.5
+    assert 0.005 <= (long > 500).mean() <= 0.03
+    assert 0.1 <= (s.prod(1) < 256 * 256).mean() <= 0.3
+    assert (s.min(1) >= 32).all()
+
+
+def test_imagenet_sized_archives_weigh_what_real_ones_do_and_ingest_unchanged(tmp_path):
+    summary = demo.generate(tmp_path, seed=0, classes_per_family=1, train_per_class=12, val_per_class=1,
+                            sizes="imagenet")
+    catalog, images = ingest(tmp_path)
+    assert len(catalog) == 2 and len(images) == summary["train_images"] + summary["val_images"] == 26
+    tr = images[images.subset == "train"]
+    kb = tr["size"].mean() / 1e3
+    assert 70 <= kb <= 160, kb  # ImageNet: ~110 KB per training JPEG
+    # the same seed, the same bytes; the uniform model is untouched by the new one
+    demo.generate(tmp_path / "again", seed=0, classes_per_family=1, train_per_class=12, val_per_class=1,
+                  sizes="imagenet")
+    assert (tmp_path / "again" / demo.TRAIN_TAR).read_bytes() == (tmp_path / demo.TRAIN_TAR).read_bytes()
+    with pytest.raises(ValueError, match="sizes must be one of"):
+        demo.generate(tmp_path / "bad", sizes="huge")
+
+
+def _jpeg(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    im = Image.fromarray(small).resize((w, h), Image.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue(), im
+
+
+@pytest.mark.parametrize("w, h", [(500, 375), (200, 150)])
+def test_resize_choice_is_honoured(w, h):
+    data, _ = _jpeg(w, h)
+    full = Image.open(io.BytesIO(data)).convert("RGB")
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft("RGB", (64, 64))
+    drafted = drafted.convert("RGB")
+    want = {
+        "fast": drafted.resize((64, 64), Image.BICUBIC),
+        "bicubic": full.resize((64, 64), Image.BICUBIC),
+        # ImageMagick: Lanczos when the image loses area, Mitchell (here: bicubic) when it gains some
+        "imagemagick": full.resize((64, 64), Image.LANCZOS if w * h >= 64 * 64 else Image.BICUBIC),
+    }
+    got = {r: decode(data, 64, "x.JPEG", resize=r) for r in paths.RESIZES}
+    for r, im in want.items():
+        assert np.array_equal(got[r], np.asarray(im).transpose(2, 0, 1)), r
+    assert not np.array_equal(got["fast"], got["bicubic"])  # the DCT pre-shrink is not a full decode
+    assert not np.array_equal(got["bicubic"], got["imagemagick"])
+    assert np.array_equal(decode(data, 256, "x.JPEG", resize="imagemagick"),
+                          np.asarray(full.resize((256, 256), Image.LANCZOS if w * h >= 256 * 256 else Image.BICUBIC)
+                                     ).transpose(2, 0, 1))
+
+
+def test_prep_names_round_trip():
+    for size, resize, fmt, q in [(20, "fast", "raw", 90), (256, "imagemagick", "jpeg", 90), (64, "bicubic", "jpeg", 75),
+                                 (256, "imagemagick", "raw", 90)]:
+        name = paths.prep_name(size, resize, fmt, q)
+        assert paths.parse_prep(name) == {"size": size, "resize": resize, "format": fmt, "quality": q}
+    assert paths.prep_name(20) == "warp20"  # the demo's shards keep their path
+    with pytest.raises(ValueError, match="preprocess.resize"):
+        paths.prep_name(20, "lanczos")
+
+
+@pytest.fixture(scope="module")
+def both_formats(tmp_path_factory):
+    d = tmp_path_factory.mktemp("formats")
+    demo.generate(d / "raw", seed=3, classes_per_family=2, train_per_class=10, val_per_class=3, min_side=24,
+                  max_side=60)
+    _, images = ingest(d / "raw")
+    images.to_csv(d / "images.csv", index=False)
+    out = {}
+    for fmt in ("raw", "jpeg"):
+        part = d / fmt / "part0"
+        write_part(str(d / "images.csv"), 0, 1, 32, str(part), log=lambda *a: None, resize="imagemagick", fmt=fmt,
+                   quality=85)
+        write_index([str(part)], 32, str(d / fmt / "index.json"), str(d / fmt / "rejects.csv"))
+        out[fmt] = Shards(d / fmt / "index.json")
+    return out
+
+
+def _by_hand(shards, subset, classes):
+    """Every stored JPEG of ``classes`` decoded with Pillow, one by one, in label order."""
+    part = shards.root / "part0"
+    imgs = []
+    for c in classes:
+        blob = np.load(part / f"{subset}_{c:05d}.jpeg.npy")
+        off = np.load(part / f"{subset}_{c:05d}.offsets.npy")
+        for a, b in zip(off[:-1], off[1:]):
+            imgs.append(np.asarray(Image.open(io.BytesIO(blob[a:b].tobytes())).convert("RGB")).transpose(2, 0, 1))
+    return np.stack(imgs)
+
+
+def test_jpeg_shards_give_the_batches_of_their_files_decoded_by_hand(both_formats):
+    sh = both_formats["jpeg"]
+    assert sh.format == "jpeg" and sh.index["quality"] == 85 and sh.index["resize"] == "imagemagick"
+    classes = [3, 0]
+    images, labels = sh.load("train", classes)
+    assert isinstance(images, JpegSet) and images.shape == (20, 3, 32, 32) and labels.tolist() == [0] * 10 + [1] * 10
+    hand = _by_hand(sh, "train", classes)
+    assert np.array_equal(images.take(np.arange(20)), hand)
+    # the mean image is the mean of what training sees (the decoded JPEGs), not of the pixels before encoding
+    mean = sh.mean_image(classes)
+    assert np.allclose(mean, hand.mean(0, dtype=np.float64), atol=1e-4)
+    # training batches: identical to a stream over the hand-decoded pixels with the same seed
+    a = TrainStream(images, labels, mean, 28, 8, seed=5)
+    b = TrainStream(hand, labels, mean, 28, 8, seed=5)
+    for _ in range(4):  # past an epoch boundary (20 images, batches of 8)
+        (xa, ya), (xb, yb) = a.next(), b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    val, vy = sh.load("val", classes)
+    hand_val = _by_hand(sh, "val", classes)
+    for (xa, ya), (xb, yb) in zip(eval_batches(val, vy, mean, 28, 4), eval_batches(hand_val, vy, mean, 28, 4)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_jpeg_shards_are_close_to_raw_and_smaller(both_formats):
+    raw, jpg = both_formats["raw"], both_formats["jpeg"]
+    r, _ = raw.load("train", [1])
+    j, _ = jpg.load("train", [1])
+    x, y = r.take(np.arange(10)).astype(float), j.take(np.arange(10)).astype(float)
+    psnr = 10 * np.log10(255**2 / np.mean((x - y) ** 2))
+    assert psnr > 25, psnr
+    part = jpg.root / "part0"
+    assert (part / "train_00001.jpeg.npy").stat().st_size < 0.7 * (raw.root / "part0" / "train_00001.npy").stat().st_size
+    counts = json.loads((part / "counts.json").read_text())
+    assert counts["format"] == "jpeg" and counts["counts"]["1"] == [10, 3]
+    # threaded decoding returns images in order
+    files = j.files(np.arange(10))
+    assert torch.equal(decode_jpegs(files, threads=3), decode_jpegs(files, threads=1))
+
+
+def test_memory_mapped_jpeg_set_equals_in_memory(both_formats):
+    sh = both_formats["jpeg"]
+    mem, _ = sh.load("val", [0, 1, 2])
+    mapped, _ = sh.load("val", [0, 1, 2], ram_limit=0)
+    assert isinstance(mapped.blobs[0], np.memmap) and not isinstance(mem.blobs[0], np.memmap)
+    idx = np.array([8, 0, 4, 4])
+    assert np.array_equal(mem.take(idx), mapped.take(idx))
