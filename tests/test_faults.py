@@ -199,6 +199,12 @@ def test_corrupt_images_skipped_and_recorded_oddities_converted(injected, tmp_pa
     idx = write_index([str(tmp_path / "part0")], 12, str(tmp_path / "index.json"), str(tmp_path / "rejects.csv"))
     assert sum(c[0] for c in idx["counts"].values()) == 4 * 8 - 2
     assert len(pd.read_csv(tmp_path / "rejects.csv")) == 2
+    # the arrays of the classes that lost images hold exactly the images kept (their headers rewritten)
+    from transferable.data.shards import Shards
+
+    sh = Shards(tmp_path / "index.json")
+    assert [len(sh.array("train", c)) for c in range(4)] == [c[0] for c in idx["counts"].values()]
+    assert all(sh.array("train", c)[-1].max() > 0 for c in range(4))  # no empty row left at the end
 
 
 def test_truncated_tar_names_the_archive(tmp_path):

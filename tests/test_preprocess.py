@@ -162,3 +162,27 @@ def test_memory_mapped_jpeg_set_equals_in_memory(both_formats):
     assert isinstance(mapped.blobs[0], np.memmap) and not isinstance(mem.blobs[0], np.memmap)
     idx = np.array([8, 0, 4, 4])
     assert np.array_equal(mem.take(idx), mapped.take(idx))
+
+
+@pytest.mark.slow
+def test_micro_pipeline_runs_on_jpeg_shards(micro_done, tmp_path):
+    """The whole DAG on JPEG shards with the full-decode resize, next to the raw ones of the finished run
+    (copied): new shards under their own path, every net retrained on them, the old shards untouched."""
+    import shutil
+
+    from conftest import run_snakemake
+
+    wd = tmp_path / "wd"
+    shutil.copytree(micro_done, wd, symlinks=True)
+    old = wd / "results/shards/warp20/index.json"
+    before = old.read_bytes()
+    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml", "--config",
+                   "preprocess={size: 20, parts: 2, format: jpeg, jpeg_quality: 90, resize: imagemagick}"], wd)
+    index = json.loads((wd / "results/shards/warp20-imagemagick-jpeg90/index.json").read_text())
+    assert index["format"] == "jpeg" and index["quality"] == 90 and index["resize"] == "imagemagick"
+    assert old.read_bytes() == before
+    metrics = json.loads((wd / "results/nets/rand0/baseB/metrics.json").read_text())
+    shards = metrics["provenance"]["shards"]
+    assert shards["index"].endswith("warp20-imagemagick-jpeg90/index.json") and shards["format"] == "jpeg"
+    assert shards["digest"] == index["digest"]
+    assert (wd / "results/figures/fig2.pdf").stat().st_size > 0

@@ -392,12 +392,12 @@ SIZES = ("uniform", "imagenet")
 # ImageNet-like sizes (``sizes="imagenet"``), a model of ILSVRC2012's training images: most are Flickr's
 # "medium" size with the long side at 500 px, the rest smaller (a few larger); 4:3 and 3:2 dominate, a
 # fifth are portrait. It gives a mean of about 400 x 350 px and a median of 500 x 375 or so
-# (tests/test_demo.py checks these), and with the texture below about 110 KB per JPEG at quality 90, as
-# the real 140 GB / 1.28 M images.
+# (tests/test_preprocess.py checks these), and with the grain below about 100 KB per JPEG at quality 90, as
+# the real 140 GB / 1.28 M images (110 KB).
 _LONG_500, _LONG_SMALLER = 0.45, 0.985  # P(long side = 500), P(<= 500): the rest are 501..1600 px
 _ASPECTS, _ASPECT_P = (4 / 3, 3 / 2, 1.0), (0.55, 0.2, 0.12)  # the other 13 %: uniform in [1, 1.8]
 _PORTRAIT = 0.22
-_TEXTURE_AMP = 75.0  # std of the multi-octave texture (grey levels) that gives real photos' JPEG sizes
+_TEXTURE_AMP = 60.0  # amplitude of the fine grain (grey levels) that gives photos' JPEG weights
 
 
 def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -412,18 +412,16 @@ def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def _texture(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    """Noise with energy at every scale (six octaves, each upsampled bilinearly), as photographs have:
-    white noise alone compresses unlike a photo once the image is warped smaller."""
-    out = np.zeros((h, w, 3), np.float32)
-    octaves = 6
-    for k in range(octaves):
-        sw, sh = max(1, w >> k), max(1, h >> k)
-        n = rng.standard_normal((sh, sw, 3), dtype=np.float32)
-        if k:
-            n = np.stack([np.asarray(Image.fromarray(n[..., c], mode="F").resize((w, h), Image.BILINEAR))
-                          for c in range(3)], -1)
-        out += n
-    return out * (_TEXTURE_AMP / math.sqrt(octaves))
+    """Fine grain: white noise minus its own half-resolution (Lanczos down, bicubic up) version, so its
+    energy lies in the finest octave, which a warp to 256 px mostly removes. Photos owe much of their
+    JPEG weight to such detail; with it, originals weigh ~100 KB at quality 90 (ImageNet's: ~110 KB) and
+    their 256 x 256 re-encodings ~33 KB, heavier than ImageNet's 17-20 KB (docs/performance.md), so decode
+    rates measured on them err on the slow side."""
+    n = rng.standard_normal((h, w, 3), dtype=np.float32)
+    low = np.stack([np.asarray(Image.fromarray(n[..., c], mode="F").resize((max(1, w // 2), max(1, h // 2)),
+                                                                             Image.LANCZOS).resize((w, h), Image.BICUBIC))
+                    for c in range(3)], -1)
+    return (n - low) * _TEXTURE_AMP
 
 
 def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int, sizes: str = "uniform") -> Image.Image:
@@ -573,7 +571,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
     ``val_per_class`` images per class, each image ``min_side``..``max_side`` pixels wide and (independently)
     high. ``sizes="imagenet"`` instead draws each image's size from a model of ILSVRC2012's (``imagenet_size``:
     mean about 400 x 350 px) and adds a photo-like texture, so that the JPEGs weigh what real ones do (about
-    110 KB at quality 90): the data path is then measured at the paper's scale (``transferable bench ingest``).
+    100 KB at quality 90): the data path is then measured at the paper's scale (``transferable bench ingest``).
     ``inject`` is a subset of :data:`INJECTIONS` (see the module docstring).
 
     Returns {"classes", "train_images", "val_images", "bytes" (of the three files), "seconds",

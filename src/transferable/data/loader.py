@@ -19,7 +19,8 @@ def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, 
     """x uint8 (B,3,S,S), mean float (3,S,S), offsets/flip (B,) -> float (B,3,crop,crop), channels_last
     (the memory layout the convolutions run fastest in, on CPU and GPU). The mean is subtracted at the
     crop's position and mirrored with it."""
-    out = (_crops_by_index if x.device.type != "cpu" else _crops_by_slice)(x, mean, oy, ox, crop, flip)
+    on_cpu = isinstance(x, list) or x.device.type == "cpu"  # a list: decoded JPEGs, one tensor each
+    out = (_crops_by_slice if on_cpu else _crops_by_index)(x, mean, oy, ox, crop, flip)
     if scale != 1.0:
         out *= scale
     return out
@@ -43,15 +44,16 @@ _CROP_POOL: ThreadPoolExecutor | None = None
 
 def _crops_by_slice(x, mean, oy, ox, crop, flip) -> torch.Tensor:
     """Image by image as strided slices: on a CPU 4x faster than the gather at 227 px (bench mmap), the
-    same values. With several torch threads, a batch of large crops is split between two threads."""
+    same values. With several torch threads, a batch of large crops is split between two threads. ``x``
+    is a uint8 (B, 3, S, S) tensor or a list of (3, S, S) ones."""
     global _CROP_POOL
-    out = torch.empty(x.shape[0], crop, crop, x.shape[1], dtype=torch.float32)
+    out = torch.empty(len(x), crop, crop, x[0].shape[0], dtype=torch.float32)
     view = out.permute(0, 3, 1, 2)  # NHWC in memory = torch.channels_last
     todo = list(enumerate(zip(oy.tolist(), ox.tolist(), flip.tolist())))
 
     def work(items):
         for i, (a, b, f) in items:
-            t = torch.sub(x[i, :, a : a + crop, b : b + crop], mean[:, a : a + crop, b : b + crop])
+            t = torch.sub(x[i][:, a : a + crop, b : b + crop], mean[:, a : a + crop, b : b + crop])
             view[i].copy_(t.flip(-1) if f else t)
 
     # two threads when torch may use several (measured: 1.6x at 227 px); small crops are not worth one.
@@ -147,7 +149,9 @@ class TrainStream:
         """Read the images; for a GPU also into pinned memory, so that the copy to the device is
         asynchronous. Runs in the read-ahead thread, off the training loop's path."""
         if isinstance(self.images, JpegSet):  # decoded on the GPU (nvJPEG) when training runs on one
-            return self.images.batch(idx, device=self.device if self.device.type == "cuda" else None)
+            if self.device.type == "cuda":
+                return self.images.batch(idx, device=self.device)
+            return self.images.batch(idx, stack=False)
         data = torch.from_numpy(self.images.take(idx))
         return data.pin_memory() if self.device.type == "cuda" else data
 

@@ -97,10 +97,12 @@ def encode_jpeg(arr: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = None):
+def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = None, stack: bool = True):
     """JPEG files (1-D uint8 tensors or bytes) -> uint8 tensor (B, 3, S, S) on ``device``, with
     ``torchvision.io.decode_jpeg``: one batched nvJPEG call on a GPU; on the CPU split between ``threads``
-    threads (default: torch's intra-op threads), which decode in parallel (the decoder releases the GIL)."""
+    threads (default: torch's intra-op threads), which decode in parallel (the decoder releases the GIL).
+    ``stack=False`` on the CPU returns the list of (3, S, S) images: stacking a batch of 256 px images
+    costs a third of decoding them (``bench jpeg``), and the CPU crop reads them one by one anyway."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -121,13 +123,12 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
         return [decode_jpeg(t, mode=ImageReadMode.RGB) for t in chunk]
 
     if k == 1:
-        return torch.stack(work(ts))
-    chunks = [ts[j::k] for j in range(k)]
-    done = list(_decode_pool(k).map(work, chunks))
-    out = [None] * len(ts)
-    for j, imgs in enumerate(done):
-        out[j::k] = imgs
-    return torch.stack(out)
+        out = work(ts)
+    else:
+        out = [None] * len(ts)
+        for j, imgs in enumerate(_decode_pool(k).map(work, [ts[j::k] for j in range(k)])):
+            out[j::k] = imgs
+    return torch.stack(out) if stack else out
 
 
 _POOLS: dict = {}
@@ -187,20 +188,30 @@ def seal_part(part_dir: str | os.PathLike, counts: dict, size: int, resize: str 
 
 
 class _PartWriter:
-    """Per-class arrays of one part, filled image by image: raw pixels through memory-mapped ``.npy``
-    files of the expected length (so a job's memory does not grow with the part), JPEG files appended to
-    per-class lists (~30 KB each); the per-class sums of the training images as they come."""
+    """Per-class arrays of one part, written image by image: raw pixels appended to ``.npy`` files opened
+    with the expected shape in their header (plain writes, not memory maps, so that the written pages are
+    page cache the kernel may drop, not the job's resident memory), JPEG files to per-class lists (~30 KB
+    each); the per-class sums of the training images as they come. A job's memory does not grow with
+    its part (``transferable bench ingest`` measures it)."""
 
     def __init__(self, tmp: Path, size: int, fmt: str, quality: int, expected: dict):
         self.tmp, self.size, self.fmt, self.quality, self.expected = tmp, size, fmt, quality, expected
         self.filled: dict = {}
-        self.maps: dict = {}
+        self.files: dict = {}
         self.jpegs: dict = {}
         self.sums: dict = {}
 
+    def _raw_file(self, subset: str, c: int):
+        key = (subset, c)
+        if key not in self.files:
+            f = open(self.tmp / f"{subset}_{c:05d}.npy", "wb")
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                     "shape": (self.expected[key], 3, self.size, self.size)})
+            self.files[key] = f
+        return self.files[key]
+
     def add(self, subset: str, c: int, arr: np.ndarray) -> None:
         key = (subset, c)
-        i = self.filled.get(key, 0)
         if self.fmt == "jpeg":
             blob = encode_jpeg(arr, self.quality)
             self.jpegs.setdefault(key, []).append(blob)
@@ -208,30 +219,27 @@ class _PartWriter:
                 # torchvision's CPU decoder are the same libjpeg-turbo, bit for bit: tests/test_preprocess.py)
                 arr = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).transpose(2, 0, 1)
         else:
-            if key not in self.maps:
-                self.maps[key] = np.lib.format.open_memmap(
-                    self.tmp / f"{subset}_{c:05d}.npy", mode="w+", dtype=np.uint8,
-                    shape=(self.expected[key], 3, self.size, self.size))
-            self.maps[key][i] = arr
+            self._raw_file(subset, c).write(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
         if subset == "train":
             if c not in self.sums:
                 self.sums[c] = np.zeros((3, self.size, self.size), np.float64)
             self.sums[c] += arr
-        self.filled[key] = i + 1
+        self.filled[key] = self.filled.get(key, 0) + 1
 
     def finish(self, classes: list[int]) -> dict:
         """Write what is left; return {class: [train count, val count]}."""
-        while self.maps:
-            (subset, c), m = self.maps.popitem()
+        while self.files:
+            (subset, c), f = self.files.popitem()
+            f.close()
             n = self.filled[(subset, c)]
-            m.flush()
-            if n < len(m):  # images were skipped (data.on_corrupt: skip): keep the filled rows
-                f = self.tmp / f"{subset}_{c:05d}.npy"
-                np.save(f.with_suffix(".short.npy"), m[:n])
-                del m
-                os.replace(f.with_suffix(".short.npy"), f)
-            else:
-                del m
+            if n < self.expected[(subset, c)]:  # images were skipped (data.on_corrupt: skip): fix the header
+                path = self.tmp / f"{subset}_{c:05d}.npy"
+                with open(path, "rb") as fh:
+                    np.lib.format.read_magic(fh)
+                    np.lib.format.read_array_header_1_0(fh)
+                    data = np.frombuffer(fh.read(), dtype=np.uint8).reshape(n, 3, self.size, self.size)
+                np.save(path.with_suffix(".short.npy"), data)
+                os.replace(path.with_suffix(".short.npy"), path)
         for (subset, c), blobs in self.jpegs.items():
             np.save(self.tmp / f"{subset}_{c:05d}.jpeg.npy", np.frombuffer(b"".join(blobs), dtype=np.uint8))
             np.save(self.tmp / f"{subset}_{c:05d}.offsets.npy",
@@ -239,6 +247,10 @@ class _PartWriter:
         for c in classes:
             np.save(self.tmp / f"sum_{c:05d}.npy", self.sums[c])
         return {c: [self.filled.get(("train", c), 0), self.filled.get(("val", c), 0)] for c in classes}
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
 
 
 def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
@@ -301,6 +313,7 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
+        writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"classes": classes, "images": total - len(rejects), "rejects": len(rejects),
@@ -464,12 +477,14 @@ class JpegSet:
             out.append(torch.from_numpy(np.array(self.blobs[c][a:b])))
         return out
 
-    def batch(self, idx, device=None, threads: int | None = None):
-        """Images ``idx`` decoded: uint8 tensor (B, 3, S, S) on ``device`` (default: the CPU)."""
-        x = decode_jpegs(self.files(idx), device=device, threads=threads)
-        if x.shape[-2:] != self.shape[-2:]:
-            raise IngestError(f"JPEG shards: decoded images are {tuple(x.shape[-2:])}, the index says "
-                              f"{self.shape[-2:]}: rebuild the shards")
+    def batch(self, idx, device=None, threads: int | None = None, stack: bool = True):
+        """Images ``idx`` decoded: uint8 tensor (B, 3, S, S) on ``device`` (default: the CPU), or on the
+        CPU with ``stack=False`` the list of (3, S, S) images."""
+        x = decode_jpegs(self.files(idx), device=device, threads=threads, stack=stack)
+        got = tuple(x[0].shape[-2:])
+        if got != self.shape[-2:]:
+            raise IngestError(f"JPEG shards: decoded images are {got}, the index says {self.shape[-2:]}: "
+                              "rebuild the shards")
         return x
 
     def take(self, idx: np.ndarray) -> np.ndarray:

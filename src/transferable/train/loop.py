@@ -466,7 +466,9 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                     raise SystemExit(128 + stop.signal)
 
     wall = time.time() - t0
-    run_info = {"code": code_version(), "kernels": kernels}  # the same for every net of the run: asked once
+    run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
+                "shards": {"index": str(shards_index), "format": shards.format, "resize": shards.index.get("resize"),
+                           "quality": shards.index.get("quality"), "digest": shards.digest}}
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
                                      len(members), outputs, spec, device, source_models.get(m.net), run_info, log)
                for m in members}
@@ -504,7 +506,8 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
         "trained_with": together, "history": "history.csv",
         "provenance": {"transferable": __version__, "code": run_info["code"], "torch": torch.__version__,
                        "python": platform.python_version(), "host": platform.node(),
-                       "source_model": source_model, "kernels": run_info["kernels"], "config": cfg},
+                       "source_model": source_model, "kernels": run_info["kernels"], "shards": run_info["shards"],
+                       "config": cfg},
     }
     atomic.torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
                         "mean": torch.from_numpy(m.mean), "outputs": outputs, "classes": torch.tensor(classes),
