@@ -305,6 +305,29 @@ def test_same_run_resumes(prepared, tmp_path):
     assert f"resumed from {tmp_path / 'ckpt/last.pt'} at iteration 4" in _resume(prepared, tmp_path, cfg)
 
 
+def test_checkpoint_settings_change_no_result_and_a_checkpoint_stays_resumable(prepared, tmp_path):
+    """Issue 17 case 9: checkpoints by wall time (train.checkpoint_minutes; here ~every iteration) or not at
+    all give the metrics of checkpoints every 4 iterations; the log states their count and share of the
+    run; and a checkpoint written under other checkpoint settings is resumed, not set aside."""
+    ref_cfg = _cfg(max_iter=12)
+    _resume(prepared, tmp_path / "ref", ref_cfg)
+    ref = json.loads((tmp_path / "ref/o/metrics.json").read_text())
+    timed = _cfg(max_iter=12)
+    timed["train"].update(checkpoint_every=0, checkpoint_minutes=1e-6)
+    log = _resume(prepared, tmp_path / "timed", timed)
+    assert "11 checkpoints written in" in log and "% of the run)" in log  # iterations 1..11; none at the end
+    none = _cfg(max_iter=12)
+    none["train"].update(checkpoint_every=0, checkpoint_minutes=0)
+    assert "0 checkpoints written" in _resume(prepared, tmp_path / "none", none)
+    for d in ("timed", "none"):
+        got = json.loads((tmp_path / d / "o/metrics.json").read_text())
+        assert got["top1"] == ref["top1"] and got["top1_final"] == ref["top1_final"]
+        h, h_ref = (pd.read_csv(tmp_path / x / "o/history.csv").drop(columns="elapsed_s") for x in (d, "ref"))
+        pd.testing.assert_frame_equal(h, h_ref)  # every evaluation, loss and lr; only the clock differs
+    _interrupted(prepared, tmp_path, _cfg(max_iter=12))
+    assert "resumed from" in _resume(prepared, tmp_path, timed)
+
+
 def test_checkpoint_after_the_data_changed_is_set_aside(prepared, tmp_path, other_shards):
     cfg = _cfg(max_iter=12)
     ckpt = _interrupted(prepared, tmp_path, cfg)

@@ -1,10 +1,12 @@
 """Training crops: Caffe's data layer semantics (crop at an offset, mirror, mean subtracted at the crop's
 position and mirrored with it, times scale), the same from the CPU's slicing and the GPU's gather."""
 
+import os
+
 import numpy as np
 import torch
 
-from transferable.data.loader import _crops_by_index, _crops_by_slice, _gather_crops
+from transferable.data.loader import TrainStream, _crops_by_index, _crops_by_slice, _gather_crops
 
 
 def test_crops_match_caffes_transform_and_both_implementations_agree():
@@ -40,3 +42,42 @@ def test_crops_split_between_threads_are_the_same(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     assert torch.equal(_crops_by_slice(x, mean, oy, ox, 68, flip), one)
     assert torch.equal(one, _crops_by_index(x, mean, oy, ox, 68, flip))
+
+
+def test_reader_threads_read_what_one_thread_reads(tmp_path):
+    """Issue 17 case 3: a batch gathered by several reader threads (straight into a given buffer, as into
+    a pinned one for a GPU) equals the one-thread read, from memory and from memory maps; a stream over
+    a memory-mapped set with 3 readers gives the in-memory stream's batches."""
+    from transferable.data.shards import ImageSet
+
+    rng = np.random.default_rng(0)
+    arrays = []
+    for c in range(3):
+        np.save(tmp_path / f"{c}.npy", rng.integers(0, 256, (40 + c, 3, 12, 12), dtype=np.uint8))
+        arrays.append(np.load(tmp_path / f"{c}.npy", mmap_mode="r"))
+    mem, mapped = ImageSet(arrays), ImageSet(arrays, ram_limit=0)
+    assert mem.in_memory and not mapped.in_memory
+    idx = rng.permutation(len(mem))[:64]
+    one = mem.take(idx)
+    for s in (mem, mapped):
+        for threads in (1, 3, 8):
+            buf = np.zeros_like(one)
+            assert s.take(idx, out=buf, threads=threads) is buf
+            assert np.array_equal(buf, one)
+    labels = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrays)])
+    mean = np.full((3, 12, 12), 100.0, dtype=np.float32)
+    a = TrainStream(mem, labels, mean, 10, 16, seed=3)
+    b = TrainStream(mapped, labels, mean, 10, 16, seed=3, readers=3)
+    assert b.readers == 3 and b._pool is not None and a._pool is None
+    for _ in range(10):  # past an epoch (123 images, batches of 16)
+        (xa, ya), (xb, yb) = a.next(), b.next()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_job_cpus_follow_affinity_and_slurm():
+    from transferable.data.shards import job_cpus
+
+    n = len(os.sched_getaffinity(0))
+    assert job_cpus({}) == n
+    assert job_cpus({"SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert job_cpus({"SLURM_CPUS_PER_TASK": str(n + 8)}) == n  # never more than the job may run on

@@ -162,3 +162,9 @@ def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
     run_snakemake(target, wd)
     images = (wd / "results/ingest/images.csv").read_text()
     assert "val/eel/2.png" not in images and images.count("/train/cat/") == 7
+
+
+@pytest.mark.slow
+def test_checkpoint_settings_rerun_nothing(done):
+    """When a run is saved does not change what it computes (issue 17 case 9)."""
+    assert _plan(done, edit=lambda c: c["train"].update(checkpoint_every=0, checkpoint_minutes=10)) == {}

@@ -141,3 +141,21 @@ def test_fused_caffe_sgd_equals_the_per_tensor_update_bit_for_bit():
                 p.sub_(buf)
     for (k, a), b in zip(fused.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_fc8_runs_in_fp32_under_bf16_autocast():
+    """Issue 17 (minor): the logits come from an fp32 fc8 whatever the autocast, on CPU as on GPU."""
+    spec = spec_from_config({"arch": "caffenet-small", "crop": 16, "widths": [8, 8, 8, 8, 8, 16, 16],
+                             "init": "kaiming"}, 5)
+    net = build_net(spec, seed=0).eval()
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(x)
+        feats = x
+        for i in range(7):
+            feats = net._block(i, feats)
+        assert feats.dtype == torch.bfloat16  # the layers below run in bf16
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        want = net.fc8(feats.float())
+    assert torch.equal(logits, want)

@@ -221,6 +221,13 @@ def cmd_bench(a):
               compile_model=not a.no_compile)
 
 
+def cmd_smoke(a):
+    from . import smoke
+
+    if not smoke.run(a.device, a.workdir):
+        raise SystemExit(1)
+
+
 def cmd_job_resources(a):
     from .bench import job_resources
 
@@ -395,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of every net")
     s.add_argument("--out", required=True, help="output: paper_comparison.csv")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("smoke", help="before a cluster campaign, on one node: kill + resume, GPU locks, the "
+                                     "training step (minutes; JSON lines, exit 1 on a failure)")
+    s.add_argument("--device", default="auto", help="auto (CUDA if visible), cpu")
+    s.add_argument("--workdir", default=None, help="scratch folder (kept); default: a temp folder")
+    s.set_defaults(func=cmd_smoke)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
     s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles", "ingest", "jpeg"],

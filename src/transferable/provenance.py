@@ -31,6 +31,16 @@ STAGE_CODE = {
 }
 
 
+# train settings that decide when a run is saved, not what it computes: changing them reruns no net
+# (the rule's params) and keeps an in-progress checkpoint resumable (its identity)
+RESULT_NEUTRAL_TRAIN = ("checkpoint_every", "checkpoint_minutes")
+
+
+def result_train(train: dict) -> dict:
+    """The ``train`` section without the settings that cannot change a result."""
+    return {k: v for k, v in train.items() if k not in RESULT_NEUTRAL_TRAIN}
+
+
 def stage_files(stage: str, package_dir: str | os.PathLike | None = None) -> list[str]:
     base = Path(package_dir) if package_dir else PACKAGE_DIR
     return [str(base / f) for f in STAGE_CODE[stage]]

@@ -133,7 +133,7 @@ def train_params_of(split):
     return json.dumps(
         {
             "net": config["net"],
-            "train": config["train"],
+            "train": provenance.result_train(config["train"]),
             "metric": config.get("metric", {}),
             "split_kind": plan.split_kind(config, split),
         },

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .shards import ImageSet, JpegSet
+from .shards import ImageSet, JpegSet, job_cpus
 
 
 def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:
@@ -75,7 +75,8 @@ class TrainStream:
     sees exactly the batches an uninterrupted one would."""
 
     def __init__(self, images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
-                 seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0):
+                 seed: int, mirror: bool = True, device: str | torch.device = "cpu", scale: float = 1.0,
+                 readers: int | None = None):
         # an ImageSet (in memory or memory-mapped), a JpegSet (decoded per batch), or a uint8 array (N, 3, S, S)
         self.images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
         self.device = torch.device(device)
@@ -93,6 +94,8 @@ class TrainStream:
         self.on_device = None
         if self.device.type == "cuda" and self.images.in_memory:
             free, _ = torch.cuda.mem_get_info(self.device)
+            # blocks the caching allocator holds but does not use are free to this process too
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             if self.images.data.nbytes < 0.5 * free:
                 self.on_device = torch.from_numpy(self.images.data).to(self.device)
         self.gen = torch.Generator().manual_seed(seed)
@@ -102,8 +105,17 @@ class TrainStream:
         # Memory-mapped sets (a paper-scale half) and JPEG sets: a background thread reads (and decodes) the
         # NEXT batch's images while the current one trains. Only the reading moves ahead; every random draw
         # stays in order, so the batches (and checkpoints) are exactly those of the in-memory path.
-        self._pool = None if self.images.in_memory or self.on_device is not None else ThreadPoolExecutor(1)
+        # On a GPU every host-resident set reads ahead, the images gathered by ``readers`` threads (default:
+        # the job's CPUs) straight into one of two pinned buffers, then copied to the device on a side
+        # stream, so that the copy overlaps the previous step's kernels instead of queuing behind them.
+        host_gpu = self.device.type == "cuda" and self.on_device is None
+        read_ahead = not self.images.in_memory or host_gpu
+        self._pool = ThreadPoolExecutor(1) if read_ahead and self.on_device is None else None
         self._pending = None  # ((epoch, pos), future of the uint8 images)
+        self.readers = max(1, readers or job_cpus())
+        self._pinned: list = []  # [pinned host buffer, event of its last copy to the device]
+        self._slot = 0
+        self._copy_stream = torch.cuda.Stream(self.device) if host_gpu and isinstance(self.images, ImageSet) else None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -141,7 +153,11 @@ class TrainStream:
             raw = self.on_device[meta[0]]
         else:
             raw = self._read(idx)
-            if dev.type == "cuda":
+            if isinstance(raw, tuple):  # copied on the side stream: wait for it there, not on the host
+                raw, done = raw
+                torch.cuda.current_stream(dev).wait_event(done)
+                raw.record_stream(torch.cuda.current_stream(dev))
+            elif dev.type == "cuda":
                 raw = raw.to(dev, non_blocking=True)
         return (raw, meta[1], meta[2], meta[3].bool()), meta[4]
 
@@ -152,8 +168,27 @@ class TrainStream:
             if self.device.type == "cuda":
                 return self.images.batch(idx, device=self.device)
             return self.images.batch(idx, stack=False)
-        data = torch.from_numpy(self.images.take(idx))
-        return data.pin_memory() if self.device.type == "cuda" else data
+        if self._copy_stream is None:
+            return torch.from_numpy(self.images.take(idx, threads=self.readers))
+        return self._to_device(idx)
+
+    def _to_device(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Gather into a pinned buffer (two, used in turn; one is reused only after its last copy ended) and
+        queue the copy to the device on the side stream; the event marks its end."""
+        shape = (len(idx), *self.images.shape[1:])
+        if not self._pinned or tuple(self._pinned[0][0].shape) != shape:
+            self._pinned = [[torch.empty(shape, dtype=torch.uint8, pin_memory=True), None] for _ in range(2)]
+        buf, last = self._pinned[self._slot]
+        if last is not None:
+            last.synchronize()
+        self.images.take(idx, out=buf.numpy(), threads=self.readers)
+        with torch.cuda.stream(self._copy_stream):
+            x = buf.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        self._pinned[self._slot][1] = done
+        self._slot = 1 - self._slot
+        return x, done
 
     def _read(self, idx: torch.Tensor) -> torch.Tensor:
         """The uint8 images of the batch just drawn (ending at self.pos), from the prefetch when it has them;

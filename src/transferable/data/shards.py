@@ -415,6 +415,29 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def job_cpus(env=None) -> int:
+    """The CPUs this job may use: its CPU affinity (what SLURM's task binding and cgroup cpusets leave it),
+    at most ``SLURM_CPUS_PER_TASK``."""
+    env = os.environ if env is None else env
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    per_task = env.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(n, int(per_task)) if per_task.isdigit() else n)
+
+
+_READ_POOLS: dict = {}
+
+
+def _read_pool(k: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if k not in _READ_POOLS:
+        _READ_POOLS[k] = ThreadPoolExecutor(k, thread_name_prefix="read")
+    return _READ_POOLS[k]
+
+
 class ImageSet:
     """Images of several classes as one indexable set: one array in memory, or per-class memory maps."""
 
@@ -432,14 +455,28 @@ class ImageSet:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def take(self, idx: np.ndarray) -> np.ndarray:
+    def take(self, idx: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+        """Images ``idx`` as uint8 (B, 3, S, S), into ``out`` if given (e.g. a pinned buffer), read by
+        ``threads`` threads (numpy copies without the GIL; from memory maps, the page faults that read the
+        files then overlap)."""
+        idx = np.asarray(idx)
+        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8) if out is None else out
+        k = max(1, min(threads, len(idx) // 8 or 1))
+        if k > 1:  # contiguous blocks of the batch, one per thread
+            bounds = np.linspace(0, len(idx), k + 1).astype(int)
+            list(_read_pool(k).map(lambda ab: self._take_into(idx[ab[0]:ab[1]], out[ab[0]:ab[1]]),
+                                   zip(bounds[:-1], bounds[1:])))
+        else:
+            self._take_into(idx, out)
+        return out
+
+    def _take_into(self, idx: np.ndarray, out: np.ndarray) -> None:
         if self.in_memory:
-            return self.data[idx]
-        out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8)
+            np.take(self.data, idx, axis=0, out=out, mode="clip")  # "raise" would copy through a buffer;
+            return  # the indices come from a permutation of this set
         cls = np.searchsorted(self.starts, idx, side="right") - 1
         for j in np.argsort(idx, kind="stable"):  # file order: sequential-ish reads
             out[j] = self.arrays[cls[j]][idx[j] - self.starts[cls[j]]]
-        return out
 
     def slice(self, start: int, stop: int) -> np.ndarray:
         return self.take(np.arange(start, min(stop, len(self))))

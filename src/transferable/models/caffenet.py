@@ -130,7 +130,10 @@ class CaffeNet(nn.Module):
             return self.drop6(torch.relu(self.fc6(torch.flatten(x, 1))))
         if i == 6:
             return self.drop7(torch.relu(self.fc7(x)))
-        return self.fc8(x)
+        # fc8 in fp32 even under bf16 autocast: the logits feed a 1000-way softmax and top-k, where bf16's
+        # 8-bit mantissa loses the loss's precision and ties the top classes (no-op without autocast)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc8(x.float())
 
     def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Logits from the output of layer ``start`` (1-based; 0 = the image) on."""

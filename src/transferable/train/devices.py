@@ -79,9 +79,9 @@ def pick_device(name: str, log=print) -> torch.device:
         if name == "auto":
             return torch.device("cpu")
         raise RuntimeError(f"resources.device: {name!r} requested but no CUDA device is visible")
-    if name in ("auto", "cuda"):
-        return torch.device(f"cuda:{wait_for_gpu(log=log)}")
-    return torch.device(name)
+    dev = torch.device(f"cuda:{wait_for_gpu(log=log)}") if name in ("auto", "cuda") else torch.device(name)
+    torch.cuda.set_device(dev)  # kernels, cuDNN handles and allocations without an explicit device go there
+    return dev
 
 
 def job_memory_bytes(env=None, cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:

@@ -28,7 +28,7 @@ from .. import atomic
 from ..data.shards import Shards
 from ..models.caffenet import spec_from_config
 from ..paths import parse_net
-from ..provenance import code_digest, code_version, file_digest
+from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import CaffeSGD, build_net, param_groups
 from .devices import job_memory_bytes, pick_device
 
@@ -56,19 +56,20 @@ def lr_at(it: int, t: dict) -> float:
 @torch.no_grad()
 def evaluate(model, images, labels, mean, crop, batch_size, device, frozen: int, amp: bool, scale: float) -> dict:
     model.eval()
-    n, loss, top1, top5 = 0, 0.0, 0, 0
+    n = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1, top-5: read back once, at the end
     for xb, yb in eval_batches(images, labels, mean, crop, batch_size, device, scale):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(xb, frozen=frozen)
-        logits = logits.float()
-        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        logits = logits.float()  # fc8 runs in fp32 (CaffeNet._block); a no-op then
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
-        top1 += (top[:, 0] == yb).sum().item()
-        top5 += (top == yb[:, None]).any(1).sum().item()
+        sums += torch.stack([F.cross_entropy(logits, yb, reduction="sum"), (top[:, 0] == yb).sum(),
+                             (top == yb[:, None]).any(1).sum()]).to(torch.float64)
         n += len(yb)
     model.train()
-    return {"val_loss": loss / n, "top1": top1 / n, "top5": top5 / n}
+    loss, top1, top5 = sums.tolist()
+    return {"val_loss": loss / n, "top1": round(top1) / n, "top5": round(top5) / n}
 
 
 def best_k_mean(values, k: int) -> float:
@@ -155,7 +156,8 @@ def load_source(path: str, split: str, net: str) -> tuple[dict, np.ndarray]:
 def run_identity(cfg: dict, split: str, nets: list[str], man: dict, shards: Shards, source_models: dict) -> dict:
     """Everything a training run depends on, as digests: a checkpoint is resumed only when all match."""
     return {
-        "config": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest(),
+        "config": hashlib.sha256(json.dumps(dict(cfg, train=result_train(cfg["train"])), sort_keys=True)
+                                 .encode()).hexdigest(),
         "nets": f"{split}:{','.join(nets)}",
         "manifest": manifest_digest(man),
         "shards": shards.digest,
@@ -435,7 +437,10 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     shared = _shared_passes(members)
 
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
+    # checkpoints every checkpoint_every iterations and/or checkpoint_minutes of wall time (0: not by that)
     ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
+    ckpt_s = 60.0 * float(tcfg.get("checkpoint_minutes", 0) or 0)
+    t_ckpt, ckpt_count, ckpt_time = time.time(), 0, 0.0
     clip = float(tcfg.get("grad_clip", 0) or 0)
     eval_bs, bs = int(tcfg.get("eval_batch_size", 256)), tcfg["batch_size"]
     t0 = time.time() - elapsed_before
@@ -446,7 +451,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             _step(members, shared, forwards, stream, lr, device, amp, clip)
             it += 1
             evaluate_now = it % eval_every == 0 or it == max_iter
-            checkpoint_now = it < max_iter and (it % ckpt_every == 0 or stop.signal)
+            due = (ckpt_every > 0 and it % ckpt_every == 0) or (ckpt_s > 0 and time.time() - t_ckpt >= ckpt_s)
+            checkpoint_now = it < max_iter and (due or stop.signal)
             if evaluate_now or checkpoint_now:
                 _check_finite(members, split, it, lr)
             if evaluate_now:
@@ -457,9 +463,12 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                     _record(m, ev, it, max_iter, lr, stream.epochs_done, time.time() - t0, split, progress, log)
                 t_rate, it_rate = time.time(), it
             if checkpoint_now:
+                t_write = time.time()
                 atomic.torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
                                    "stream": stream.state_dict(), **rng_state(device), "iter": it,
                                    "elapsed_s": time.time() - t0}, ckpt_path)
+                t_ckpt = time.time()
+                ckpt_count, ckpt_time = ckpt_count + 1, ckpt_time + t_ckpt - t_write
                 if stop.signal:
                     log(f"[{tag}] got signal {stop.signal}: checkpointed iteration {it} to {ckpt_path}; "
                         "rerun to resume")
@@ -473,7 +482,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                                      len(members), outputs, spec, device, source_models.get(m.net), run_info, log)
                for m in members}
     ckpt_path.unlink(missing_ok=True)
-    log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup)")
+    log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup); {ckpt_count} checkpoints "
+        f"written in {ckpt_time:.1f} s ({100 * ckpt_time / max(wall, 1e-9):.1f}% of the run)")
     return results
 
 

@@ -1,0 +1,162 @@
+"""``transferable smoke``: the checks to run on one node of a cluster before a campaign (minutes).
+
+1. **resume**: a tiny net trained to the end in a job process, and the same net stopped by SIGTERM after
+   its first checkpoint (what SLURM sends before a time limit or a preemption), then run again: the run
+   must resume and end with the same evaluations (deterministic kernels; the net has no LRN, whose CUDA
+   backward has no deterministic kernel).
+2. **gpu locks**: two job processes on this node each take a GPU through the pipeline's lock files and
+   hold it for a moment. As ``profiles/local`` runs them (no SLURM): with two or more GPUs they get
+   different ones at once; with one, the second waits for the first instead of failing. As two SLURM jobs
+   (different job ids, each seeing its own GPU as index 0): both start at once. Without CUDA the same lock
+   code runs with a pretend count of 1 and 2 GPUs.
+3. **step**: the paper's CaffeNet training step with the kernel settings `configs/paper-fast.yaml` trains
+   with (``train.tf32``, ``train.cudnn_benchmark``, bf16 autocast), beside a bare PyTorch loop (CUDA only).
+
+Each check prints one JSON line; the command exits 1 if any check fails. ``--device cpu`` runs checks 1-2
+on the CPU (the test suite does, ``tests/test_smoke.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[2]
+_HOLD = """
+import json, sys, time
+from pathlib import Path
+from transferable.train.devices import wait_for_gpu
+count = int(sys.argv[2]) if sys.argv[2] != "auto" else None
+t0 = time.time()
+i = wait_for_gpu(count, Path(sys.argv[1]), poll_s=0.1, log=lambda *a: None)
+got = time.time() - t0
+time.sleep(float(sys.argv[3]))
+print(json.dumps({"gpu": i, "waited_s": round(got, 2)}))
+"""
+
+
+def _env(**extra) -> dict:
+    return dict(os.environ, PYTHONPATH=str(_REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def _train_cmd(exp: Path, out: Path, ckpt: Path, cfg: dict, device: str) -> list[str]:
+    return [sys.executable, "-m", "transferable", "train", "--split", "rand0", "--net", "baseB",
+            "--manifest", str(exp / "rand0.json"), "--shards", str(exp / "shards/index.json"),
+            "--out-dir", str(out), "--ckpt", str(ckpt), "--device", device, "--params", json.dumps(cfg)]
+
+
+def _history(out: Path) -> list[dict]:
+    import pandas as pd
+
+    return pd.read_csv(out / "history.csv").drop(columns="elapsed_s").to_dict("records")
+
+
+def check_resume(root: Path, device: str, iters: int = 300) -> dict:
+    """Check 1: uninterrupted against SIGTERM + rerun, in job processes as the pipeline runs them."""
+    from .bench import _synthetic_experiment
+
+    net = {"arch": "caffenet-small", "crop": 28, "widths": [16, 16, 16, 16, 16, 32, 32], "init": "kaiming",
+           "outputs": "all", "dropout": 0.5, "lrn": False, "input_scale": 0.017}
+    exp = _synthetic_experiment(root / "exp", num_classes=4, train_per_class=64, val_per_class=16, size=32,
+                                net_cfg=net)
+    cfg = {"net": net, "split_kind": "random", "metric": {"best_k": 2},
+           "train": {"batch_size": 32, "max_iter": iters, "lr": 0.01, "lr_policy": "step", "lr_step": iters // 2,
+                     "gamma": 0.1, "warmup_iter": 0, "grad_clip": 0, "momentum": 0.9, "weight_decay": 5e-4,
+                     "eval_every": iters // 4, "checkpoint_every": 10, "seed": 0, "amp": False,
+                     "deterministic": True}}
+    t0 = time.time()
+    ref = subprocess.run(_train_cmd(exp, root / "ref", root / "ref.pt", cfg, device), env=_env(),
+                         capture_output=True, text=True)
+    if ref.returncode:
+        return {"check": "resume", "ok": False, "error": ref.stdout[-2000:] + ref.stderr[-2000:]}
+    out, ckpt = root / "run", root / "ckpt/last.pt"
+    proc = subprocess.Popen(_train_cmd(exp, out, ckpt, cfg, device), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    first = proc.communicate()[0]
+    again = subprocess.run(_train_cmd(exp, out, ckpt, cfg, device), env=_env(), capture_output=True, text=True)
+    resumed = "resumed from" in again.stdout + again.stderr
+    same = again.returncode == 0 and _history(out) == _history(root / "ref")
+    return {"check": "resume", "ok": bool(proc.returncode == 128 + signal.SIGTERM and resumed and same),
+            "device": device, "iters": iters, "stopped_with": proc.returncode, "resumed": resumed,
+            "same_evaluations": same, "seconds": round(time.time() - t0, 1),
+            **({} if resumed else {"log": first[-1500:] + again.stdout[-1500:] + again.stderr[-1500:]})}
+
+
+def _two_jobs(locks: Path, count: int, hold_s: float, job_ids: tuple) -> list[dict]:
+    procs = []
+    for job in job_ids:
+        e = _env(**({"SLURM_JOB_ID": job} if job else {}))
+        if not job:
+            e.pop("SLURM_JOB_ID", None)
+        procs.append(subprocess.Popen([sys.executable, "-c", _HOLD, str(locks), str(count), str(hold_s)],
+                                      env=e, stdout=subprocess.PIPE, text=True))
+    return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+
+def check_locks(root: Path, gpus: int | None, hold_s: float = 2.0) -> dict:
+    """Check 2: two job processes take GPUs through the lock files. Outside SLURM (profiles/local) they
+    share the node's GPUs: with two or more they get different ones at once, with one the second waits.
+    Under SLURM each job's GPUs are its own (``ConstrainDevices``: each sees index 0), so two jobs with
+    different job ids both start at once."""
+    import torch
+
+    counts = [gpus] if gpus is not None else [1, 2]  # without CUDA: pretend counts
+    results = {}
+    for count in counts:
+        got = _two_jobs(root / f"locks{count}", count, hold_s, (None, None))
+        waits = sorted(g["waited_s"] for g in got)
+        if count >= 2:
+            ok = len({g["gpu"] for g in got}) == 2 and waits[1] < hold_s / 2
+        else:
+            ok = waits[1] >= hold_s * 0.8  # the second waited for the first
+        results[f"local_{count}_gpus"] = {"ok": ok, "jobs": got}
+    got = _two_jobs(root / "locks_slurm", 1, hold_s, ("101", "102"))
+    results["slurm_jobs_101_102"] = {"ok": max(g["waited_s"] for g in got) < hold_s / 2, "jobs": got}
+    return {"check": "gpu locks", "ok": all(r["ok"] for r in results.values()),
+            "cuda": torch.cuda.is_available(), **results}
+
+
+def check_step(root: Path) -> dict:
+    """Check 3 (CUDA only): the paper's CaffeNet step with the pipeline's kernel settings."""
+    import torch
+    import yaml
+
+    from .bench import bench_step
+    from .train.loop import kernel_settings
+
+    if not torch.cuda.is_available():
+        return {"check": "step", "ok": True, "skipped": "no CUDA device visible"}
+    train = yaml.safe_load((_REPO / "configs/paper-fast.yaml").read_text())["train"]
+    kernels = kernel_settings(train, torch.device("cuda"))
+    r = bench_step(arch="caffenet", crop=227, batch=256, widths=None, outputs=1000, frozen=(0, 7), device="cuda",
+                   amp=kernels["bf16_autocast"], min_time=3.0)
+    return {"check": "step", "ok": all(x["ours_img_s"] > 0 for x in r["runs"]), "kernels": kernels, **r}
+
+
+def run(device: str = "auto", workdir: str | None = None) -> bool:
+    """All checks; one JSON line each; True if all pass."""
+    import torch
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    dev = "cuda" if cuda else "cpu"
+    root = Path(workdir or tempfile.mkdtemp(prefix="transferable-smoke-"))
+    root.mkdir(parents=True, exist_ok=True)
+    ok = True
+    for fn in (lambda: check_resume(root / "resume", dev),
+               lambda: check_locks(root, torch.cuda.device_count() if cuda else None),
+               lambda: check_step(root) if cuda else {"check": "step", "ok": True, "skipped": "CPU run"}):
+        r = fn()
+        ok &= bool(r["ok"])
+        print(json.dumps(r), flush=True)
+    print(json.dumps({"smoke": "passed" if ok else "FAILED", "device": dev, "workdir": str(root)}), flush=True)
+    return ok
