@@ -162,8 +162,8 @@ class TrainStream:
         return (raw, meta[1], meta[2], meta[3].bool()), meta[4]
 
     def _fetch(self, idx: np.ndarray) -> torch.Tensor:
-        """Read the images; for a GPU also into pinned memory, so that the copy to the device is
-        asynchronous. Runs in the read-ahead thread, off the training loop's path."""
+        """Read (or decode) the images: a CPU tensor, a list of decoded JPEGs, a GPU tensor (nvJPEG), or
+        (GPU tensor, event) from the pinned-buffer copy. Runs in the read-ahead thread, off the loop's path."""
         if isinstance(self.images, JpegSet):  # decoded on the GPU (nvJPEG) when training runs on one
             if self.device.type == "cuda":
                 return self.images.batch(idx, device=self.device)
@@ -220,7 +220,7 @@ class TrainStream:
 def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  device="cpu", scale: float = 1.0):
     """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror). ``images`` is an
-    ImageSet or a uint8 array (N, 3, S, S)."""
+    ImageSet, a JpegSet (decoded on the GPU when ``device`` is one) or a uint8 array (N, 3, S, S)."""
     images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
     size = images.shape[-1]
     off = (size - crop) // 2

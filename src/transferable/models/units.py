@@ -1,0 +1,192 @@
+"""Networks as ordered lists of transferable units (issue 12, first part: the models and the transfer
+mechanics; the pipeline still trains CaffeNet only).
+
+The paper's "first n layers" of CaffeNet becomes "the first n units" of any network: a unit is a block of
+parameters named by their prefixes, in forward order, and the head is what every treatment draws afresh.
+
+    caffenet   conv1 ... fc7 (7 units), head fc8
+    resnet18   stem (conv1, bn1) and each residual block layer1.0 ... layer4.1 (9 units), head fc;
+               with units="stages": stem and layer1 ... layer4 (5 units)
+    resnet50   stem and 16 bottleneck blocks (17), or 5 stages
+    vit_b_16   the patch embedding with the class token and position embedding, then each of the 12 encoder
+               blocks (13 units), head: the final LayerNorm and the classifier
+
+Small variants train on the demo's images on a CPU: ``resnet-small`` (a torchvision ResNet with basic
+blocks [1, 1, 1, 1] whose stem is a 3x3 stride-1 convolution without max-pooling, for 16-32 px crops) and
+``vit-small`` (4 px patches, 4 blocks, width 64). Every network is torchvision's definition, built with
+``weights=None`` (trained from scratch; nothing is downloaded).
+
+Transfer (``transfer_units``): units 1..n copy the source's parameters AND buffers (BatchNorm's running
+statistics); frozen units get no gradient and keep their normalisation statistics fixed: their BatchNorm
+layers stay in eval mode whatever ``train()`` says (``UnitNet.train``); the rest, and the head, are a fresh
+draw from the net's seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+ARCHS = ("resnet18", "resnet50", "vit_b_16", "resnet-small", "vit-small")
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    prefixes: tuple[str, ...]  # parameter/buffer names that start with one of these belong to the unit
+
+
+def _matches(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+class UnitNet(nn.Module):
+    """A torchvision network with its ordered units, the head, and a forward that can start at any unit
+    (``forward(x, frozen=n)`` runs units 1..n without autograd, as CaffeNet's does)."""
+
+    def __init__(self, arch: str, model: nn.Module, units: list[Unit], head: Unit, blocks: list):
+        super().__init__()
+        self.arch, self.model, self.units, self.head = arch, model, units, head
+        self._blocks = blocks  # one callable per unit, then the head's
+        self.frozen_units = 0
+
+    def unit_of(self, key: str) -> int:
+        """Index of the unit (0-based; len(units) = the head) a parameter or buffer belongs to."""
+        hits = [i for i, u in enumerate([*self.units, self.head]) if any(_matches(key, p) for p in u.prefixes)]
+        if len(hits) != 1:
+            raise KeyError(f"{self.arch}: {key!r} belongs to {len(hits)} units (expected exactly one)")
+        return hits[0]
+
+    def unit_keys(self, i: int) -> list[str]:
+        """The state_dict keys (parameters and buffers) of unit ``i`` (0-based)."""
+        return [k for k in self.model.state_dict() if self.unit_of(k) == i]
+
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self._blocks[i](x)
+
+    def forward(self, x: torch.Tensor, frozen: int = 0) -> torch.Tensor:
+        if frozen:
+            with torch.no_grad():
+                for i in range(frozen):
+                    x = self._block(i, x)
+        for i in range(frozen, len(self._blocks)):
+            x = self._block(i, x)
+        return x
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # frozen units keep their normalisation statistics: their BatchNorm layers never leave eval mode
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and self._frozen_module(name):
+                m.eval()
+        return self
+
+    def _frozen_module(self, name: str) -> bool:
+        return any(_matches(name, p) for u in self.units[: self.frozen_units] for p in u.prefixes)
+
+
+# ---- ResNets ------------------------------------------------------------------------------------------
+
+
+def _resnet(arch: str, num_classes: int) -> ResNet:
+    if arch == "resnet18":
+        return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if arch == "resnet50":
+        return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)  # resnet-small: a small-image stem
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return m
+
+
+def _resnet_net(arch: str, num_classes: int, units: str) -> UnitNet:
+    m = _resnet(arch, num_classes)
+    stem = Unit("stem", ("conv1", "bn1"))
+    stages = [f"layer{s}" for s in range(1, 5)]
+
+    def stem_fwd(x):
+        return m.maxpool(m.relu(m.bn1(m.conv1(x))))
+
+    def head_fwd(x):
+        return m.fc(torch.flatten(m.avgpool(x), 1))
+
+    if units == "stages":
+        us = [stem] + [Unit(s, (s,)) for s in stages]
+        blocks = [stem_fwd] + [getattr(m, s) for s in stages]
+    elif units == "blocks":
+        names = [f"{s}.{j}" for s in stages for j in range(len(getattr(m, s)))]
+        us = [stem] + [Unit(n, (n,)) for n in names]
+        blocks = [stem_fwd] + [getattr(m, n.split(".")[0])[int(n.split(".")[1])] for n in names]
+    else:
+        raise ValueError(f"net.units: {units!r} is not one of blocks, stages")
+    return UnitNet(arch, m, us, Unit("head", ("fc",)), blocks + [head_fwd])
+
+
+# ---- Vision Transformers ------------------------------------------------------------------------------
+
+
+def _vit(arch: str, num_classes: int, image_size: int):
+    if arch == "vit_b_16":
+        return torchvision.models.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size)
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=4, num_layers=4, num_heads=4,
+                                               hidden_dim=64, mlp_dim=128, num_classes=num_classes)
+
+
+def _vit_net(arch: str, num_classes: int, image_size: int) -> UnitNet:
+    m = _vit(arch, num_classes, image_size)
+    layers = [f"encoder.layers.encoder_layer_{i}" for i in range(len(m.encoder.layers))]
+
+    def embed(x):
+        x = m._process_input(x)
+        cls = m.class_token.expand(x.shape[0], -1, -1)
+        return m.encoder.dropout(torch.cat([cls, x], dim=1) + m.encoder.pos_embedding)
+
+    def head_fwd(x):
+        return m.heads(m.encoder.ln(x)[:, 0])
+
+    us = [Unit("embed", ("conv_proj", "class_token", "encoder.pos_embedding"))]
+    us += [Unit(f"block{i + 1}", (name,)) for i, name in enumerate(layers)]
+    blocks = [embed] + list(m.encoder.layers)
+    return UnitNet(arch, m, us, Unit("head", ("encoder.ln", "heads")), blocks + [head_fwd])
+
+
+def build(arch: str, num_classes: int, *, seed: int, image_size: int = 224, units: str = "blocks") -> UnitNet:
+    """A freshly initialised network (torchvision's initialisation, drawn from ``seed``)."""
+    if arch not in ARCHS:
+        raise ValueError(f"net.arch: unknown {arch!r} (allowed: caffenet, caffenet-small, {', '.join(ARCHS)})")
+    torch.manual_seed(seed)
+    if arch.startswith("resnet"):
+        return _resnet_net(arch, num_classes, units)
+    if units != "blocks":
+        raise ValueError(f"net.units: {units!r}: a ViT's units are its embedding and blocks (units: blocks)")
+    return _vit_net(arch, num_classes, image_size)
+
+
+def transfer_units(net: UnitNet, n: int, source_state: dict | None, freeze: bool) -> UnitNet:
+    """Copy units 1..n (parameters and buffers) from ``source_state`` (a state_dict of the same arch's
+    ``model``; None leaves them random, the random-filter control) and, with ``freeze``, freeze them."""
+    k = len(net.units)
+    if not 0 <= n <= k:
+        raise ValueError(f"{net.arch}: n must be in 0..{k} (the head is always new), got {n}")
+    if source_state is not None:
+        own = net.model.state_dict()
+        for i in range(n):
+            for key in net.unit_keys(i):
+                if key not in source_state:
+                    raise KeyError(f"source net has no {key!r} (another architecture?)")
+                if tuple(source_state[key].shape) != tuple(own[key].shape):
+                    raise ValueError(f"{key}: source shape {tuple(source_state[key].shape)} != {tuple(own[key].shape)}")
+                with torch.no_grad():
+                    own[key].copy_(source_state[key])
+    if freeze:
+        for name, p in net.model.named_parameters():
+            if net.unit_of(name) < n:
+                p.requires_grad_(False)
+        net.frozen_units = n
+        net.train(net.training)
+    return net

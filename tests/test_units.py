@@ -1,0 +1,93 @@
+"""Networks as ordered transferable units (issue 12, first part): every architecture's unit list, and the
+transfer mechanics on it (copy exactly units 1..n, freeze with fixed normalisation, re-initialise the rest)."""
+
+import pytest
+import torch
+
+from transferable.models.units import build, transfer_units
+
+# (arch, units, image size, expected unit count); the full-size nets are only built, never trained here
+ARCHS = [("resnet18", "blocks", 64, 9), ("resnet18", "stages", 64, 5), ("resnet50", "blocks", 64, 17),
+         ("resnet50", "stages", 64, 5), ("vit_b_16", "blocks", 32, 13), ("resnet-small", "blocks", 16, 5),
+         ("vit-small", "blocks", 16, 5)]
+
+
+@pytest.mark.parametrize("arch, units, size, k", ARCHS)
+def test_units_cover_every_parameter_and_buffer_exactly_once(arch, units, size, k):
+    net = build(arch, 10, seed=0, image_size=size, units=units)
+    assert len(net.units) == k
+    owners = {key: net.unit_of(key) for key in net.model.state_dict()}  # raises if 0 or 2 units match
+    assert set(owners.values()) == set(range(k + 1))  # every unit and the head own something
+    order = [owners[key] for key, _ in net.model.named_parameters()]
+    assert order == sorted(order)  # units in forward (definition) order
+    x = torch.randn(2, 3, size, size)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.model(x), atol=1e-5)  # the unit forward is the model's forward
+
+
+SMALL = [("resnet-small", 16), ("vit-small", 16)]
+
+
+def _step(net, size, n, steps=2):
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(1)
+    net.train()
+    for _ in range(steps):
+        x, y = torch.randn(8, 3, size, size, generator=g), torch.randint(0, 10, (8,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x, frozen=n), y).backward()
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("arch, size", SMALL)
+def test_copy_freeze_and_reinit_units(arch, size):
+    source = build(arch, 10, seed=1, image_size=size)
+    _step(source, size, 0)  # trained a little: its BatchNorm statistics moved
+    src = {k: v.clone() for k, v in source.model.state_dict().items()}
+    k = len(source.units)
+    fresh = build(arch, 10, seed=7, image_size=size).model.state_dict()
+    for n in range(1, k + 1):
+        net = transfer_units(build(arch, 10, seed=7, image_size=size), n, src, freeze=True)
+        state = net.model.state_dict()
+        for key, v in state.items():
+            want = src[key] if net.unit_of(key) < n else fresh[key]
+            assert torch.equal(v, want), (n, key)  # units 1..n copied, everything else the seed's fresh draw
+        before = {key: v.clone() for key, v in state.items()}
+        opt = _step(net, size, n)
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        for name, p in net.model.named_parameters():
+            assert (id(p) in in_opt) == (net.unit_of(name) >= n), name
+        after = net.model.state_dict()
+        for key in before:
+            if net.unit_of(key) < n:  # parameters and BatchNorm running statistics bit-identical
+                assert torch.equal(after[key], before[key]), (n, key)
+        changed = [key for key in before if net.unit_of(key) >= n and not torch.equal(after[key], before[key])]
+        assert changed  # the trainable part did train
+
+
+@pytest.mark.parametrize("arch, size", SMALL)
+def test_fine_tuned_units_train_and_random_frozen_units_stay(arch, size):
+    src = build(arch, 10, seed=1, image_size=size).model.state_dict()
+    tuned = transfer_units(build(arch, 10, seed=7, image_size=size), 2, src, freeze=False)
+    before = {k: v.clone() for k, v in tuned.model.state_dict().items()}
+    _step(tuned, size, 0)
+    assert any(not torch.equal(tuned.model.state_dict()[k], before[k]) for k in tuned.unit_keys(0))
+    rand = transfer_units(build(arch, 10, seed=7, image_size=size), 2, None, freeze=True)
+    keep = {k: v.clone() for k, v in rand.model.state_dict().items()}
+    _step(rand, size, 2)
+    assert all(torch.equal(rand.model.state_dict()[k], keep[k]) for i in range(2) for k in rand.unit_keys(i))
+
+
+def test_impossible_transfers_are_refused():
+    vit = build("vit-small", 10, seed=0, image_size=16)
+    res = build("resnet-small", 10, seed=0, image_size=16)
+    with pytest.raises(KeyError, match="another architecture"):
+        transfer_units(vit, 1, res.model.state_dict(), freeze=True)
+    with pytest.raises(ValueError, match="n must be in 0..5"):
+        transfer_units(res, 6, res.model.state_dict(), freeze=True)
+    with pytest.raises(ValueError, match="net.units"):
+        build("vit-small", 10, seed=0, image_size=16, units="stages")
+    with pytest.raises(ValueError, match="net.arch"):
+        build("resnet9000", 10, seed=0)
