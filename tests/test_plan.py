@@ -15,11 +15,12 @@ def cfg():
 
 def test_net_names_round_trip():
     for name, treatment, n, src in [("baseB", "base", 0, ""), ("A3B", "AnB", 3, "A"), ("B5B_ft", "BnB+", 5, "B"),
-                                    ("A7B_ft", "AnB+", 7, "A"), ("R2A", "random", 2, "R")]:
+                                    ("A7B_ft", "AnB+", 7, "A"), ("R2A", "random", 2, "R"),
+                                    ("A12B", "AnB", 12, "A"), ("B17B_ft", "BnB+", 17, "B")]:  # ResNet-50 units
         p = paths.parse_net(name)
         assert (p.treatment, p.n, p.source) == (treatment, n, src)
         assert paths.net_name(p.target, p.n, p.source, p.finetune) == name
-    for bad in ("A8B", "A0B", "baseb", "R2A_ft", "x"):
+    for bad in ("A0B", "A012B", "A100B", "baseb", "R2A_ft", "x"):
         with pytest.raises(ValueError):
             paths.parse_net(bad)
 

@@ -159,9 +159,29 @@ def test_memory_mapped_jpeg_set_equals_in_memory(both_formats):
     sh = both_formats["jpeg"]
     mem, _ = sh.load("val", [0, 1, 2])
     mapped, _ = sh.load("val", [0, 1, 2], ram_limit=0)
-    assert isinstance(mapped.blobs[0], np.memmap) and not isinstance(mem.blobs[0], np.memmap)
+    assert isinstance(mapped.blobs[0], np.memmap) and not mapped.in_ram
+    assert mem.in_ram and mem.blobs[0].flags.owndata  # a copy in the job's memory, not a view of the map
     idx = np.array([8, 0, 4, 4])
     assert np.array_equal(mem.take(idx), mapped.take(idx))
+
+
+def test_raw_part_bounded_open_files_gives_the_same_arrays(both_formats, tmp_path, monkeypatch):
+    """A part of many classes keeps at most _OPEN_MAX files open (closing the least recently used and
+    appending to it later: validation images come in no class order), with the same arrays."""
+    from transferable.data import shards
+
+    raw = both_formats["raw"]
+    images = raw.root.parent / "images.csv"
+    monkeypatch.setattr(shards._PartWriter, "_OPEN_MAX", 2)
+    write_part(str(images), 0, 1, 32, str(tmp_path / "part0"), log=lambda *a: None, resize="imagemagick")
+    for f in sorted((raw.root / "part0").glob("*.npy")):
+        assert np.array_equal(np.load(f), np.load(tmp_path / "part0" / f.name)), f.name
+
+
+def test_out_of_range_images_are_an_error(both_formats):
+    images, _ = both_formats["raw"].load("train", [0, 1])
+    with pytest.raises(IndexError, match="outside 0..19"):
+        images.take(np.array([0, 20]))
 
 
 @pytest.mark.slow

@@ -165,6 +165,14 @@ def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_settings_rerun_nothing(done):
-    """When a run is saved does not change what it computes (issue 17 case 9)."""
-    assert _plan(done, edit=lambda c: c["train"].update(checkpoint_every=0, checkpoint_minutes=10)) == {}
+def test_checkpoint_settings_rerun_nothing_and_reach_the_jobs(done):
+    """When a run is saved does not change what it computes (issue 17 case 9): no rerun; yet the training
+    jobs get the settings (as --checkpoint, outside the tracked --params)."""
+    edit = lambda c: c["train"].update(checkpoint_every=0, checkpoint_minutes=10)  # noqa: E731
+    assert _plan(done, edit=edit) == {}
+    cfg = yaml.safe_load((done / "configs/micro.yaml").read_text())
+    edit(cfg)
+    (done / "configs/edited.yaml").write_text(yaml.safe_dump(cfg))
+    out = run_snakemake(["-n", "-p", "--cores", "2", "--configfile", "configs/edited.yaml", "--forcerun", "train",
+                         "results/nets/rand0/baseB/metrics.json"], done).stdout
+    assert "--checkpoint 0:10.0 " in out and "checkpoint_minutes" not in out

@@ -23,5 +23,7 @@ def test_smoke_on_the_cpu(tmp_path):
     assert locks["local_1_gpus"]["jobs"][0]["gpu"] == locks["local_1_gpus"]["jobs"][1]["gpu"] == 0
     assert max(j["waited_s"] for j in locks["local_1_gpus"]["jobs"]) >= 1.6  # one waited for the other
     assert sorted(j["gpu"] for j in locks["local_2_gpus"]["jobs"]) == [0, 1]
+    feed = checks["feed"]  # memory-mapped batches (2 reader threads) and JPEG ones equal the in-memory path
+    assert feed["ok"] and feed["memory_mapped_equals_in_memory"] and feed["jpeg_vs_cpu_decode_max_abs"] == 0
     assert checks["step"]["skipped"] == "CPU run"
     assert lines[-1]["smoke"] == "passed"

@@ -274,7 +274,7 @@ def bench_jpeg(root: Path, classes_per_family: int = 5, per_class: int = 100, si
     for fmt, images in (("raw", raw_set), ("jpeg", jpeg_set)):
         for k in (1, 2):
             torch.set_num_threads(k)
-            stream = TrainStream(images, labels, mean, crop, batch, seed=0)
+            stream = TrainStream(images, labels, mean, crop, batch, seed=0, readers=k)
             rates[f"{fmt}_{k}_threads"] = round(batch / _timeit(stream.next, min_time=min_time)[0], 1)
     torch.set_num_threads(1)
     feed = 20_000
@@ -602,9 +602,10 @@ def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, i
     labels = np.repeat(np.arange(n_cls), per)
     mean = np.full((3, size, size), 120.0, dtype=np.float32)
     torch.set_num_threads(1)
-    stream = TrainStream(ImageSet(arrays, ram_limit=0), labels, mean, crop, batch, seed=0)
+    stream = TrainStream(ImageSet(arrays, ram_limit=0), labels, mean, crop, batch, seed=0, readers=1)
     ours = batch / _timeit(stream.next, min_time=min_time)[0]
     torch.set_num_threads(workers)
+    stream = TrainStream(ImageSet(arrays, ram_limit=0), labels, mean, crop, batch, seed=0, readers=workers)
     ours_equal = batch / _timeit(stream.next, min_time=min_time)[0]  # as many threads as the baseline's workers
     torch.set_num_threads(1)
     read = ImageSet(arrays, ram_limit=0)

@@ -82,7 +82,8 @@ def cmd_train(a):
     from .train import train_net
 
     train_net(split=a.split, net=a.net, manifest=a.manifest, shards_index=a.shards, out_dir=a.out_dir,
-              ckpt=a.ckpt, cfg=_json(a.params), source_model=a.source_model, device=a.device,
+              ckpt=a.ckpt, cfg=_with_checkpoint(_json(a.params), a.checkpoint), source_model=a.source_model,
+              device=a.device,
               threads=a.threads, compile_model=bool(a.compile), log=_log)
 
 
@@ -92,7 +93,8 @@ def cmd_train_group(a):
     nets = a.nets.split(",")
     sources = dict(kv.split("=", 1) for kv in a.sources.split(",")) if a.sources else {}
     train_nets(split=a.split, nets=nets, manifest=a.manifest, shards_index=a.shards,
-               out_dirs={n: f"{a.out_root}/{n}" for n in nets}, ckpt=a.ckpt, cfg=_json(a.params),
+               out_dirs={n: f"{a.out_root}/{n}" for n in nets}, ckpt=a.ckpt,
+               cfg=_with_checkpoint(_json(a.params), a.checkpoint),
                source_models=sources, device=a.device, threads=a.threads, compile_model=bool(a.compile), log=_log)
 
 
@@ -267,6 +269,20 @@ def _training_options(s: argparse.ArgumentParser, ckpt_help: str) -> None:
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     s.add_argument("--compile", type=int, choices=[0, 1], default=0,
                    help="1: torch.compile each net (GPU: faster after warm-up)")
+    s.add_argument("--checkpoint", default=None, metavar="EVERY:MINUTES",
+                   help="train.checkpoint_every and train.checkpoint_minutes (they change no result, so the "
+                        "rules pass them here and not in --params)")
+
+
+def _with_checkpoint(cfg: dict, spec: str | None) -> dict:
+    """--params with --checkpoint EVERY:MINUTES put into its train section."""
+    if spec:
+        try:
+            every, minutes = spec.split(":")
+            cfg["train"].update(checkpoint_every=int(every), checkpoint_minutes=float(minutes))
+        except ValueError as e:
+            raise SystemExit(f"--checkpoint: expected EVERY:MINUTES (e.g. 0:10), got {spec!r}") from e
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,38 @@ BENCHMARKS = "benchmarks"
 # CaffeNet's transferable layers in order: n in a net's name counts them (fc8 is always re-initialised)
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
+
+def _resnet_units(blocks: tuple[int, ...]) -> dict:
+    return {"blocks": ("stem", *(f"layer{s + 1}.{j}" for s, b in enumerate(blocks) for j in range(b))),
+            "stages": ("stem", "layer1", "layer2", "layer3", "layer4")}
+
+
+# Every architecture's transferable units in order (models/units.py builds them; a test checks the two
+# agree): n counts them, the head is always new. Light enough for the Snakefile to import.
+UNIT_NAMES = {
+    "caffenet": {"blocks": LAYER_NAMES},
+    "caffenet-small": {"blocks": LAYER_NAMES},
+    "resnet18": _resnet_units((2, 2, 2, 2)),
+    "resnet50": _resnet_units((3, 4, 6, 3)),
+    "resnet-small": _resnet_units((1, 1, 1, 1)),
+    "vit_b_16": {"blocks": ("embed", *(f"block{i}" for i in range(1, 13)))},
+    "vit-small": {"blocks": ("embed", *(f"block{i}" for i in range(1, 5)))},
+}
+
+
+def unit_names(net: dict) -> tuple[str, ...]:
+    """The transferable units of the config's ``net`` section, in order."""
+    arch, units = net.get("arch", "caffenet"), net.get("units", "blocks")
+    if arch not in UNIT_NAMES:
+        raise ValueError(f"net.arch: unknown {arch!r} (allowed: {', '.join(UNIT_NAMES)})")
+    if units not in UNIT_NAMES[arch]:
+        raise ValueError(f"net.units: {arch} has no {units!r} units (allowed: {', '.join(UNIT_NAMES[arch])})")
+    return UNIT_NAMES[arch][units]
+
+
 # The net-name grammar, written once: parse_net reads it, the Snakefile's wildcard constraints use it.
-NET_PATTERN = r"base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-7])(?P<tgt>[A-Z])(?P<ft>_ft)?"
+# n has one or two digits (ResNet-50 has 17 units: A12B).
+NET_PATTERN = r"base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-9][0-9]?)(?P<tgt>[A-Z])(?P<ft>_ft)?"
 NET_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", NET_PATTERN)
 BASE_NET_WILDCARD = NET_WILDCARD.split("|")[0]
 _NET_RE = re.compile(f"^(?:{NET_PATTERN})$")

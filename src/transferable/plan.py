@@ -313,15 +313,41 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
     rf = exp.get("random_filters")
     if rf:
         need_split("experiment.random_filters.split", rf["split"], ("all",))
+    try:
+        k = len(paths.unit_names(cfg["net"]))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     for key, block in (("random_splits", rs), ("natman", nm), ("random_filters", rf)):
         for field in ("layers", "finetune_layers"):
             if block and field in block:
-                bad = [n for n in block[field] if not (isinstance(n, int) and 1 <= n <= 7)]
+                bad = [n for n in block[field] if not (isinstance(n, int) and 1 <= n <= k)]
                 if bad:
-                    raise ConfigError(f"experiment.{key}.{field}: {bad} outside the allowed 1..7")
+                    raise ConfigError(f"experiment.{key}.{field}: {bad} outside the allowed 1..{k} "
+                                      f"({cfg['net']['arch']} has {k} transferable units)")
+    _check_arch(cfg)
     _check_training(cfg)
     if num_classes is not None:
         _check_outputs(cfg, num_classes)
+
+
+def _check_arch(cfg: dict) -> None:
+    """What only some architectures have: CaffeNet's widths, LRN and fillers; the similarity analysis
+    (CaffeNet's 7 layers); the image size a ViT's position embedding is built for."""
+    net, arch = cfg["net"], cfg["net"]["arch"]
+    caffe = arch.startswith("caffenet")
+    if not caffe:
+        if "widths" in net:  # (dropout, lrn and init have defaults: they are CaffeNet's and ignored here)
+            raise ConfigError(f"net.widths: a CaffeNet setting; {arch} is torchvision's definition (remove it)")
+        if cfg["train"].get("optimizer", "caffe_sgd") == "caffe_sgd":
+            raise ConfigError(f"train.optimizer: caffe_sgd is the paper's solver for CaffeNet; for {arch} use "
+                              "sgd (ResNets) or adamw (ViTs)")
+        if cfg.get("experiment", {}).get("similarity"):
+            raise ConfigError("experiment.similarity: the CKA and probe analysis reads CaffeNet's 7 layers; "
+                              f"turn it off for {arch}")
+    elif net.get("units", "blocks") != "blocks":
+        raise ConfigError(f"net.units: CaffeNet's units are its layers (units: blocks), not {net['units']!r}")
+    if arch == "vit_b_16" and net["crop"] % 16 or arch == "vit-small" and net["crop"] % 4:
+        raise ConfigError(f"net.crop: {net['crop']} is not a multiple of {arch}'s patch size")
 
 
 def _check_training(cfg: dict) -> None:

@@ -19,7 +19,8 @@ STAGE_CODE = {
     "ingest": ["data/ilsvrc.py"],
     "splits": ["data/splits.py"],
     "shards": ["data/shards.py", "data/ilsvrc.py"],
-    "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "data/loader.py"],
+    "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "models/units.py",
+              "data/loader.py"],
     "similarity": ["similarity.py", "models/caffenet.py", "data/loader.py", "data/shards.py"],
     "figures": [
         "figures/tables.py",

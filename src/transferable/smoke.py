@@ -9,10 +9,13 @@
    different ones at once; with one, the second waits for the first instead of failing. As two SLURM jobs
    (different job ids, each seeing its own GPU as index 0): both start at once. Without CUDA the same lock
    code runs with a pretend count of 1 and 2 GPUs.
-3. **step**: the paper's CaffeNet training step with the kernel settings `configs/paper-fast.yaml` trains
+3. **feed**: the same training batches whichever way they reach the device: images held there, memory-mapped
+   images read ahead into pinned buffers and copied on a side stream, JPEG files decoded by nvJPEG (allowed to
+   differ from the CPU decoder by under one grey level on average);
+4. **step**: the paper's CaffeNet training step with the kernel settings `configs/paper-fast.yaml` trains
    with (``train.tf32``, ``train.cudnn_benchmark``, bf16 autocast), beside a bare PyTorch loop (CUDA only).
 
-Each check prints one JSON line; the command exits 1 if any check fails. ``--device cpu`` runs checks 1-2
+Each check prints one JSON line; the command exits 1 if any check fails. ``--device cpu`` runs checks 1-3
 on the CPU (the test suite does, ``tests/test_smoke.py``).
 """
 
@@ -126,8 +129,51 @@ def check_locks(root: Path, gpus: int | None, hold_s: float = 2.0) -> dict:
             "cuda": torch.cuda.is_available(), **results}
 
 
+def check_feed(root: Path, device: str, batches: int = 6) -> dict:
+    """Check 4: every way a batch reaches the device gives the same batch. Images held on the device (or
+    in memory on a CPU), memory-mapped ones read ahead by 2 threads (on a GPU: into pinned buffers, copied
+    on a side stream), and JPEG files decoded per batch (on a GPU by nvJPEG, whose decoder may differ from
+    libjpeg-turbo's by a few grey levels: reported, and allowed a mean difference under 1)."""
+    import numpy as np
+    import torch
+
+    from .data.loader import TrainStream
+    from .data.shards import ImageSet, JpegSet, decode_jpegs, encode_jpeg
+
+    rng = np.random.default_rng(0)
+    d = root / "feed"
+    d.mkdir(parents=True, exist_ok=True)
+    smooth = rng.integers(0, 256, (96, 3, 9, 9), dtype=np.uint8)  # photo-like: JPEG keeps it close
+    imgs = np.repeat(np.repeat(smooth, 5, axis=2), 5, axis=3)[:, :, :40, :40].copy()
+    np.save(d / "a.npy", imgs[:48])
+    np.save(d / "b.npy", imgs[48:])
+    maps = [np.load(d / f, mmap_mode="r") for f in ("a.npy", "b.npy")]
+    labels = np.repeat([0, 1], 48)
+    mean = imgs.mean(0).astype(np.float32)
+    blobs = [encode_jpeg(x, 90) for x in imgs]
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    jpegs = JpegSet([np.frombuffer(b"".join(blobs), dtype=np.uint8)], [offsets], 40)
+    by_hand = decode_jpegs([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs], threads=1).numpy()
+
+    def run(images, dev):
+        s = TrainStream(images, labels, mean, 32, 16, seed=1, device=dev, readers=2)
+        return [tuple(t.cpu() for t in s.next()) for _ in range(batches)]
+
+    ref = run(ImageSet(maps), device)
+    mapped = run(ImageSet(maps, ram_limit=0), device)
+    same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, mapped))
+    jpeg_ref = run(ImageSet([by_hand]), "cpu")
+    jpeg = run(jpegs, device)
+    diff = torch.cat([(a[0] - b[0]).abs().flatten() for a, b in zip(jpeg, jpeg_ref)])
+    labels_same = all(torch.equal(a[1], b[1]) for a, b in zip(jpeg, jpeg_ref))
+    ok = same and labels_same and float(diff.mean()) < 1.0 and (device != "cpu" or float(diff.max()) == 0)
+    return {"check": "feed", "ok": ok, "device": device, "memory_mapped_equals_in_memory": same,
+            "jpeg_vs_cpu_decode_max_abs": round(float(diff.max()), 3),
+            "jpeg_vs_cpu_decode_mean_abs": round(float(diff.mean()), 4)}
+
+
 def check_step(root: Path) -> dict:
-    """Check 3 (CUDA only): the paper's CaffeNet step with the pipeline's kernel settings."""
+    """Check 4 (CUDA only): the paper's CaffeNet step with the pipeline's kernel settings."""
     import torch
     import yaml
 
@@ -154,6 +200,7 @@ def run(device: str = "auto", workdir: str | None = None) -> bool:
     ok = True
     for fn in (lambda: check_resume(root / "resume", dev),
                lambda: check_locks(root, torch.cuda.device_count() if cuda else None),
+               lambda: check_feed(root, dev),
                lambda: check_step(root) if cuda else {"check": "step", "ok": True, "skipped": "CPU run"}):
         r = fn()
         ok &= bool(r["ok"])

@@ -12,13 +12,27 @@ from __future__ import annotations
 
 import torch
 
+from .models import caffenet, units
 from .models.caffenet import LAYERS, CaffeNet, NetSpec
+from .models.units import UnitNet, UnitSpec
 
 
-def build_net(spec: NetSpec, *, n: int = 0, source_state: dict | None = None, freeze: bool = False,
-              seed: int = 0) -> CaffeNet:
-    """A CaffeNet with layers 1..n copied from ``source_state`` (or left random if None) and, when
-    ``freeze``, those layers frozen; every other layer drawn from the filler with ``seed``."""
+def spec_from_config(net: dict, outputs: int) -> NetSpec | UnitSpec:
+    """The spec of the config's ``net``: CaffeNet's (the paper's and the demo's), or a unit network's."""
+    if net["arch"].startswith("caffenet"):
+        return caffenet.spec_from_config(net, outputs)
+    return units.spec_from_config(net, outputs)
+
+
+def build_net(spec: NetSpec | UnitSpec, *, n: int = 0, source_state: dict | None = None, freeze: bool = False,
+              seed: int = 0) -> CaffeNet | UnitNet:
+    """A net with layers (units) 1..n copied from ``source_state`` (or left random if None) and, when
+    ``freeze``, those frozen; every other layer drawn from the filler with ``seed``."""
+    if isinstance(spec, UnitSpec):
+        net = units.build(spec.arch, spec.outputs, seed=seed, image_size=spec.crop, units=spec.units)
+        if source_state is not None:  # a saved UnitNet's keys start with "model."
+            source_state = {k.removeprefix("model."): v for k, v in source_state.items()}
+        return units.transfer_units(net, n, source_state, freeze)
     if not 0 <= n <= 7:
         raise ValueError(f"n must be in 0..7 (fc8 is always new), got {n}")
     torch.manual_seed(seed)
@@ -52,6 +66,32 @@ def param_groups(net: CaffeNet) -> list[dict]:
                 groups.append({"params": [p], "lr_mult": lr_mult, "decay_mult": decay_mult,
                                "name": f"{name}.{'weight' if p is layer.weight else 'bias'}"})
     return groups
+
+
+def make_optimizer(net, train: dict) -> torch.optim.Optimizer:
+    """``train.optimizer``: Caffe's SGD with its multipliers (the paper, CaffeNet), torch's SGD with
+    momentum (ResNets) or AdamW (ViTs). The last two decay only weight matrices and kernels: not biases,
+    normalisation parameters, the class token or position embeddings (all of at most one dimension, or
+    named so). Frozen parameters are in no group."""
+    kind = train.get("optimizer", "caffe_sgd")
+    lr, wd = train["lr"], train["weight_decay"]
+    if kind == "caffe_sgd":
+        if not isinstance(net, CaffeNet):
+            raise ValueError("train.optimizer: caffe_sgd applies Caffe's per-layer multipliers to CaffeNet only")
+        return CaffeSGD(param_groups(net), lr=lr, momentum=train["momentum"], weight_decay=wd)
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(("class_token", "pos_embedding"))
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=train["momentum"])
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+    raise ValueError(f"train.optimizer: unknown {kind!r} (allowed: caffe_sgd, sgd, adamw)")
 
 
 class CaffeSGD(torch.optim.Optimizer):

@@ -141,6 +141,13 @@ def train_params_of(split):
     )
 
 
+def train_checkpoint():
+    """train.checkpoint_every:checkpoint_minutes for the jobs' --checkpoint: a resource, not a param,
+    because when a run is saved changes no result (provenance.RESULT_NEUTRAL_TRAIN)."""
+    t = config["train"]
+    return f"{int(t.get('checkpoint_every', 10000))}:{float(t.get('checkpoint_minutes', 0))}"
+
+
 def manifest_of(wildcards):
     """A replicate (``{split}.s{r}``) trains on its split's classes."""
     return paths.split_manifest(paths.base_split(wildcards.split))

@@ -34,6 +34,7 @@ rule train:
         # device, threads and compile are not params: changing them must not rerun finished nets
         train_device=train_device(),
         train_compile=int(RES.get("compile", False)),
+        train_checkpoint=train_checkpoint(),
         gpu=RES.get("train_gpus", 1),
         mem_mb=lambda w, attempt: RES.get("train_mem_mb", 4000) * attempt,  # a retry gets more
         runtime=lambda w, attempt: RES.get("train_runtime_min", 60) * attempt,
@@ -47,7 +48,8 @@ rule train:
         "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
         "--shards {input.shards:q} {params.source_flag} {input.source:q} --out-dir {params.out_dir:q} "
         "--ckpt {params.ckpt:q} --device {resources.train_device:q} --threads {threads} "
-        "--compile {resources.train_compile:q} --params {params.cfg:q} > {log:q} 2>&1"
+        "--compile {resources.train_compile:q} --checkpoint {resources.train_checkpoint:q} "
+        "--params {params.cfg:q} > {log:q} 2>&1"
 
 
 # resources.shared_stream: the non-base nets of each (split, target half) train in ONE job that reads
@@ -86,6 +88,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
         resources:
             train_device=train_device(),
             train_compile=int(RES.get("compile", False)),
+            train_checkpoint=train_checkpoint(),
             gpu=RES.get("train_gpus", 1),
             mem_mb=RES.get("train_mem_mb", 4000),
             runtime=RES.get("train_runtime_min", 60) * len(_nets),
@@ -100,4 +103,5 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
             "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "
             "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
-            "--threads {threads} --compile {resources.train_compile:q} --params {params.cfg:q} > {log:q} 2>&1"
+            "--threads {threads} --compile {resources.train_compile:q} "
+            "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"

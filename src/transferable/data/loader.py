@@ -153,9 +153,10 @@ class TrainStream:
             raw = self.on_device[meta[0]]
         else:
             raw = self._read(idx)
-            if isinstance(raw, tuple):  # copied on the side stream: wait for it there, not on the host
-                raw, done = raw
-                torch.cuda.current_stream(dev).wait_event(done)
+            if isinstance(raw, tuple):  # made on another stream: wait for it there (not on the host), and
+                raw, done = raw  # tell the allocator the training stream uses it
+                if done is not None:
+                    torch.cuda.current_stream(dev).wait_event(done)
                 raw.record_stream(torch.cuda.current_stream(dev))
             elif dev.type == "cuda":
                 raw = raw.to(dev, non_blocking=True)
@@ -165,8 +166,8 @@ class TrainStream:
         """Read (or decode) the images: a CPU tensor, a list of decoded JPEGs, a GPU tensor (nvJPEG), or
         (GPU tensor, event) from the pinned-buffer copy. Runs in the read-ahead thread, off the loop's path."""
         if isinstance(self.images, JpegSet):  # decoded on the GPU (nvJPEG) when training runs on one
-            if self.device.type == "cuda":
-                return self.images.batch(idx, device=self.device)
+            if self.device.type == "cuda":  # decoded on a stream of its own, finished when it returns
+                return self.images.batch(idx, device=self.device), None
             return self.images.batch(idx, stack=False)
         if self._copy_stream is None:
             return torch.from_numpy(self.images.take(idx, threads=self.readers))
@@ -212,6 +213,11 @@ class TrainStream:
         return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
 
     def load_state_dict(self, s: dict) -> None:
+        if self._pending is not None:  # a read in flight writes into a buffer: let it end first
+            try:
+                self._pending[1].result()
+            except Exception:  # noqa: BLE001 - its batch is discarded anyway
+                pass
         self.gen.set_state(s["gen"])
         self.perm, self.pos, self.epoch = s["perm"], int(s["pos"]), int(s["epoch"])
         self._pending = None
@@ -229,6 +235,7 @@ def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_
     for i in range(0, len(images), batch_size):
         if on_gpu_decode:
             block = images.batch(np.arange(i, min(i + batch_size, len(images))), device=device)
+            block.record_stream(torch.cuda.current_stream(device))  # decoded on another stream
             xb = block[:, :, off : off + crop, off : off + crop]
         else:
             block = images.slice(i, i + batch_size)

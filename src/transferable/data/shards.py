@@ -17,8 +17,9 @@ every net reads the same files. Layout of one part (a block of consecutive class
     part{k}/rejects.csv                    images skipped under data.on_corrupt: skip
     part{k}/digest.txt                     SHA-256 of every array (a checkpoint tells its data by it)
 
-One class is read without touching the other classes' bytes (the files can be memory-mapped), and a shard
-job holds no more than one image in memory: arrays are written through memory maps as images arrive.
+One class is read without touching the other classes' bytes (the files can be memory-mapped). A raw shard
+job's memory does not grow with its part: pixels are appended to the files as images arrive; a JPEG job
+keeps its part's files (~30 KB each) in memory until it writes them.
 """
 
 from __future__ import annotations
@@ -116,7 +117,15 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
         raise ValueError("decode_jpegs: no images")
     dev = torch.device(device or "cpu")
     if dev.type == "cuda":
-        return torch.stack(decode_jpeg(ts, mode=ImageReadMode.RGB, device=dev))
+        # On a stream of its own, finished before it returns: torchvision's batched decoder allocates its
+        # outputs on the current stream and decodes on streams of its own that do not wait for it, so on
+        # the training stream it could be handed memory that queued kernels still read
+        # (pytorch/vision#9606). The caller marks the result as used by its stream (record_stream).
+        stream = _decode_streams.setdefault(dev, torch.cuda.Stream(dev))
+        with torch.cuda.stream(stream):
+            out = torch.stack(decode_jpeg(ts, mode=ImageReadMode.RGB, device=dev))
+        stream.synchronize()
+        return out
     k = max(1, min(threads or torch.get_num_threads(), len(ts)))
 
     def work(chunk):
@@ -132,6 +141,7 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
 
 
 _POOLS: dict = {}
+_decode_streams: dict = {}
 
 
 def _decode_pool(k: int):
@@ -190,9 +200,9 @@ def seal_part(part_dir: str | os.PathLike, counts: dict, size: int, resize: str 
 class _PartWriter:
     """Per-class arrays of one part, written image by image: raw pixels appended to ``.npy`` files opened
     with the expected shape in their header (plain writes, not memory maps, so that the written pages are
-    page cache the kernel may drop, not the job's resident memory), JPEG files to per-class lists (~30 KB
-    each); the per-class sums of the training images as they come. A job's memory does not grow with
-    its part (``transferable bench ingest`` measures it)."""
+    page cache the kernel may drop, not the job's resident memory; at most 64 open at once), JPEG files to
+    per-class lists (~30 KB each); the per-class sums of the training images as they come. A raw job's
+    memory does not grow with its part (``transferable bench ingest`` measures it)."""
 
     def __init__(self, tmp: Path, size: int, fmt: str, quality: int, expected: dict):
         self.tmp, self.size, self.fmt, self.quality, self.expected = tmp, size, fmt, quality, expected
@@ -201,14 +211,29 @@ class _PartWriter:
         self.jpegs: dict = {}
         self.sums: dict = {}
 
+    _OPEN_MAX = 64  # open raw files at once (a part of 500 classes would otherwise hold 1,000)
+
+    def _header(self, n: int) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                                   "shape": (n, 3, self.size, self.size)})
+        return buf.getvalue()
+
     def _raw_file(self, subset: str, c: int):
         key = (subset, c)
-        if key not in self.files:
-            f = open(self.tmp / f"{subset}_{c:05d}.npy", "wb")
-            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
-                                                     "shape": (self.expected[key], 3, self.size, self.size)})
-            self.files[key] = f
-        return self.files[key]
+        f = self.files.pop(key, None)
+        if f is None:
+            path = self.tmp / f"{subset}_{c:05d}.npy"
+            if key in self.filled:  # written before, closed to bound the open files: append to it
+                f = open(path, "r+b")
+                f.seek(0, os.SEEK_END)
+            else:
+                f = open(path, "wb")
+                f.write(self._header(self.expected[key]))
+            if len(self.files) >= self._OPEN_MAX:
+                self.files.pop(next(iter(self.files))).close()  # the least recently used
+        self.files[key] = f  # most recently used last
+        return f
 
     def add(self, subset: str, c: int, arr: np.ndarray) -> None:
         key = (subset, c)
@@ -228,16 +253,21 @@ class _PartWriter:
 
     def finish(self, classes: list[int]) -> dict:
         """Write what is left; return {class: [train count, val count]}."""
-        while self.files:
-            (subset, c), f = self.files.popitem()
+        for f in self.files.values():
             f.close()
-            n = self.filled[(subset, c)]
-            if n < self.expected[(subset, c)]:  # images were skipped (data.on_corrupt: skip): fix the header
-                path = self.tmp / f"{subset}_{c:05d}.npy"
-                with open(path, "rb") as fh:
-                    np.lib.format.read_magic(fh)
-                    np.lib.format.read_array_header_1_0(fh)
-                    data = np.frombuffer(fh.read(), dtype=np.uint8).reshape(n, 3, self.size, self.size)
+        self.files.clear()
+        for (subset, c), n in self.filled.items():
+            if self.fmt != "raw" or n == self.expected[(subset, c)]:
+                continue
+            # images were skipped (data.on_corrupt: skip): the header says fewer, the file ends there
+            path = self.tmp / f"{subset}_{c:05d}.npy"
+            old, new = self._header(self.expected[(subset, c)]), self._header(n)
+            if len(new) == len(old):
+                with open(path, "r+b") as f:
+                    f.write(new)
+                    f.truncate(len(new) + n * 3 * self.size * self.size)
+            else:  # the header's padding could not absorb the shorter count (rare): rewrite the file
+                data = np.fromfile(path, dtype=np.uint8, offset=len(old)).reshape(n, 3, self.size, self.size)
                 np.save(path.with_suffix(".short.npy"), data)
                 os.replace(path.with_suffix(".short.npy"), path)
         for (subset, c), blobs in self.jpegs.items():
@@ -428,6 +458,7 @@ def job_cpus(env=None) -> int:
 
 
 _READ_POOLS: dict = {}
+_decode_streams: dict = {}
 
 
 def _read_pool(k: int):
@@ -460,6 +491,8 @@ class ImageSet:
         ``threads`` threads (numpy copies without the GIL; from memory maps, the page faults that read the
         files then overlap)."""
         idx = np.asarray(idx)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"image index outside 0..{len(self) - 1}")
         out = np.empty((len(idx), *self.shape[1:]), dtype=np.uint8) if out is None else out
         k = max(1, min(threads, len(idx) // 8 or 1))
         if k > 1:  # contiguous blocks of the batch, one per thread
@@ -494,7 +527,8 @@ class JpegSet:
         self.shape = (sum(len(o) - 1 for o in offsets), 3, size, size)
         nbytes = sum(b.nbytes for b in blobs)
         limit = available_memory() / 4 if ram_limit is None else ram_limit
-        self.blobs = [np.asarray(b) if nbytes <= limit else b for b in blobs]
+        self.in_ram = nbytes <= limit
+        self.blobs = [np.array(b) if self.in_ram else b for b in blobs]  # np.asarray of a map is the map
         self.offsets = offsets
         self.starts = np.cumsum([0] + [len(o) - 1 for o in offsets])
 

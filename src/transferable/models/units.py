@@ -35,6 +35,21 @@ ARCHS = ("resnet18", "resnet50", "vit_b_16", "resnet-small", "vit-small")
 
 
 @dataclass(frozen=True)
+class UnitSpec:
+    """What builds a unit network: torchvision's architecture, the head's width, the crop (a ViT's image
+    size) and how the units are cut."""
+
+    arch: str
+    outputs: int
+    crop: int
+    units: str = "blocks"
+
+
+def spec_from_config(net: dict, outputs: int) -> UnitSpec:
+    return UnitSpec(arch=net["arch"], outputs=int(outputs), crop=int(net["crop"]), units=net.get("units", "blocks"))
+
+
+@dataclass(frozen=True)
 class Unit:
     name: str
     prefixes: tuple[str, ...]  # parameter/buffer names that start with one of these belong to the unit
@@ -66,7 +81,16 @@ class UnitNet(nn.Module):
         return [k for k in self.model.state_dict() if self.unit_of(k) == i]
 
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == len(self.units):  # the head: logits in fp32 under bf16 autocast, as CaffeNet's fc8
+            with torch.autocast(x.device.type, enabled=False):
+                return self._blocks[i](x.float())
         return self._blocks[i](x)
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from the output of unit ``start`` (1-based; 0 = the image) on."""
+        for i in range(start, len(self._blocks)):
+            x = self._block(i, x)
+        return x
 
     def forward(self, x: torch.Tensor, frozen: int = 0) -> torch.Tensor:
         if frozen:

@@ -26,10 +26,9 @@ from .. import __version__
 from ..data.loader import TrainStream, eval_batches
 from .. import atomic
 from ..data.shards import Shards
-from ..models.caffenet import spec_from_config
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest, result_train
-from ..transfer import CaffeSGD, build_net, param_groups
+from ..transfer import build_net, make_optimizer, spec_from_config
 from .devices import job_memory_bytes, pick_device
 
 HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
@@ -238,13 +237,14 @@ def _build_members(nets, split, spec, tcfg, shards, classes, source_models, devi
         try:
             model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
                               seed=stable_seed(seed, split, net))
-        except RuntimeError as e:  # load_state_dict: another architecture or width
+        except (RuntimeError, KeyError, ValueError) as e:  # another architecture or width
+            if source_state is None:
+                raise
             raise CheckpointError(f"{source_models.get(net)}: does not fit {split}/{net} ({e}); rebuild it with: "
                                   f"snakemake --cores all --force {source_models.get(net)}") from e
         model.to(device, memory_format=torch.channels_last)
         model.train()
-        opt = CaffeSGD(param_groups(model), lr=tcfg["lr"], momentum=tcfg["momentum"],
-                       weight_decay=tcfg["weight_decay"])
+        opt = make_optimizer(model, tcfg)
         members.append(_Member(net, model, opt, mean, 0 if name.finetune else name.n, key, device))
     return members
 
@@ -407,7 +407,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
         # Every net that trains on the same half of the same split sees the same stream of batches, as
         # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
         stream = TrainStream(x_train, y_train, own, spec.crop, tcfg["batch_size"],
-                             seed=stable_seed(seed, split, target, "data"), device=device, scale=scale)
+                             seed=stable_seed(seed, split, target, "data"), device=device, scale=scale,
+                             readers=torch.get_num_threads())  # the job's threads (resources.train_threads)
         return members, stream
 
     members, stream = fresh_start()
