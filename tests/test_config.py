@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_snakemake
 
-from transferable import plan
+from transferable import paths, plan
 
 MICRO = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -32,6 +32,13 @@ def _edit(fn):
 
 def _natman_ranges(a, b):
     return lambda c: c["splits"].update(nm={"kind": "ranges", "halves": {"A": {"ranges": a}, "B": {"ranges": b}}})
+
+
+def _resnet(c):
+    """The micro config on resnet-small (a valid unit-network config, before each case's one change)."""
+    c["net"] = {"arch": "resnet-small", "crop": 16, "outputs": "all"}
+    c["train"]["optimizer"] = "sgd"
+    c["experiment"].pop("similarity", None)
 
 
 CASES = [
@@ -62,6 +69,16 @@ CASES = [
     ("unknown resize filter", lambda c: c["preprocess"].update(resize="lanczos5"), "preprocess.resize"),
     ("unknown shard format", lambda c: c["preprocess"].update(format="png"), "preprocess.format"),
     ("unknown demo size model", lambda c: c.setdefault("demo", {}).update(sizes="huge"), "demo.sizes"),
+    # issue 12: architectures as ordered units
+    ("n beyond the architecture's units", lambda c: (_resnet(c), c["experiment"]["random_splits"].update(layers=[6])),
+     "outside the allowed 1..5 (resnet-small has 5 transferable units)"),
+    ("Caffe's solver on a ResNet", lambda c: (_resnet(c), c["train"].update(optimizer="caffe_sgd")), "train.optimizer"),
+    ("similarity on a ResNet", lambda c: (_resnet(c), c["experiment"].update(similarity={"images": 8})),
+     "experiment.similarity"),
+    ("CaffeNet widths on a ResNet", lambda c: (_resnet(c), c["net"].update(widths=[4] * 7)), "net.widths"),
+    ("stages of a ViT", lambda c: (_resnet(c), c["net"].update(arch="vit-small", units="stages")), "net.units"),
+    ("ViT crop not a multiple of its patch", lambda c: (_resnet(c), c["net"].update(arch="vit-small", crop=14)),
+     "net.crop: 14"),
 ]
 
 
@@ -173,3 +190,13 @@ def test_nested_config_overrides_are_typed():
     bad["train"]["lr"] = "fast"
     with pytest.raises(plan.ConfigError, match="train.lr: 'fast' is not of type 'number'"):
         plan.check_config(bad, SCHEMA, overrides={"train": {"lr": "fast"}})
+
+
+@pytest.mark.parametrize("arch", ["resnet-small", "vit-small", "resnet18", "resnet50", "vit_b_16"])
+def test_unit_network_configs_pass(arch):
+    def edit(c):
+        _resnet(c)
+        c["net"].update(arch=arch, crop=16)
+        c["train"]["optimizer"] = "adamw" if arch.startswith("vit") else "sgd"
+        c["experiment"]["random_splits"]["layers"] = [1, len(paths.unit_names(c["net"]))]
+    assert _check(_edit(edit)) is None

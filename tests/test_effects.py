@@ -251,3 +251,15 @@ def test_replicates_in_the_plan():
     assert plan.used_splits(cfg) == ["all", "natman", "rand0"]
     groups = {(s, t) for s, t, _ in plan.stream_groups(cfg)}
     assert ("natman.s2", "B") in groups and ("all.s1", "A") in groups
+
+
+def test_claims_for_other_depths_keep_relative_depth():
+    """Issue 12: a net of K units tests each claim at the same relative depth; CaffeNet's are unchanged."""
+    from transferable.figures.effects import CLAIMS, claims_for
+
+    assert claims_for(7) == CLAIMS
+    five = {c.key: c.ranges for c in claims_for(5)}
+    assert five["coadaptation"] == ((2, 4),) and five["specificity_vs_selffer"] == ((5, 5),)
+    assert five["specificity_grows"] == ((1, 5),) and five["boost_over_base"] == ((1, 5), (2, 5), (4, 5))
+    seventeen = {c.key: c.ranges for c in claims_for(17)}  # ResNet-50's blocks
+    assert seventeen["specificity_vs_base"] == ((17, 17),) and seventeen["coadaptation"] == ((7, 15),)

@@ -91,3 +91,64 @@ def test_impossible_transfers_are_refused():
         build("vit-small", 10, seed=0, image_size=16, units="stages")
     with pytest.raises(ValueError, match="net.arch"):
         build("resnet9000", 10, seed=0)
+
+
+def test_unit_names_the_plan_uses_are_the_built_nets():
+    """paths.UNIT_NAMES (light, read by the Snakefile) names exactly the units models/units.py builds."""
+    from transferable import paths
+
+    for arch, units, size, _ in ARCHS:
+        net = build(arch, 10, seed=0, image_size=size, units=units)
+        assert tuple(u.name for u in net.units) == paths.unit_names({"arch": arch, "units": units})
+
+
+def test_optimiser_recipes_decay_only_weights_and_skip_frozen():
+    from transferable.transfer import make_optimizer
+
+    train = {"lr": 0.1, "weight_decay": 0.05, "momentum": 0.9}
+    vit = transfer_units(build("vit-small", 10, seed=0, image_size=16), 2, None, freeze=True)
+    opt = make_optimizer(vit, dict(train, optimizer="adamw"))
+    assert isinstance(opt, torch.optim.AdamW)
+    names = {id(p): n for n, p in vit.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decayed and all(vit.unit_of(n.removeprefix("model.")) >= 2 for n in decayed | plain)  # no frozen unit
+    assert not any(n.endswith(("bias", "class_token", "pos_embedding")) or ".ln" in n for n in decayed)
+    assert any(n.endswith("heads.head.weight") for n in decayed) and any(n.endswith("bias") for n in plain)
+    res = build("resnet-small", 10, seed=0, image_size=16)
+    opt = make_optimizer(res, dict(train, optimizer="sgd"))
+    assert isinstance(opt, torch.optim.SGD)
+    bn = {id(p) for n, p in res.named_parameters() if ".bn" in n or n.startswith("model.bn")}
+    assert all(id(p) not in bn for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"])
+    with pytest.raises(ValueError, match="caffe_sgd"):
+        make_optimizer(res, dict(train, optimizer="caffe_sgd"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, optimizer", [("resnet-small", "sgd"), ("vit-small", "adamw")])
+def test_micro_pipeline_on_a_unit_network(tmp_path, arch, optimizer):
+    """The whole DAG (configs/micro.yaml's design) on a ResNet and a ViT, n = 1 and the top unit n = 5:
+    nets named by units, the claims at the top unit, the figures' x axis in unit names."""
+    import json
+
+    import pandas as pd
+    import yaml
+    from conftest import copy_workflow, run_snakemake
+
+    wd = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
+    cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017}
+    cfg["train"].update(optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 0.001)
+    cfg["experiment"].pop("similarity")
+    for key in ("random_splits", "natman", "random_filters"):
+        cfg["experiment"][key]["layers"] = [1, 5]
+    (wd / "configs/unit.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(["--cores", "2", "--configfile", "configs/unit.yaml"], wd)
+    runs = pd.read_csv(wd / "results/tables/runs.csv")
+    assert set(runs["n"]) == {0, 1, 5} and len(runs) == 19  # micro.yaml's 12 nets, 7 more at n = 5
+    m = json.loads((wd / "results/nets/rand0/A5B/metrics.json").read_text())
+    assert m["provenance"]["config"]["net"]["arch"] == arch and m["n"] == 5
+    eff = pd.read_csv(wd / "results/tables/effects.csv")
+    spec = eff[(eff["claim"] == "specificity_vs_selffer") & (eff["scope"] == "claim")]
+    assert list(spec["layers"].astype(str)) == ["5"] and spec["cells"].iloc[0] == 1
+    assert (wd / "results/figures/fig2.pdf").stat().st_size > 0 and (wd / "results/figures/fig3.pdf").is_file()

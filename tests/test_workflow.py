@@ -74,6 +74,32 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
 
 
 @pytest.mark.subprocess
+def test_unit_network_configs_plan(workdir, tmp_path):
+    """Issue 12: configs/imagenet-resnet50.yaml (5 stages) plans its 132 nets on a data root; the demo
+    configurations on a ResNet and a ViT plan the demo's design at n = 1..5 (the CaffeNet demo's 202 nets
+    had n = 1..7: 142 here)."""
+    root = tmp_path / "imagenet"
+    root.mkdir()
+    jobs = planned(run_snakemake(["-n", "--configfile", "configs/imagenet-resnet50.yaml", "--config",
+                                  f"data_root={root}"], workdir))
+    # 2 splits x (2 base + 2 targets x 4 treatments x 5) + natman 3 seeds x (2 + 10) + random 2 seeds x (1 + 5)
+    assert jobs["train"] == 2 * 42 + 3 * 12 + 2 * 6
+    from transferable.data import demo
+
+    inet = tmp_path / "inet1000"  # a 1000-class data root in the official layout: "ImageNet" to the plan
+    demo.generate(inet, classes_per_family=500, train_per_class=1, val_per_class=1, min_side=8, max_side=8)
+    for config, flag in (("paper", " --paper"), ("imagenet-resnet50", "--no-paper")):
+        printed = run_snakemake(["-n", "-p", "--configfile", f"configs/{config}.yaml", "--config",
+                                 f"data_root={inet}", "--until", "fig2"], workdir).stdout
+        assert flag in printed  # CaffeNet's published numbers beside CaffeNet only
+    for name, units in (("demo-resnet", "stem,layer1.0,layer2.0,layer3.0,layer4.0"),
+                        ("demo-vit", "embed,block1,block2,block3,block4")):
+        out = run_snakemake(["-n", "-p", "--configfile", f"configs/{name}.yaml"], workdir).stdout
+        assert "A5B" in out and "A6B" not in out
+        assert f"--units {units} " in out
+
+
+@pytest.mark.subprocess
 def test_paper_lines_only_on_imagenet(workdir, tmp_path):
     """The figures draw the paper's ImageNet means only for a 1000-class data root, or when asked."""
     demo = run_snakemake(["-n", "-p", "--configfile", "configs/micro.yaml"], workdir).stdout

@@ -110,12 +110,13 @@ def cmd_figure(a):
     from .figures import plots, tables
 
     df = tables.load_runs(a.metrics)
+    units = a.units.split(",") if a.units else None
     if a.which == "fig2":
-        plots.fig2(df, a.out, paper=a.paper)
+        plots.fig2(df, a.out, paper=a.paper, units=units)
     elif a.which == "fig3":
-        plots.fig3(df, a.out, paper=a.paper)
+        plots.fig3(df, a.out, paper=a.paper, units=units)
     elif a.which == "claims":
-        plots.claims_figure(df, a.out)
+        plots.claims_figure(df, a.out, units=units)
     _log(f"wrote {a.out}")
 
 
@@ -196,7 +197,7 @@ def cmd_effects(a):
     from .figures import effects, tables
 
     df = tables.load_runs(a.metrics)
-    eff = effects.effects_with_paper(df)
+    eff = effects.effects_with_paper(df, units=len(a.units.split(",")) if a.units else 7)
     atomic.write_csv(eff, a.out)
     if a.markdown:
         atomic.write_text(a.markdown, effects.effects_markdown(eff))
@@ -368,12 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output PDF (a PNG is written beside it)")
     s.add_argument("--paper", action=argparse.BooleanOptionalAction, default=False,
                    help="draw the paper's ImageNet means beside ours (meaningful on ImageNet only)")
+    s.add_argument("--units", default=None, help="the net's unit names, comma-separated (default: CaffeNet's)")
     s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("effects", help="every claim of the paper as a paired effect with a 95%% CI and a verdict")
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of every net")
     s.add_argument("--out", required=True, help="output: effects.csv")
     s.add_argument("--markdown", default=None, help="also write the verdicts as Markdown here")
+    s.add_argument("--units", default=None, help="the net's unit names, comma-separated (default: CaffeNet's): "
+                                                 "the claims' layer ranges at the same relative depth")
     s.set_defaults(func=cmd_effects)
 
     s = sub.add_parser("html-table", help="a CSV table as an HTML page (the report shows HTML, not CSV)")

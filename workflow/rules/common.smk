@@ -116,13 +116,17 @@ REPORT_TABLES = ("effects", "table1", "runs", "paper_comparison", "similarity_by
 
 def paper_flag():
     """Whether Figures 2 and 3 draw the paper's ImageNet means: ``figures.paper_lines``; ``auto`` draws
-    them only for a 1000-class dataset read from a data root (ImageNet), never on the demo's classes.
+    them only for CaffeNet on a 1000-class dataset read from a data root (ImageNet), never on the demo's
+    classes or for another network.
     """
     mode = config.get("figures", {}).get("paper_lines", "auto")
+    # the paper's numbers are CaffeNet's on ImageNet: never beside another net's
     if mode == "auto":
         mode = (
             "always"
-            if config["data"]["source"] == "path" and known_num_classes() == 1000
+            if config["data"]["source"] == "path"
+            and known_num_classes() == 1000
+            and config["net"]["arch"] == "caffenet"
             else "never"
         )
     return "--paper" if mode == "always" else "--no-paper"

@@ -1,6 +1,10 @@
 # Aggregates. Each target asks the plan for exactly the nets it draws.
 
 
+# the net's unit names (x tick labels; the claims' layer ranges): CaffeNet's layers, or a ResNet's or ViT's units
+UNITS = ",".join(paths.unit_names(config["net"]))
+
+
 rule runs_table:
     input:
         metrics=net_outputs(plan.figure_nets(config, "all")),
@@ -42,8 +46,10 @@ rule fig2:
         runtime=5,
     params:
         paper=paper_flag(),
+        units=UNITS,
     shell:
-        "transferable figure fig2 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
+        "transferable figure fig2 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} "
+        "--units {params.units:q} > {log:q} 2>&1"
 
 
 rule fig3:
@@ -67,8 +73,10 @@ rule fig3:
         runtime=5,
     params:
         paper=paper_flag(),
+        units=UNITS,
     shell:
-        "transferable figure fig3 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} > {log:q} 2>&1"
+        "transferable figure fig3 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} "
+        "--units {params.units:q} > {log:q} 2>&1"
 
 
 rule table1:
@@ -129,8 +137,11 @@ rule effects:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        units=UNITS,
     shell:
-        "transferable effects --metrics {input.metrics:q} --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"
+        "transferable effects --metrics {input.metrics:q} --out {output.csv:q} --markdown {output.md:q} "
+        "--units {params.units:q} > {log:q} 2>&1"
 
 
 rule claims_figure:
@@ -154,8 +165,11 @@ rule claims_figure:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        units=UNITS,
     shell:
-        "transferable figure claims --metrics {input.metrics:q} --out {output.pdf:q} > {log:q} 2>&1"
+        "transferable figure claims --metrics {input.metrics:q} --out {output.pdf:q} --units {params.units:q} "
+        "> {log:q} 2>&1"
 
 
 rule training_curves:

@@ -26,6 +26,8 @@ or when a group has fewer than two cells (no interval). The same effect at each 
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -263,6 +265,23 @@ CLAIMS: tuple[Claim, ...] = (
           "versus", "random", "base", -1, ((1, 7), (1, 2)), split_kind="all"),
 )
 
+def claims_for(units: int, claims: tuple[Claim, ...] = CLAIMS) -> tuple[Claim, ...]:
+    """The paper's claims for a net of ``units`` transferable units: each range of CaffeNet's 7 layers at the
+    same relative depth (n -> round(n * units / 7), at least 1): "the top layer" is the top unit, "the
+    middle layers" 3-6 the units at 3/7..6/7 of the depth. CaffeNet's own claims are unchanged."""
+    if units == 7:
+        return claims
+
+    def at(n: int) -> int:
+        return max(1, min(units, round(n * units / 7)))
+
+    out = []
+    for c in claims:
+        ranges = tuple(dict.fromkeys((at(lo), at(hi)) for lo, hi in c.ranges))
+        out.append(dataclasses.replace(c, ranges=ranges))
+    return tuple(out)
+
+
 EFFECT_COLUMNS = ["claim", "label", "text", "scope", "layers", "n_lo", "n_hi", "expected", "estimate", "ci_lo",
                   "ci_hi", "p_value", "nets", "cells", "test", "verdict"]
 PAPER_PREFIX = "paper_"
@@ -303,10 +322,12 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float) -
     raise ValueError(f"unknown claim kind {c.kind!r}")
 
 
-def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=CLAIMS, per_layer: bool = True,
+def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_layer: bool = True,
             nmax: int = 7) -> pd.DataFrame:
     """Every claim over its claim ranges (scope ``claim``) and, where it makes sense, at each single n
-    (scope ``layer``). Effects are in top-1 units (0.01 = 1 point). Columns :data:`EFFECT_COLUMNS`."""
+    (scope ``layer``), for a net of ``nmax`` units (``claims_for``; CaffeNet: 7). Effects are in top-1
+    units (0.01 = 1 point). Columns :data:`EFFECT_COLUMNS`."""
+    claims = claims_for(nmax) if claims is None else claims
     rows = []
     for c in claims:
         spans = [("claim", lo, hi) for lo, hi in c.ranges]
@@ -324,13 +345,14 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=CLAIMS, per
 
 
 def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None,
-                       confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """:func:`effects` of our nets beside the same computation on the authors' nets (``paper_*`` columns)."""
+                       confidence: float = CONFIDENCE, units: int = 7) -> pd.DataFrame:
+    """:func:`effects` of our nets (of ``units`` transferable units) beside the same computation on the
+    authors' CaffeNets (``paper_*`` columns; they match our rows where the layer ranges agree)."""
     if paper is None:
         from .tables import paper_runs
 
         paper = paper_runs()
-    a = effects(ours, confidence)
+    a = effects(ours, confidence, nmax=units)
     b = effects(paper, confidence)
     keep = ["estimate", "ci_lo", "ci_hi", "nets", "cells", "verdict"]
     b = b[["claim", "scope", "layers", *keep]].rename(columns={k: PAPER_PREFIX + k for k in keep})

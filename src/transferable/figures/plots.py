@@ -160,7 +160,7 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     ax.set_ylabel("Top-1 accuracy (higher is better)")
     ax.set_xlim(-0.4, nmax + 0.5)  # room for the AnB+ markers at n + 0.27
     ax.set_ylim(*_limits(ys, pad=0.08))
-    ax.set_xticks(range(0, nmax + 1))
+    _xticks(ax, nmax)
     missing = [t for t in FIG2_TREATMENTS if t not in set(r["treatment"])]
     if r[r["treatment"] == "base"].empty:
         missing.insert(0, "base")
@@ -229,9 +229,12 @@ def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, fl
             ax.text(float(last["n"]) - 0.1, y, "4: Performance\ndrops due to\n representation\nspecificity",
                     fontsize=fs, ha="right", va="center")
     notes = []
-    for label, (_, what, opposite) in READINGS.items():
+    for label, (claim, what, opposite) in READINGS.items():
         if not present[label] or status[label] == "reproduced":
             continue
+        rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
+        if len(rows):  # the claim's layers for this net (CaffeNet: 3-6 and 7)
+            what = what.replace("n = 3-6", f"n = {rows.iloc[0]['layers']}").replace("n = 7", f"n = {rows.iloc[0]['layers']}")
         if status[label] == "contradicted":
             notes.append(f"{label}: contradicted here ({opposite})")
         else:
@@ -304,9 +307,9 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
         labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
 
-    _interpretation_texts(ax, lm, nmax, ylim, fx.effects(df, per_layer=False))
+    _interpretation_texts(ax, lm, nmax, ylim, fx.effects(df, per_layer=False, nmax=len(_UNITS[0] or LAYER_NAMES)))
     ax.set_xlim(-0.2, nmax + 0.3)
-    ax.set_xticks(range(0, nmax + 1))
+    _xticks(ax, nmax)
     ax.set_xlabel(XLABEL, fontsize=16)
     ax.set_ylabel("Top-1 accuracy, mean over nets")
     if len(handles):
@@ -315,17 +318,30 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         ax.text(0.5, 0.5, "no random-split nets in these runs", transform=ax.transAxes, ha="center")
 
 
+_UNITS: list = [None]  # the unit names of the figure being drawn (None: CaffeNet's layers, ticks 0..7)
+
+
+def _xticks(ax, nmax: int) -> None:
+    """Ticks at n = 0..nmax; for a net other than CaffeNet, labelled with its unit names."""
+    ax.set_xticks(range(0, nmax + 1))
+    units = _UNITS[0]
+    if units is not None and tuple(units) != tuple(LAYER_NAMES):
+        ax.set_xticklabels(["0", *list(units)[:nmax]], rotation=40, ha="right", fontsize=10)
+
+
 def _nmax(df: pd.DataFrame, default: int = 7) -> int:
     n = df["n"].max() if len(df) else np.nan
     return int(n) if pd.notna(n) and n > 0 else default
 
 
-def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tuple[Path, Path]:
+def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=None) -> tuple[Path, Path]:
     """Figure 2: every random-split net (top) and the line means with the paper's readings (bottom).
 
     Writes ``out_pdf`` and a PNG with the same stem; returns both paths.  Treatments absent from
-    ``runs_df`` are left out and named in the top panel.
+    ``runs_df`` are left out and named in the top panel. ``units``: the net's unit names (x tick labels;
+    None: CaffeNet's layers).
     """
+    _UNITS[0] = units
     r = runs_df[runs_df["split_kind"] == "random"]
     nmax = _nmax(r)
     with plt.style.context("classic"), plt.rc_context(RC):
@@ -382,7 +398,7 @@ def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     ax.set_title(natman_title(df), fontsize=16)
     ax.set_ylabel("Top-1 accuracy")
     ax.set_xlim(-0.3, nmax + 0.3)
-    ax.set_xticks(range(0, nmax + 1))
+    _xticks(ax, nmax)
 
 
 def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
@@ -410,7 +426,7 @@ def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
                 va="center", fontsize=13, style="italic", color="0.3")
     ax.set_title("Random, untrained filters", fontsize=16)
     ax.set_xlim(-0.3, nmax + 0.3)
-    ax.set_xticks(range(0, nmax + 1))
+    _xticks(ax, nmax)
 
 
 REL_STYLE = {
@@ -462,16 +478,18 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     ax.axhline(0, color="0.6", lw=0.8, zorder=1)
     ax.set_ylim(*_limits(ys, pad=0.05))
     ax.set_xlim(-0.2, nmax + 0.3)
-    ax.set_xticks(range(0, nmax + 1))
+    _xticks(ax, nmax)
     ax.set_ylabel("Relative top-1 accuracy (higher is better)")
     ax.set_xlabel(XLABEL, fontsize=16)
     ax.legend(handles, labels, loc="best", numpoints=1, fontsize=13)
 
 
-def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True) -> tuple[Path, Path]:
+def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=None) -> tuple[Path, Path]:
     """Figure 3: natural/man-made transfer (top left), random untrained filters (top right) and every
     treatment relative to its own n = 0 reference (bottom).  Writes ``out_pdf`` and a same-stem PNG.
+    ``units`` as in :func:`fig2`.
     """
+    _UNITS[0] = units
     nmax = _nmax(runs_df[runs_df["treatment"] != "base"])
     with plt.style.context("classic"), plt.rc_context(RC):
         fig = plt.figure(figsize=(14, 10))
@@ -528,10 +546,12 @@ def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tupl
 VERDICT_COLOURS = {"reproduced": "#1a9641", "contradicted": "#d7191c", "inconclusive": "#999999"}
 
 
-def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame | None = None) -> tuple[Path, Path]:
+def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame | None = None,
+                  units=None) -> tuple[Path, Path]:
     """One row per claim: our paired effect with its 95% CI (filled, coloured by verdict) above the same
-    effect computed from the authors' nets (hollow). Effects in percentage points; writes a PDF and a PNG."""
-    eff = fx.effects_with_paper(runs_df) if eff is None else eff
+    effect computed from the authors' nets (hollow). Effects in percentage points; writes a PDF and a PNG.
+    ``units``: the net's unit names (None: CaffeNet's 7 layers), which place the claims' layer ranges."""
+    eff = fx.effects_with_paper(runs_df, units=len(units or LAYER_NAMES)) if eff is None else eff
     rows = eff[eff["scope"] == "claim"].reset_index(drop=True)
     with plt.rc_context({"pdf.fonttype": 42, "font.size": 11}):
         fig, ax = plt.subplots(figsize=(12, 0.55 * len(rows) + 1.8))

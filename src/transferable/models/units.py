@@ -11,8 +11,8 @@ parameters named by their prefixes, in forward order, and the head is what every
     vit_b_16   the patch embedding with the class token and position embedding, then each of the 12 encoder
                blocks (13 units), head: the final LayerNorm and the classifier
 
-Small variants train on the demo's images on a CPU: ``resnet-small`` (a torchvision ResNet with basic
-blocks [1, 1, 1, 1] whose stem is a 3x3 stride-1 convolution without max-pooling, for 16-32 px crops) and
+Small variants train on the demo's images on a CPU: ``resnet-small`` (torchvision's ResNet with one basic
+block per stage at widths 16-128, a 3x3 stride-1 stem and no max-pooling, for 16-32 px crops) and
 ``vit-small`` (4 px patches, 4 blocks, width 64). Every network is torchvision's definition, built with
 ``weights=None`` (trained from scratch; nothing is downloaded).
 
@@ -121,10 +121,23 @@ def _resnet(arch: str, num_classes: int) -> ResNet:
         return torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if arch == "resnet50":
         return torchvision.models.resnet50(weights=None, num_classes=num_classes)
-    m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)  # resnet-small: a small-image stem
-    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    m.maxpool = nn.Identity()
-    nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
+    # resnet-small: torchvision's ResNet and BasicBlock, one block per stage at widths 16, 32, 64, 128 (a
+    # sixteenth of ResNet-18's compute per pixel), a 3x3 stride-1 stem and no max-pooling for small images
+    m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    w = 16
+    m.inplanes = w
+    m.conv1, m.bn1, m.maxpool = nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.Identity()
+    m.layer1 = m._make_layer(BasicBlock, w, 1)
+    m.layer2 = m._make_layer(BasicBlock, 2 * w, 1, stride=2)
+    m.layer3 = m._make_layer(BasicBlock, 4 * w, 1, stride=2)
+    m.layer4 = m._make_layer(BasicBlock, 8 * w, 1, stride=2)
+    m.fc = nn.Linear(8 * w, num_classes)
+    for mod in m.modules():  # torchvision's ResNet initialisation
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
     return m
 
 
