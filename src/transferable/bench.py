@@ -253,7 +253,6 @@ def bench_jpeg(root: Path, classes_per_family: int = 5, per_class: int = 100, si
     raw_set, labels = sets["raw"].load("train", classes, ram_limit=0)  # memory-mapped: the page cache
     jpeg_set, _ = sets["jpeg"].load("train", classes)
     n = len(labels)
-    rng = np.random.default_rng(0)
     files = jpeg_set.files(np.arange(n))
     kb = np.mean([len(f) for f in files]) / 1e3
     ref = raw_set.take(np.arange(min(n, 200))).astype(np.float64)

@@ -49,6 +49,10 @@ UNIT_NAMES = {
 }
 
 
+# A ViT's patch side: its crop must be a multiple of it
+VIT_PATCH = {"vit_b_16": 16, "vit-small": 4}
+
+
 def unit_names(net: dict) -> tuple[str, ...]:
     """The transferable units of the config's ``net`` section, in order."""
     arch, units = net.get("arch", "caffenet"), net.get("units", "blocks")

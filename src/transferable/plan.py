@@ -346,7 +346,7 @@ def _check_arch(cfg: dict) -> None:
                               f"turn it off for {arch}")
     elif net.get("units", "blocks") != "blocks":
         raise ConfigError(f"net.units: CaffeNet's units are its layers (units: blocks), not {net['units']!r}")
-    if arch == "vit_b_16" and net["crop"] % 16 or arch == "vit-small" and net["crop"] % 4:
+    if arch in paths.VIT_PATCH and net["crop"] % paths.VIT_PATCH[arch]:
         raise ConfigError(f"net.crop: {net['crop']} is not a multiple of {arch}'s patch size")
 
 

@@ -40,6 +40,12 @@ from PIL import Image, ImageOps
 from .. import atomic
 from .ilsvrc import IngestError, read_image_bytes
 
+# torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here); they
+# are what the product card names and they work: when torchvision drops them, decode_jpegs is the one
+# function to port.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
+
 
 def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
     parts = max(1, min(parts, num_classes))
@@ -103,15 +109,11 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
     ``torchvision.io.decode_jpeg``: one batched nvJPEG call on a GPU; on the CPU split between ``threads``
     threads (default: torch's intra-op threads), which decode in parallel (the decoder releases the GIL).
     ``stack=False`` on the CPU returns the list of (3, S, S) images: stacking a batch of 256 px images
-    costs a third of decoding them (``bench jpeg``), and the CPU crop reads them one by one anyway."""
+    took half as long as decoding it here (53 ms against 98 ms for 256), and the CPU crop reads them one
+    by one anyway."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here);
-    # they are what the product card names and they work: when torchvision drops them, this is the one
-    # function to port.
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
     ts = [b if isinstance(b, torch.Tensor) else torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     if not ts:
         raise ValueError("decode_jpegs: no images")
@@ -121,7 +123,9 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
         # outputs on the current stream and decodes on streams of its own that do not wait for it, so on
         # the training stream it could be handed memory that queued kernels still read
         # (pytorch/vision#9606). The caller marks the result as used by its stream (record_stream).
-        stream = _decode_streams.setdefault(dev, torch.cuda.Stream(dev))
+        if dev not in _DECODE_STREAMS:
+            _DECODE_STREAMS[dev] = torch.cuda.Stream(dev)
+        stream = _DECODE_STREAMS[dev]
         with torch.cuda.stream(stream):
             out = torch.stack(decode_jpeg(ts, mode=ImageReadMode.RGB, device=dev))
         stream.synchronize()
@@ -135,21 +139,21 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
         out = work(ts)
     else:
         out = [None] * len(ts)
-        for j, imgs in enumerate(_decode_pool(k).map(work, [ts[j::k] for j in range(k)])):
+        for j, imgs in enumerate(_pool("decode", k).map(work, [ts[j::k] for j in range(k)])):
             out[j::k] = imgs
     return torch.stack(out) if stack else out
 
 
-_POOLS: dict = {}
-_decode_streams: dict = {}
+_POOLS: dict = {}  # (purpose, threads) -> a thread pool kept for the process's life
+_DECODE_STREAMS: dict = {}  # CUDA device -> the stream nvJPEG decodes on
 
 
-def _decode_pool(k: int):
+def _pool(name: str, k: int):
     from concurrent.futures import ThreadPoolExecutor
 
-    if k not in _POOLS:
-        _POOLS[k] = ThreadPoolExecutor(k, thread_name_prefix="decode")
-    return _POOLS[k]
+    if (name, k) not in _POOLS:
+        _POOLS[(name, k)] = ThreadPoolExecutor(k, thread_name_prefix=name)
+    return _POOLS[(name, k)]
 
 
 def to_8bit(im: Image.Image, where: str) -> Image.Image:
@@ -457,18 +461,6 @@ def job_cpus(env=None) -> int:
     return max(1, min(n, int(per_task)) if per_task.isdigit() else n)
 
 
-_READ_POOLS: dict = {}
-_decode_streams: dict = {}
-
-
-def _read_pool(k: int):
-    from concurrent.futures import ThreadPoolExecutor
-
-    if k not in _READ_POOLS:
-        _READ_POOLS[k] = ThreadPoolExecutor(k, thread_name_prefix="read")
-    return _READ_POOLS[k]
-
-
 class ImageSet:
     """Images of several classes as one indexable set: one array in memory, or per-class memory maps."""
 
@@ -497,7 +489,7 @@ class ImageSet:
         k = max(1, min(threads, len(idx) // 8 or 1))
         if k > 1:  # contiguous blocks of the batch, one per thread
             bounds = np.linspace(0, len(idx), k + 1).astype(int)
-            list(_read_pool(k).map(lambda ab: self._take_into(idx[ab[0]:ab[1]], out[ab[0]:ab[1]]),
+            list(_pool("read", k).map(lambda ab: self._take_into(idx[ab[0]:ab[1]], out[ab[0]:ab[1]]),
                                    zip(bounds[:-1], bounds[1:])))
         else:
             self._take_into(idx, out)

@@ -29,9 +29,12 @@ from dataclasses import dataclass
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, ResNet
 
-ARCHS = ("resnet18", "resnet50", "vit_b_16", "resnet-small", "vit-small")
+from ..paths import UNIT_NAMES, VIT_PATCH
+
+# the unit networks: every architecture of paths.UNIT_NAMES but CaffeNet (models/caffenet.py)
+ARCHS = tuple(a for a in UNIT_NAMES if not a.startswith("caffenet"))
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def _resnet_net(arch: str, num_classes: int, units: str) -> UnitNet:
 def _vit(arch: str, num_classes: int, image_size: int):
     if arch == "vit_b_16":
         return torchvision.models.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size)
-    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=4, num_layers=4, num_heads=4,
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=VIT_PATCH["vit-small"], num_layers=4, num_heads=4,
                                                hidden_dim=64, mlp_dim=128, num_classes=num_classes)
 
 
