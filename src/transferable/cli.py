@@ -197,14 +197,17 @@ def cmd_effects(a):
     from .figures import effects, tables
 
     df = tables.load_runs(a.metrics)
-    eff = effects.effects_with_paper(df, units=len(a.units.split(",")) if a.units else 7)
+    opts = dict(margin=a.margin, alpha=a.alpha, plateau_gain=a.plateau_gain)
+    eff = effects.effects_with_paper(df, units=len(a.units.split(",")) if a.units else 7, **opts)
+    ad = effects.adequacy(df, eff, a.plateau_gain)
     atomic.write_csv(eff, a.out)
     if a.markdown:
-        atomic.write_text(a.markdown, effects.effects_markdown(eff))
+        atomic.write_text(a.markdown, effects.effects_markdown(eff, ad, a.alpha))
+    _log(f"training adequacy: {'adequate' if ad.ok else 'NOT adequate: ' + ad.reason}")
     claims = eff[eff["scope"] == "claim"]
     for _, r in claims.iterrows():
-        _log(f"{r['claim']:<26} n={r['layers']:<4} {r['verdict']:<12} {100 * r['estimate']:+.2f} pp "
-             f"[{100 * r['ci_lo']:+.2f}, {100 * r['ci_hi']:+.2f}] ({r['cells']} cells)")
+        _log(f"{r['claim']:<38} n={r['layers']:<4} {r['verdict']:<13} {100 * r['estimate']:+.2f} pp "
+             f"[{100 * r['ci_lo']:+.2f}, {100 * r['ci_hi']:+.2f}] ({r['units']} units, p adj. {r['p_adjusted']:.3g})")
     _log(f"wrote {a.out}")
 
 
@@ -378,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--markdown", default=None, help="also write the verdicts as Markdown here")
     s.add_argument("--units", default=None, help="the net's unit names, comma-separated (default: CaffeNet's): "
                                                  "the claims' layer ranges at the same relative depth")
+    s.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of the verdicts (verdicts.alpha)")
+    s.add_argument("--margin", type=float, default=0.01, help="equivalence margin, top-1 units (verdicts.margin)")
+    s.add_argument("--plateau-gain", type=float, default=0.01,
+                   help="largest median last-quarter top-1 gain of base nets at a plateau (verdicts.plateau_gain)")
     s.set_defaults(func=cmd_effects)
 
     s = sub.add_parser("html-table", help="a CSV table as an HTML page (the report shows HTML, not CSV)")

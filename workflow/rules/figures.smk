@@ -3,6 +3,11 @@
 
 # the net's unit names (x tick labels; the claims' layer ranges): CaffeNet's layers, or a ResNet's or ViT's units
 UNITS = ",".join(paths.unit_names(config["net"]))
+# how claims become verdicts (config verdicts: alpha, margin, plateau_gain), numbers only
+VERDICT_OPTIONS = " ".join(
+    f"--{k.replace('_', '-')} {float(config.get('verdicts', {}).get(k, d))!r}"
+    for k, d in (("alpha", 0.05), ("margin", 0.01), ("plateau_gain", 0.01))
+)
 
 
 rule runs_table:
@@ -139,9 +144,10 @@ rule effects:
         runtime=5,
     params:
         units=UNITS,
+        verdicts=VERDICT_OPTIONS,
     shell:
         "transferable effects --metrics {input.metrics:q} --out {output.csv:q} --markdown {output.md:q} "
-        "--units {params.units:q} > {log:q} 2>&1"
+        "--units {params.units:q} {params.verdicts} > {log:q} 2>&1"
 
 
 rule claims_figure:

@@ -1,33 +1,39 @@
-"""The paper's claims as paired effects with 95% confidence intervals and a verdict each.
+"""The paper's claims as paired effects with 95% confidence intervals, multiplicity-adjusted p-values and a
+verdict each, with the design's own confound (nets trained too briefly) detected and reported.
 
-The unit of replication is a **cell**: one (split, target half) of one training-seed replicate, i.e. one
-``(split, target_half)`` pair of the runs frame (a replicate's split is named ``{split}.s{r}``). Every net of
-a cell is compared with the reference of the same cell (its own base net, or the selffer of the same n), so
-the variation between target halves, which the paper's pooled means mix into its effects, cancels.
+**The unit of replication.** Nets are not independent: the two target halves of a random split share its
+class partition, and AnB on half B copies baseA, the reference of the other half of the same split. What can
+vary independently is a **unit**:
 
-Estimators (:func:`cluster_mean`, :func:`welch`):
+* random splits: the **split** (both target halves and every training-seed replicate ``{split}.s{r}`` of it;
+  a replicate trains on the same partition);
+* the natural/man-made split (one fixed split): the **training-seed replicate**, with both directions inside it;
+* the all-class nets (random filters and their reference): the **training-seed replicate**.
 
-* a **paired effect** is the mean over nets of (net − its cell's reference). Nets of one cell share that
-  reference, so they are not independent: the standard error is the cluster-robust one over cells
-  (``G/(G-1) · Σ_g (Σ_{i in g} (d_i − d̄))² / N²``) and the interval is Student's t with G − 1 degrees of
-  freedom. With one net per cell (a single n) this is exactly the paired t-test.
-* a **difference of two paired effects** that share no cell (natural/man-made loss against random-split
-  loss; the authors' AnB+ and BnB+ nets, which never target the same half) is Welch's t on the two
-  cluster-robust means, with Satterthwaite's degrees of freedom. The natural/man-made split is one fixed
-  split with two directions: its loss is the mean of the two directions (the paper's "mean of the two"),
-  each direction's variance from its training-seed replicates (``experiment.natman.replicates``), so
-  that the two directions' different levels are not mistaken for noise.
+A **cell** is one (run, target half): its nets are compared with the reference of the same cell (its own base
+net, or the selffer of the same n), so the variation between target halves cancels. A unit's value is the
+mean over its cells of the cell's mean paired difference (for the natural/man-made split: the mean of the two
+directions, the paper's "mean of the two"). The interval is Student's t over unit values with units − 1
+degrees of freedom (:func:`one_sample`); a difference of two effects measured on different units is
+Welch's t on the two sets of unit values with Satterthwaite's degrees of freedom (:func:`welch`).
 
-Verdict of a claim (:func:`verdict`): ``reproduced`` when the interval excludes zero on the side the paper claims,
-``contradicted`` when it excludes zero on the other side, ``inconclusive`` when it contains or touches zero,
-or when a group has fewer than two cells (no interval). The same effect at each single n (scope
-``layer``), where the paper claims nothing by itself, is ``positive``, ``negative`` or ``unresolved``.
+**Many claims, one family.** Each claim row tests a difference (H0: effect = 0, two-sided) and an equivalence
+(two one-sided tests, H0: |effect| >= margin). At most one of the two nulls of a row can be true, so the
+family's p-values are adjusted by Holm's step-down with Shaffer's logical constraint (:func:`holm`): at each
+step the multiplier is the number of rows that still have an untested hypothesis. Verdicts use the adjusted
+p-values at level ``alpha``; rows at a single n (scope ``layer``) are exploratory and decide nothing.
+
+**Verdicts** (:data:`VERDICTS`): ``reproduced`` (a directional claim, significant on the paper's side;
+an equivalence claim, ``equivalent`` below), ``contradicted`` (significant on the other side, or a difference
+where the paper says none), ``equivalent`` (the effect lies within ±margin), ``inconclusive``, ``no interval``
+(fewer than two units in a group) and ``confounded`` (:func:`adequacy`: the nets have not reached a plateau,
+or extra training alone changes top-1, so a claim that compares a net trained twice with one trained once
+cannot be told apart from "more training helps").
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from dataclasses import dataclass
 
@@ -35,17 +41,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..paths import base_split
+
 CONFIDENCE = 0.95
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
+ALPHA = 0.05
+MARGIN = 0.01  # equivalence margin, top-1 units (1 point): under the paper's smallest interpreted effects
+PLATEAU_GAIN = 0.01  # a reference net whose top-1 still rose more than this over its last quarter: not at a plateau
+VERDICTS = ("reproduced", "contradicted", "equivalent", "inconclusive", "no interval", "confounded")
 
 
 # ---------------------------------------------------------------------------------------------------------
-# estimators
+# estimators over units
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """An effect with its interval. ``nets``/``cells`` count the nets and independent cells behind it."""
+    """An effect with its interval, over ``units`` independent units (``nets`` nets behind it). ``p_value``
+    tests effect = 0 (two-sided); ``p_equivalence`` tests |effect| >= ``margin`` (TOST; NaN without margin)."""
 
     estimate: float
     ci_lo: float
@@ -54,147 +66,105 @@ class Estimate:
     df: float
     p_value: float
     nets: int
-    cells: int
+    units: int
     test: str
+    p_equivalence: float = np.nan
 
 
-def _nan_estimate(nets: int, cells: int, test: str, est: float = np.nan) -> Estimate:
-    return Estimate(est, np.nan, np.nan, np.nan, np.nan, np.nan, nets, cells, test)
+def _nan_estimate(nets: int, units: int, test: str, est: float = np.nan) -> Estimate:
+    return Estimate(est, np.nan, np.nan, np.nan, np.nan, np.nan, nets, units, test)
 
 
-def _interval(est: float, se: float, df: float, nets: int, cells: int, test: str,
-              confidence: float) -> Estimate:
-    if se <= 1e-12 * max(1.0, abs(est)):  # every cell gave the same difference (to rounding): a point interval
+def tost_p(est: float, se: float, df: float, margin: float | None) -> float:
+    """The two one-sided tests' p of H0: |effect| >= margin (the larger of the two one-sided p-values)."""
+    if margin is None or not np.isfinite(margin) or margin <= 0 or not np.isfinite(est):
+        return np.nan
+    if se == 0:
+        return 0.0 if abs(est) < margin else 1.0
+    p_lo = stats.t.sf((est + margin) / se, df)  # H0: effect <= -margin
+    p_hi = stats.t.cdf((est - margin) / se, df)  # H0: effect >= +margin
+    return float(max(p_lo, p_hi))
+
+
+def _interval(est: float, se: float, df: float, nets: int, units: int, test: str, confidence: float,
+              margin: float | None) -> Estimate:
+    if se <= 1e-12 * max(1.0, abs(est)):  # every unit gave the same value (to rounding): a point interval
         p = 1.0 if est == 0 else 0.0
-        return Estimate(est, est, est, 0.0, df, p, nets, cells, test)
+        return Estimate(est, est, est, 0.0, df, p, nets, units, test, tost_p(est, 0.0, df, margin))
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
     p = 2 * stats.t.sf(abs(est) / se, df)
-    return Estimate(est, est - half, est + half, se, df, float(p), nets, cells, test)
+    return Estimate(est, est - half, est + half, se, df, float(p), nets, units, test, tost_p(est, se, df, margin))
 
 
-def _cluster_se(d: np.ndarray, cells: np.ndarray) -> tuple[float, float, int]:
-    """Mean, cluster-robust standard error and number of clusters."""
-    mean = float(d.mean())
-    uniq, inv = np.unique(cells, return_inverse=True)
-    g = len(uniq)
+def unit_values(diffs, units, cells=None) -> pd.Series:
+    """One value per unit: the mean over the unit's cells of each cell's mean (the mean of its values when
+    ``cells`` is None). Non-finite values are left out."""
+    f = pd.DataFrame({"d": np.asarray(diffs, float), "u": np.asarray(units, dtype=object)})
+    f["c"] = f["u"] if cells is None else np.asarray(cells, dtype=object)
+    f = f[np.isfinite(f["d"])]
+    if f.empty:
+        return pd.Series(dtype=float)
+    return f.groupby(["u", "c"], sort=True)["d"].mean().groupby(level=0).mean()
+
+
+def one_sample(values: pd.Series, nets: int, test: str, confidence: float = CONFIDENCE,
+               margin: float | None = None) -> Estimate:
+    """Mean of unit values with Student's t interval on units − 1 degrees of freedom."""
+    v = np.asarray(values, float)
+    g = len(v)
+    if g == 0:
+        return _nan_estimate(nets, 0, test)
+    mean = float(v.mean())
     if g < 2:
-        return mean, np.nan, g
-    sums = np.bincount(inv, weights=d - mean, minlength=g)
-    var = g / (g - 1) * float((sums**2).sum()) / len(d) ** 2
-    return mean, math.sqrt(var), g
+        return _nan_estimate(nets, g, test, est=mean)
+    return _interval(mean, float(v.std(ddof=1)) / math.sqrt(g), g - 1, nets, g, test, confidence, margin)
 
 
-def cluster_mean(diffs, cells, confidence: float = CONFIDENCE, test: str | None = None) -> Estimate:
-    """Mean of paired differences ``diffs`` (one per net) clustered by ``cells``; t interval, G − 1 df."""
-    d = np.asarray(diffs, dtype=float)
-    c = np.asarray(cells, dtype=object)
-    ok = np.isfinite(d)
-    d, c = d[ok], c[ok]
-    if d.size == 0:
-        return _nan_estimate(0, 0, test or "paired t")
-    mean, se, g = _cluster_se(d, c)
-    single = all(n == 1 for n in pd.Series(c).value_counts())
-    test = test or ("paired t" if single else "paired, cluster-robust t over cells")
-    if g < 2:
-        return _nan_estimate(int(d.size), g, test, est=mean)
-    return _interval(mean, se, g - 1, int(d.size), g, test, confidence)
+def cluster_mean(diffs, units, confidence: float = CONFIDENCE, test: str | None = None,
+                 margin: float | None = None) -> Estimate:
+    """Mean of ``diffs`` (one per net) over the units they belong to: each unit's mean, then t over units.
+    (For equal numbers of nets per unit this is the cluster-robust mean with the CR1 correction.)"""
+    d = np.asarray(diffs, float)
+    u = np.asarray(units, dtype=object)
+    vals = unit_values(d, u)
+    single = len(vals) == int(np.isfinite(d).sum())
+    return one_sample(vals, int(np.isfinite(d).sum()), test or ("paired t" if single else "paired t over unit means"),
+                      confidence, margin)
 
 
-def _components(d: np.ndarray, c: np.ndarray, strata: np.ndarray | None):
-    """Mean and variance components [(variance, df)] of a cluster-robust mean, or of the mean over strata
-    of per-stratum cluster-robust means (strata fixed, e.g. the two directions of one fixed split). None
-    for the variance when a stratum has fewer than two cells."""
-    if strata is None:
-        mean, se, g = _cluster_se(d, c)
-        return mean, ([(se**2, g - 1)] if g >= 2 else None), g
-    keys = list(dict.fromkeys(strata))
-    means, comps, cells = [], [], 0
-    for h in keys:
-        m = strata == h
-        mean, se, g = _cluster_se(d[m], c[m])
-        means.append(mean)
-        cells += g
-        comps = None if comps is None or g < 2 else comps + [(se**2 / len(keys) ** 2, g - 1)]
-    return float(np.mean(means)), comps, cells
-
-
-def stratified_mean(diffs, cells, strata, confidence: float = CONFIDENCE) -> Estimate:
-    """The mean over fixed ``strata`` of per-stratum cluster-robust means of paired differences (the
-    natural/man-made split's two directions); Satterthwaite's degrees of freedom."""
-    d, c, h = (np.asarray(diffs, float), np.asarray(cells, dtype=object), np.asarray(strata, dtype=object))
-    ok = np.isfinite(d)
-    d, c, h = d[ok], c[ok], h[ok]
-    test = "mean over strata of cluster-robust means"
-    if d.size == 0:
-        return _nan_estimate(0, 0, test)
-    mean, comps, g = _components(d, c, h)
-    if comps is None:
-        return _nan_estimate(int(d.size), g, test, est=mean)
-    var = sum(v for v, _ in comps)
-    df = float(g - len(set(h))) if var == 0 else var**2 / sum(v**2 / k for v, k in comps)
-    return _interval(mean, math.sqrt(var), df, int(d.size), g, test, confidence)
-
-
-def drop_estimate(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int,
-                  confidence: float = CONFIDENCE) -> Estimate:
-    """``treatment`` − its cell's base net on splits of ``kind``: cluster-robust over cells; for the
-    natural/man-made split, the mean of its two fixed directions (target halves), each over its seeds."""
-    d = paired_diffs(df, kind, treatment, "base", lo, hi)
-    if kind == "natman":
-        return stratified_mean(d["diff"], d["cell"], _half_of(d["cell"]), confidence)
-    return cluster_mean(d["diff"], d["cell"], confidence)
-
-
-def _half_of(cells: pd.Series) -> pd.Series:
-    return cells.str.rsplit("/", n=1).str[-1]
-
-
-def welch(diffs1, cells1, diffs2, cells2, confidence: float = CONFIDENCE,
-          test: str = "Welch t on two paired effects", strata1=None) -> Estimate:
-    """(mean of group 1) − (mean of group 2), each a cluster-robust mean of paired differences; group 1
-    optionally the mean over fixed ``strata1`` of per-stratum means. Satterthwaite's degrees of freedom."""
-    d1, c1 = np.asarray(diffs1, float), np.asarray(cells1, dtype=object)
-    d2, c2 = np.asarray(diffs2, float), np.asarray(cells2, dtype=object)
-    s1 = None if strata1 is None else np.asarray(strata1, dtype=object)
-    ok1, ok2 = np.isfinite(d1), np.isfinite(d2)
-    d1, c1, d2, c2 = d1[ok1], c1[ok1], d2[ok2], c2[ok2]
-    s1 = None if s1 is None else s1[ok1]
-    nets = int(d1.size + d2.size)
-    if d1.size == 0 or d2.size == 0:
-        return _nan_estimate(nets, len(set(c1)) + len(set(c2)), test)
-    m1, comp1, g1 = _components(d1, c1, s1)
-    m2, comp2, g2 = _components(d2, c2, None)
-    est = m1 - m2
-    if comp1 is None or comp2 is None:
+def welch(values1: pd.Series, values2: pd.Series, nets: int, test: str, confidence: float = CONFIDENCE,
+          margin: float | None = None) -> Estimate:
+    """(mean of unit values 1) − (mean of unit values 2), two independent sets of units: Welch's t with
+    Satterthwaite's degrees of freedom."""
+    v1, v2 = np.asarray(values1, float), np.asarray(values2, float)
+    g1, g2 = len(v1), len(v2)
+    if g1 == 0 or g2 == 0:
+        return _nan_estimate(nets, g1 + g2, test)
+    est = float(v1.mean() - v2.mean())
+    if g1 < 2 or g2 < 2:
         return _nan_estimate(nets, g1 + g2, test, est=est)
-    comps = comp1 + comp2
-    var = sum(v for v, _ in comps)
-    se = math.sqrt(var)
-    df = float(g1 + g2 - 2) if var == 0 else var**2 / sum(v**2 / k for v, k in comps)
-    return _interval(est, se, df, nets, g1 + g2, test, confidence)
+    s1, s2 = v1.var(ddof=1) / g1, v2.var(ddof=1) / g2
+    var = s1 + s2
+    df = float(g1 + g2 - 2) if var == 0 else var**2 / (s1**2 / (g1 - 1) + s2**2 / (g2 - 1))
+    return _interval(est, math.sqrt(var), df, nets, g1 + g2, test, confidence, margin)
 
 
-LAYER_VERDICTS = ("positive", "negative", "unresolved")
-
-
-def layer_verdict(est: Estimate) -> str:
-    """For a single n, where the paper claims nothing by itself: which side of zero the interval is on."""
-    if np.isfinite(est.ci_lo) and est.ci_lo > 0:
-        return "positive"
-    if np.isfinite(est.ci_hi) and est.ci_hi < 0:
-        return "negative"
-    return "unresolved"
-
-
-def verdict(est: Estimate, expected: int) -> str:
-    """``expected`` is the sign the paper claims (+1 or −1)."""
-    if not (np.isfinite(est.ci_lo) and np.isfinite(est.ci_hi)):
-        return "inconclusive"
-    if est.ci_lo > 0:
-        return "reproduced" if expected > 0 else "contradicted"
-    if est.ci_hi < 0:
-        return "reproduced" if expected < 0 else "contradicted"
-    return "inconclusive"
+def holm(p_values, groups=None) -> np.ndarray:
+    """Holm's step-down adjusted p-values. With ``groups``, hypotheses of one group are logically exclusive
+    (at most one of their nulls can be true: a row's difference and equivalence tests), and the multiplier at
+    each step is the number of groups that still hold an untested hypothesis (Shaffer 1986, S1). NaN stays
+    NaN and does not count."""
+    p = np.asarray(p_values, float)
+    g = np.arange(len(p)) if groups is None else np.asarray(groups, dtype=object)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, k in enumerate(order):
+        mult = len(set(g[order[i:]]))
+        running = max(running, min(1.0, mult * p[k]))
+        out[k] = running
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,12 +175,22 @@ def _cells(df: pd.DataFrame) -> pd.Series:
     return df["split"].astype(str) + "/" + df["target_half"].astype(str)
 
 
+def unit_of(split: str, split_kind: str) -> str:
+    """The independent unit a run belongs to: a random split's partition (its replicates included), or the
+    training-seed replicate of a fixed split (natural/man-made, all classes)."""
+    return base_split(split) if split_kind == "random" else split
+
+
+UNIT_NAMES = {"random": "split", "natman": "seed replicate (both directions)", "all": "seed replicate"}
+
+
 def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo: int, hi: int) -> pd.DataFrame:
     """One row per net of ``treatment`` with lo <= n <= hi on splits of ``kind``, paired with the net of
     ``reference`` in the same cell ("base": the cell's base net; a treatment: the one with the same n).
-    Columns: cell, n, net, value, ref, diff. Nets without a reference in their cell are left out."""
-    r = df[df["split_kind"] == kind].assign(cell=lambda x: _cells(x))
-    a = r[(r["treatment"] == treatment) & r["n"].between(lo, hi)][["cell", "n", "net", "top1"]]
+    Columns: unit, cell, n, net, value, ref, diff. Nets without a reference in their cell are left out."""
+    r = df[df["split_kind"] == kind].assign(cell=lambda x: _cells(x),
+                                            unit=lambda x: [unit_of(s, kind) for s in x["split"]])
+    a = r[(r["treatment"] == treatment) & r["n"].between(lo, hi)][["unit", "cell", "n", "net", "top1"]]
     if reference == "base":
         b = r[r["treatment"] == "base"][["cell", "top1"]].drop_duplicates("cell")
         m = a.merge(b, on="cell", suffixes=("", "_ref"))
@@ -219,7 +199,22 @@ def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo
         m = a.merge(b, on=["cell", "n"], suffixes=("", "_ref"))
     m = m.rename(columns={"top1": "value", "top1_ref": "ref"})
     m["diff"] = m["value"] - m["ref"]
-    return m[["cell", "n", "net", "value", "ref", "diff"]].sort_values(["cell", "n"]).reset_index(drop=True)
+    cols = ["unit", "cell", "n", "net", "value", "ref", "diff"]
+    return m[cols].sort_values(["cell", "n"]).reset_index(drop=True)
+
+
+def drop_values(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int) -> tuple[pd.Series, int]:
+    """Per unit, ``treatment`` − its cell's base net averaged over the unit's cells (for the natural/man-made
+    split, the mean of its two directions); and the number of nets behind them."""
+    d = paired_diffs(df, kind, treatment, "base", lo, hi)
+    return unit_values(d["diff"], d["unit"], d["cell"]), len(d)
+
+
+def drop_estimate(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int,
+                  confidence: float = CONFIDENCE) -> Estimate:
+    """``treatment`` − its cell's base net on splits of ``kind``, t over units."""
+    v, nets = drop_values(df, kind, treatment, lo, hi)
+    return one_sample(v, nets, f"paired t over {UNIT_NAMES.get(kind, 'unit')}s", confidence)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,8 +224,11 @@ def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo
 @dataclass(frozen=True)
 class Claim:
     """One claim of the paper. ``kind``: ``paired`` (treatment − reference within a cell), ``growth``
-    (that paired effect at n_hi minus at n_lo, within a cell), ``versus`` (the paired drop treatment − base
-    on ``kind`` splits minus the same on random splits; Welch)."""
+    (that paired effect at n_hi minus at n_lo, within a cell), ``versus`` (the drop treatment − base on
+    ``split_kind`` splits minus the drop ``versus`` = (kind, treatment) − base; Welch over units).
+    ``expected``: +1 or −1 (the sign the paper claims), 0 (the paper says: no difference).
+    ``extra_training``: the claim compares a net trained on from a trained net with one that was not, so an
+    unconverged reference confounds it."""
 
     key: str
     label: str
@@ -242,13 +240,19 @@ class Claim:
     ranges: tuple[tuple[int, int], ...]
     split_kind: str = "random"
     per_layer: bool = True
+    versus: tuple[str, str] = ("random", "AnB")
+    extra_training: bool = False
 
 
 CLAIMS: tuple[Claim, ...] = (
+    Claim("no_loss_low_layers", "1", "transfer AnB of the first layers loses nothing against its target's base net",
+          "paired", "AnB", "base", 0, ((1, 2),), per_layer=False),
     Claim("coadaptation", "2", "selffer BnB below its base net in the middle layers (fragile co-adaptation)",
           "paired", "BnB", "base", -1, ((3, 6),)),
     Claim("finetune_recovers", "3", "fine-tuning recovers the selffer's loss: BnB+ above BnB",
-          "paired", "BnB+", "BnB", +1, ((3, 6),)),
+          "paired", "BnB+", "BnB", +1, ((3, 6),), extra_training=True),
+    Claim("finetune_back_to_base", "3", "fine-tuned selffer BnB+ back at its base net's level (no gain from "
+          "extra training)", "paired", "BnB+", "base", 0, ((1, 7),)),
     Claim("specificity_vs_selffer", "4", "transfer AnB below selffer BnB at the top layer (specificity)",
           "paired", "AnB", "BnB", -1, ((7, 7),)),
     Claim("specificity_vs_base", "4", "transfer AnB below its target's base net at the top layer",
@@ -256,13 +260,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("specificity_grows", "4", "AnB's loss against base grows with n: (AnB − base) at n = 7 minus at n = 1",
           "growth", "AnB", "base", -1, ((1, 7),), per_layer=False),
     Claim("boost_over_base", "5", "transfer + fine-tuning AnB+ above its target's base net (Table 1)",
-          "paired", "AnB+", "base", +1, ((1, 7), (3, 7), (5, 7))),
+          "paired", "AnB+", "base", +1, ((1, 7), (3, 7), (5, 7)), extra_training=True),
     Claim("boost_over_selffer", "5", "transfer + fine-tuning AnB+ above selffer + fine-tuning BnB+ (Table 1)",
           "paired", "AnB+", "BnB+", +1, ((1, 7), (3, 7), (5, 7))),
-    Claim("dissimilar_loses_more", "fig3", "natural/man-made transfer loses more than random-split transfer",
+    Claim("dissimilar_loses_more", "fig3", "{dissimilar} transfer loses more than random-split transfer",
           "versus", "AnB", "base", -1, ((7, 7), (5, 7)), split_kind="natman"),
-    Claim("random_filters_lose_more", "fig3", "random frozen filters lose more than transferred features",
+    Claim("random_filters_lose_more", "fig3", "random frozen filters lose more than random-split transfer",
           "versus", "random", "base", -1, ((1, 7), (1, 2)), split_kind="all"),
+    Claim("random_filters_lose_more_than_distant", "fig3", "random frozen filters lose more than transfer "
+          "from a distant task ({dissimilar})", "versus", "random", "base", -1, ((1, 7), (1, 2)),
+          split_kind="all", versus=("natman", "AnB")),
 )
 
 def claims_for(units: int, claims: tuple[Claim, ...] = CLAIMS) -> tuple[Claim, ...]:
@@ -283,78 +290,194 @@ def claims_for(units: int, claims: tuple[Claim, ...] = CLAIMS) -> tuple[Claim, .
 
 
 EFFECT_COLUMNS = ["claim", "label", "text", "scope", "layers", "n_lo", "n_hi", "expected", "estimate", "ci_lo",
-                  "ci_hi", "p_value", "nets", "cells", "test", "verdict"]
+                  "ci_hi", "unit", "units", "nets", "df", "p_value", "p_adjusted", "margin", "p_equivalence",
+                  "p_equivalence_adjusted",
+                  "test", "verdict", "agrees", "reason"]
 PAPER_PREFIX = "paper_"
 
 
-def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float) -> Estimate:
+def _units_label(c: Claim) -> str:
+    if c.kind == "versus":
+        return f"{UNIT_NAMES[c.split_kind]} vs {UNIT_NAMES[c.versus[0]]}"
+    return UNIT_NAMES.get(c.split_kind, "unit")
+
+
+def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float, margin: float | None) -> Estimate:
+    unit = UNIT_NAMES.get(c.split_kind, "unit")
     if c.kind == "paired":
         d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
         if len(d) or c.reference == "base":
-            return cluster_mean(d["diff"], d["cell"], confidence)
+            return one_sample(unit_values(d["diff"], d["unit"], d["cell"]), len(d), f"paired t over {unit}s",
+                              confidence, margin)
         a = paired_diffs(df, c.split_kind, c.treatment, "base", lo, hi)
         b = paired_diffs(df, c.split_kind, c.reference, "base", lo, hi)
         if len(a) and len(b):
-            # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): compare the
-            # two treatments' gains over their own cells' base nets instead
-            return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence,
-                         test="Welch t on gains over own base (no cell has both)")
-        return _nan_estimate(0, 0, "paired t")
+            # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): within each
+            # unit, the difference of the two treatments' gains over their own cells' base nets
+            va = unit_values(a["diff"], a["unit"], a["cell"])
+            vb = unit_values(b["diff"], b["unit"], b["cell"])
+            both = va.index.intersection(vb.index)
+            return one_sample(va[both] - vb[both], len(a) + len(b),
+                              f"paired t over {unit}s of gains over own base (no cell has both)", confidence, margin)
+        return _nan_estimate(0, 0, f"paired t over {unit}s")
     if c.kind == "growth":
         d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
-        w = d.pivot_table(index="cell", columns="n", values="diff")
+        w = d.pivot_table(index=["unit", "cell"], columns="n", values="diff")
+        test = f"paired t over {unit}s on the within-cell contrast"
         if lo not in w.columns or hi not in w.columns:
-            return _nan_estimate(0, 0, "paired t on within-cell contrast")
-        g = (w[hi] - w[lo]).dropna()
-        return cluster_mean(g.to_numpy(), g.index.to_numpy(), confidence, test="paired t on within-cell contrast")
+            return _nan_estimate(0, 0, test)
+        g = (w[hi] - w[lo]).dropna().reset_index()
+        return one_sample(unit_values(g[0], g["unit"], g["cell"]), 2 * len(g), test, confidence, margin)
     if c.kind == "versus":
-        a = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
-        b = paired_diffs(df, "random", "AnB", "base", lo, hi)
-        if c.split_kind == "natman":
-            # one fixed split, two directions: the paper's "mean of the two" directions, each direction's
-            # drop replicated by training seeds (cells of the same target half)
-            strata = _half_of(a["cell"])
-            return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence, strata1=strata,
-                         test="Welch t: mean of the two directions' paired drops (seed replicates) vs "
-                              "random-split paired drop")
-        return welch(a["diff"], a["cell"], b["diff"], b["cell"], confidence,
-                     test="Welch t: paired drop vs random-split paired drop")
+        va, na = drop_values(df, c.split_kind, c.treatment, lo, hi)
+        vb, nb = drop_values(df, c.versus[0], c.versus[1], lo, hi)
+        return welch(va, vb, na + nb, f"Welch t: paired drop per {UNIT_NAMES[c.split_kind]} vs per "
+                     f"{UNIT_NAMES[c.versus[0]]}", confidence, margin)
     raise ValueError(f"unknown claim kind {c.kind!r}")
 
 
+def _decide(est: Estimate, expected: int, p_diff: float, p_eq: float, alpha: float) -> str:
+    """The verdict of one claim row from its multiplicity-adjusted p-values."""
+    if not (np.isfinite(est.ci_lo) and np.isfinite(est.ci_hi)):
+        return "no interval"
+    if np.isfinite(p_eq) and p_eq < alpha:
+        return "reproduced" if expected == 0 else "equivalent"
+    if np.isfinite(p_diff) and p_diff < alpha:
+        if expected == 0:
+            return "contradicted"
+        return "reproduced" if np.sign(est.estimate) == np.sign(expected) else "contradicted"
+    return "inconclusive"
+
+
+def layer_direction(est: Estimate) -> str:
+    """For a single n, where the paper claims nothing by itself: which side of zero the 95% interval is on."""
+    if np.isfinite(est.ci_lo) and est.ci_lo > 0:
+        return "positive"
+    if np.isfinite(est.ci_hi) and est.ci_hi < 0:
+        return "negative"
+    return "unresolved" if np.isfinite(est.ci_lo) else "no interval"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training adequacy
+
+
+@dataclass(frozen=True)
+class Adequacy:
+    """Whether the design's nets are trained enough for claims that compare more training with less.
+    ``late_gain``: median over the reference (base) nets of the validation top-1 gained over the last quarter
+    of the schedule (NaN: no histories); ``extra_training``: the verdict of BnB+ − base (``equivalent`` is the
+    only one that clears the confound)."""
+
+    late_gain: float
+    reference_nets: int
+    plateau_gain: float
+    extra_training: str
+    extra_training_text: str
+    ok: bool
+    reason: str
+
+
+def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_GAIN) -> Adequacy:
+    """The design's training adequacy, from the base nets' ``late_gain`` (runs.csv) and the extra-training
+    check (the ``finetune_back_to_base`` claim row of ``eff``, adjusted)."""
+    ref = df[(df["treatment"] == "base") & (df["split_kind"] == "random")]
+    if ref.empty:
+        ref = df[df["treatment"] == "base"]
+    gains = pd.to_numeric(ref.get("late_gain", pd.Series(dtype=float)), errors="coerce").dropna()
+    late = float(gains.median()) if len(gains) else np.nan
+    row = eff[(eff["claim"] == "finetune_back_to_base") & (eff["scope"] == "claim")]
+    if len(row):
+        r = row.iloc[0]
+        check = r["verdict"]
+        text = (f"extra training alone (BnB+ − base, n = {r['layers']}): {100 * r['estimate']:+.1f} points "
+                f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}], {check}" + (
+                    f" within ±{100 * r['margin']:.1f}" if check == "reproduced" else
+                    f", not shown within ±{100 * r['margin']:.1f}"))
+        check = "equivalent" if check == "reproduced" else check
+    else:
+        check, text = "no interval", "extra training alone (BnB+ − base): no BnB+ nets"
+    reasons = []
+    if np.isfinite(late) and late > plateau_gain:
+        reasons.append(f"base nets not at a plateau (median top-1 gain over the last quarter of the schedule "
+                       f"{100 * late:+.1f} points > {100 * plateau_gain:.1f})")
+    if check != "equivalent":
+        reasons.append(text)
+    return Adequacy(late, int(len(gains)), plateau_gain, check, text, not reasons, "; ".join(reasons))
+
+
 def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_layer: bool = True,
-            nmax: int = 7) -> pd.DataFrame:
-    """Every claim over its claim ranges (scope ``claim``) and, where it makes sense, at each single n
-    (scope ``layer``), for a net of ``nmax`` units (``claims_for``; CaffeNet: 7). Effects are in top-1
-    units (0.01 = 1 point). Columns :data:`EFFECT_COLUMNS`."""
+            nmax: int = 7, margin: float = MARGIN, alpha: float = ALPHA, plateau_gain: float = PLATEAU_GAIN,
+            family: str | None = None) -> pd.DataFrame:
+    """Every claim over its claim ranges (scope ``claim``) and, exploratory, at each single n (scope
+    ``layer``), for a net of ``nmax`` units (``claims_for``; CaffeNet: 7). Effects in top-1 units (0.01 = 1
+    point). Claim rows: Holm–Shaffer adjusted p of the difference (``p_adjusted``) and of the equivalence
+    (``p_equivalence_adjusted``) tests, and a verdict; ``confounded`` (with ``reason``) for the claims an inadequately trained
+    design confounds. ``family``: the dissimilar split's name in the claim texts. Columns :data:`EFFECT_COLUMNS`."""
     claims = claims_for(nmax) if claims is None else claims
-    rows = []
+    dissimilar = family or dissimilar_name(df)
+    rows, ests = [], []
     for c in claims:
         spans = [("claim", lo, hi) for lo, hi in c.ranges]
         if per_layer and c.per_layer:
             spans += [("layer", n, n) for n in range(1, nmax + 1)]
         for scope, lo, hi in spans:
-            e = _estimate(df, c, lo, hi, confidence)
-            rows.append({"claim": c.key, "label": c.label, "text": c.text, "scope": scope,
-                         "layers": f"{lo}" if lo == hi else f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
-                         "expected": "+" if c.expected > 0 else "-", "estimate": e.estimate, "ci_lo": e.ci_lo,
-                         "ci_hi": e.ci_hi, "p_value": e.p_value, "nets": e.nets, "cells": e.cells,
-                         "test": e.test,
-                         "verdict": verdict(e, c.expected) if scope == "claim" else layer_verdict(e)})
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+            e = _estimate(df, c, lo, hi, confidence, margin)
+            ests.append((c, e))
+            rows.append({"claim": c.key, "label": c.label, "text": c.text.format(dissimilar=dissimilar),
+                         "scope": scope, "layers": f"{lo}" if lo == hi else f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
+                         "expected": {1: "+", -1: "-", 0: "="}[c.expected], "estimate": e.estimate,
+                         "ci_lo": e.ci_lo, "ci_hi": e.ci_hi, "unit": _units_label(c), "units": e.units,
+                         "nets": e.nets, "df": e.df, "p_value": e.p_value, "p_equivalence": e.p_equivalence,
+                         "margin": margin, "p_adjusted": np.nan,
+                         "p_equivalence_adjusted": np.nan, "test": e.test, "verdict": "", "agrees": "",
+                         "reason": ""})
+    out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    claim_rows = np.flatnonzero(out["scope"].to_numpy() == "claim")
+    # the family: every claim row's difference test and equivalence test (at most one null true per row)
+    p = np.concatenate([out["p_value"].to_numpy(float)[claim_rows], out["p_equivalence"].to_numpy(float)[claim_rows]])
+    adj = holm(p, groups=np.concatenate([claim_rows, claim_rows]))
+    k = len(claim_rows)
+    for j, i in enumerate(claim_rows):
+        c, e = ests[i]
+        p_diff, p_eq = adj[j], adj[k + j]
+        v = _decide(e, c.expected, p_diff, p_eq, alpha)
+        out.at[i, "verdict"] = v
+        out.at[i, "p_adjusted"], out.at[i, "p_equivalence_adjusted"] = p_diff, p_eq
+        out.at[i, "agrees"] = {"reproduced": "yes", "contradicted": "no", "equivalent": "no"}.get(v, "")
+    for i in np.flatnonzero(out["scope"].to_numpy() == "layer"):
+        out.at[i, "verdict"] = "exploratory"
+        out.at[i, "reason"] = f"single n, unadjusted 95% CI: {layer_direction(ests[i][1])}"
+    ad = adequacy(df, out, plateau_gain)
+    if not ad.ok:
+        for i in claim_rows:
+            c = ests[i][0]
+            if c.extra_training and out.at[i, "verdict"] != "no interval":
+                out.at[i, "reason"] = f"{ad.reason}; the data alone: {out.at[i, 'verdict']}"
+                out.at[i, "verdict"] = "confounded"
+                out.at[i, "agrees"] = ""
+    return out
 
 
-def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None,
-                       confidence: float = CONFIDENCE, units: int = 7) -> pd.DataFrame:
+def dissimilar_name(df: pd.DataFrame) -> str:
+    """The dissimilar split's name from its own families ("man-made/natural" for the paper's)."""
+    nm = df[(df["split_kind"] == "natman") & (df["target_family"].astype(str) != "")] if "target_family" in df else df[:0]
+    fams = list(dict.fromkeys(nm.sort_values("target_half")["target_family"])) if len(nm) else []
+    return "/".join(fams) if fams else "natural/man-made"
+
+
+def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None, confidence: float = CONFIDENCE,
+                       units: int = 7, margin: float = MARGIN, alpha: float = ALPHA,
+                       plateau_gain: float = PLATEAU_GAIN) -> pd.DataFrame:
     """:func:`effects` of our nets (of ``units`` transferable units) beside the same computation on the
     authors' CaffeNets (``paper_*`` columns; they match our rows where the layer ranges agree)."""
     if paper is None:
         from .tables import paper_runs
 
         paper = paper_runs()
-    a = effects(ours, confidence, nmax=units)
-    b = effects(paper, confidence)
-    keep = ["estimate", "ci_lo", "ci_hi", "nets", "cells", "verdict"]
+    a = effects(ours, confidence, nmax=units, margin=margin, alpha=alpha, plateau_gain=plateau_gain)
+    b = effects(paper, confidence, margin=margin, alpha=alpha, plateau_gain=plateau_gain)
+    keep = ["estimate", "ci_lo", "ci_hi", "nets", "units", "p_adjusted", "verdict", "reason"]
     b = b[["claim", "scope", "layers", *keep]].rename(columns={k: PAPER_PREFIX + k for k in keep})
     return a.merge(b, on=["claim", "scope", "layers"], how="left")
 
@@ -365,7 +488,7 @@ def effects_with_paper(ours: pd.DataFrame, paper: pd.DataFrame | None = None,
 TABLE1_METHODS = ("pooled", "paired", "authors_nets_pooled", "authors_nets_paired")
 TABLE1_COLUMNS = ["method", "layers", "n_lo", "n_hi", "over_base", "over_base_ci_lo", "over_base_ci_hi",
                   "over_selffer", "over_selffer_ci_lo", "over_selffer_ci_hi", "anb_plus_nets", "bnb_plus_nets",
-                  "base_nets", "cells", "test_over_selffer"]
+                  "base_nets", "units", "test_over_selffer"]
 
 
 def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -395,8 +518,8 @@ def _table1_paired(df: pd.DataFrame, method: str, confidence: float) -> list[dic
     rows = []
     by_key = {c.key: c for c in CLAIMS}
     for lo, hi in TABLE1_RANGES:
-        e_base = _estimate(df, by_key["boost_over_base"], lo, hi, confidence)
-        e_self = _estimate(df, by_key["boost_over_selffer"], lo, hi, confidence)
+        e_base = _estimate(df, by_key["boost_over_base"], lo, hi, confidence, None)
+        e_self = _estimate(df, by_key["boost_over_selffer"], lo, hi, confidence, None)
         r = df[df["split_kind"] == "random"]
         rows.append({"method": method, "layers": f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
                      "over_base": 100 * e_base.estimate, "over_base_ci_lo": 100 * e_base.ci_lo,
@@ -404,7 +527,7 @@ def _table1_paired(df: pd.DataFrame, method: str, confidence: float) -> list[dic
                      "over_selffer_ci_lo": 100 * e_self.ci_lo, "over_selffer_ci_hi": 100 * e_self.ci_hi,
                      "anb_plus_nets": int(((r["treatment"] == "AnB+") & r["n"].between(lo, hi)).sum()),
                      "bnb_plus_nets": int(((r["treatment"] == "BnB+") & r["n"].between(lo, hi)).sum()),
-                     "base_nets": int((r["treatment"] == "base").sum()), "cells": e_base.cells,
+                     "base_nets": int((r["treatment"] == "base").sum()), "units": e_base.units,
                      "test_over_selffer": e_self.test})
     return rows
 
@@ -416,7 +539,7 @@ def _table1_pooled(df: pd.DataFrame, method: str, confidence: float) -> list[dic
     for _, t in table1(df, paper=False).iterrows():
         row = {"method": method, "layers": t["layers"], "n_lo": t["n_lo"], "n_hi": t["n_hi"],
                "anb_plus_nets": int(t["anb_plus_count"]), "bnb_plus_nets": int(t["bnb_plus_count"]),
-               "base_nets": int(t["base_count"]), "cells": np.nan,
+               "base_nets": int(t["base_count"]), "units": np.nan,
                "test_over_selffer": "difference of pooled means (Welch t, nets independent)"}
         for ours, theirs, other in (("over_base", "boost_over_base", "base"),
                                     ("over_selffer", "boost_over_bnb_plus", "bnb_plus")):
@@ -454,7 +577,7 @@ def table1_three_ways(df: pd.DataFrame, paper: pd.DataFrame | None = None,
 
     ours, theirs = four(df), four(paper)
     keep = ["over_base", "over_base_ci_lo", "over_base_ci_hi", "over_selffer", "over_selffer_ci_lo",
-            "over_selffer_ci_hi", "anb_plus_nets", "bnb_plus_nets", "cells"]
+            "over_selffer_ci_hi", "anb_plus_nets", "bnb_plus_nets", "units"]
     out = ours.merge(theirs[["method", "layers", *keep]].rename(columns={k: PAPER_PREFIX + k for k in keep}),
                      on=["method", "layers"], how="left")
     out["published_over_base"] = [PAPER_TABLE1.get((lo, hi), {}).get("over_base", np.nan)
@@ -505,21 +628,48 @@ def table1_markdown(t: pd.DataFrame) -> str:
                 f"{_ci(r['paper_over_selffer'], r['paper_over_selffer_ci_lo'], r['paper_over_selffer_ci_hi'])} | "
                 f"{pub} |")
         out.append("")
-    out.append("Intervals: pooled rows treat every net as independent (Welch); paired rows are cluster-robust "
-               "over cells (one cell = one split and target half of one replicate), t with cells − 1 degrees of "
-               "freedom; with no cell holding both AnB+ and BnB+ (the authors' nets), Welch on each "
-               "treatment's gain over its own base. 'no CI': fewer than two cells.\n")
+    out.append("Intervals: pooled rows treat every net as independent (Welch), as the paper's pooled means do; "
+               "paired rows are t over units (a random split, both target halves and its seed replicates "
+               "inside), units − 1 degrees of freedom; with no cell holding both AnB+ and BnB+ (the authors' "
+               "nets), each split's difference of the two treatments' gains over their own base nets. 'no CI': "
+               "fewer than two units. Verdicts, adjusted for the many claims, are in effects.md.\n")
     return "\n".join(out)
 
 
-def effects_markdown(eff: pd.DataFrame) -> str:
-    """The claim rows of :func:`effects_with_paper` as Markdown (effects in percentage points)."""
-    lines = ["| label | claim | n | ours (pp, 95% CI) | cells | verdict | authors' nets (pp, 95% CI) | cells | "
-             "verdict |", "|---|---|---|---|---|---|---|---|---|"]
+def _p(v) -> str:
+    return "–" if not np.isfinite(v) else ("<0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def effects_markdown(eff: pd.DataFrame, ad: Adequacy | None = None, alpha: float = ALPHA) -> str:
+    """The claim rows of :func:`effects_with_paper` as Markdown (effects in percentage points), with the
+    training-adequacy check ``ad`` above them."""
+    lines = []
+    if ad is not None:
+        late = "no histories" if not np.isfinite(ad.late_gain) else (
+            f"{100 * ad.late_gain:+.1f} points (median of {ad.reference_nets} base nets; plateau: at most "
+            f"{100 * ad.plateau_gain:.1f})")
+        lines += ["## Training adequacy\n",
+                  f"- Top-1 gained over the last quarter of the schedule: {late}.",
+                  f"- {ad.extra_training_text[:1].upper() + ad.extra_training_text[1:]}.",
+                  "- " + ("Adequate: the claims that compare more training with less stand on their own." if ad.ok
+                          else "**Not adequate**: the claims that compare a net trained on from a trained net with "
+                               "one trained once (fine-tuning recovers, the boost over base) are `confounded`."), ""]
+    margin = eff["margin"].dropna()
+    lines += [f"Verdicts at α = {alpha} after Holm–Shaffer adjustment over the {int((eff['scope'] == 'claim').sum())} "
+              "claim rows (each row's difference and equivalence tests); equivalence margin ±"
+              f"{100 * float(margin.iloc[0]) if len(margin) else float('nan'):.1f} points. Expected: the sign the "
+              "paper claims, or `=` for no difference. A unit is what varies independently (see the `unit` column of "
+              "effects.csv).\n",
+              "| label | claim | n | ours (pp, 95% CI) | units (df) | p adj. (diff / equiv.) | verdict | "
+              "authors' nets (pp, 95% CI) | units | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in eff[eff["scope"] == "claim"].iterrows():
         ours = _ci(100 * r["estimate"], 100 * r["ci_lo"], 100 * r["ci_hi"])
         theirs = _ci(100 * r["paper_estimate"], 100 * r["paper_ci_lo"], 100 * r["paper_ci_hi"])
-        their_cells = int(r["paper_cells"]) if pd.notna(r["paper_cells"]) else "–"
-        lines.append(f"| {r['label']} | {r['text']} | {r['layers']} | {ours} | {r['cells']} | **{r['verdict']}** | "
-                     f"{theirs} | {their_cells} | {r['paper_verdict'] if pd.notna(r['paper_verdict']) else '–'} |")
+        their_units = int(r["paper_units"]) if pd.notna(r["paper_units"]) else "–"
+        df = f"{r['df']:.1f}".rstrip("0").rstrip(".") if np.isfinite(r["df"]) else "–"
+        verdict = f"**{r['verdict']}**" + (f" ({r['reason']})" if r["verdict"] == "confounded" else "")
+        paper_verdict = r["paper_verdict"] if pd.notna(r["paper_verdict"]) else "–"
+        lines.append(f"| {r['label']} | {r['text']} ({r['expected']}) | {r['layers']} | {ours} | {r['units']} ({df}) | "
+                     f"{_p(r['p_adjusted'])} / {_p(r['p_equivalence_adjusted'])} | {verdict} | {theirs} | "
+                     f"{their_units} | {paper_verdict} |")
     return "\n".join(lines) + "\n"

@@ -129,6 +129,34 @@ def _errorbars(ax, x, mean, std, count, color, dx: float = 0.0) -> None:
                     fmt="none", ecolor=color, elinewidth=1.2, capsize=4, capthick=1.2, zorder=4)
 
 
+CLIP_NOTE = "\u25b2\u25bc interval runs off the axis"
+
+
+def mark_clipped(ax, x, lo, hi, color) -> int:
+    """Where an interval [lo, hi] at x runs past the axis's current y limits, a triangle at the edge it crosses
+    (pointing out of the axis), so that a cut bar is never mistaken for a short one. Call after the limits
+    are final; returns how many ends were marked."""
+    y0, y1 = ax.get_ylim()
+    pad = 0.015 * (y1 - y0)
+    marked = 0
+    for xi, a, b in zip(np.atleast_1d(np.asarray(x, float)), np.atleast_1d(np.asarray(lo, float)),
+                        np.atleast_1d(np.asarray(hi, float))):
+        if np.isfinite(a) and a < y0:
+            ax.plot([xi], [y0 + pad], marker="v", ms=9, color=color, mec="k", mew=0.6, clip_on=False, zorder=7)
+            marked += 1
+        if np.isfinite(b) and b > y1:
+            ax.plot([xi], [y1 - pad], marker="^", ms=9, color=color, mec="k", mew=0.6, clip_on=False, zorder=7)
+            marked += 1
+    return marked
+
+
+def note_clipped(ax, marked: int, where: tuple[float, float] = (0.01, 0.99)) -> None:
+    """Say what the triangles of :func:`mark_clipped` mean, once per axis that has any."""
+    if marked:
+        ax.text(*where, CLIP_NOTE, transform=ax.transAxes, ha="left", va="top", fontsize=10, color="0.25",
+                zorder=8)
+
+
 def _at(s: pd.DataFrame, n: int) -> float:
     v = s.loc[s["n"] == n, "mean"]
     return float(v.iloc[0]) if len(v) else np.nan

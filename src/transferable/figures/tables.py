@@ -20,12 +20,12 @@ from .paper import PAPER_TABLE1, load_paper_networks
 
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
-    "num_classes", "top1", "top1_final", "top5", "top5_final", "top1_max", "evals", "iters", "wall_s",
-    "device", "history",
+    "num_classes", "top1", "top1_final", "top5", "top5_final", "top1_max", "late_gain", "evals", "iters",
+    "wall_s", "device", "history",
 ]
 STR_COLUMNS = ["split", "split_kind", "net", "treatment", "source_half", "target_half", "target_family",
                "device", "history"]
-FLOAT_COLUMNS = ["top1", "top1_final", "top5", "top5_final", "top1_max", "wall_s"]
+FLOAT_COLUMNS = ["top1", "top1_final", "top5", "top5_final", "top1_max", "late_gain", "wall_s"]
 INT_COLUMNS = ["num_classes", "evals", "iters"]  # nullable: a run file may lack them
 REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", "top1"]
 
@@ -91,10 +91,26 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
             raise ValueError(f"{f}: split_kind {m['split_kind']!r} not in {SPLIT_KINDS}")
         if m["treatment"] not in TREATMENTS:
             raise ValueError(f"{f}: treatment {m['treatment']!r} not in {TREATMENTS}")
-        rows.append({c: m.get(c) for c in RUN_COLUMNS})
+        row = {c: m.get(c) for c in RUN_COLUMNS}
+        hist = f.parent / (m.get("history") or "history.csv")
+        if hist.exists():
+            row["late_gain"] = late_gain(pd.read_csv(hist))
+        rows.append(row)
     if not rows:
         return coerce_runs(pd.DataFrame(columns=RUN_COLUMNS))
     return _sort_runs(coerce_runs(pd.DataFrame(rows)))
+
+
+def late_gain(history: pd.DataFrame, fraction: float = 0.25) -> float:
+    """Validation top-1 gained over the last ``fraction`` of a net's schedule: the last evaluation minus the
+    last one at or before iteration (1 − fraction) × the last evaluation's. A net at a plateau gains ~0; NaN
+    with fewer than two evaluations."""
+    h = history.dropna(subset=["iter", "top1"]).sort_values("iter")
+    if len(h) < 2:
+        return np.nan
+    last = h.iloc[-1]
+    before = h[h["iter"] <= (1 - fraction) * last["iter"]]
+    return float(last["top1"] - before.iloc[-1]["top1"]) if len(before) else np.nan
 
 
 def load_history(metrics_path: str | Path) -> pd.DataFrame:
