@@ -111,12 +111,18 @@ def cmd_figure(a):
 
     df = tables.load_runs(a.metrics)
     units = a.units.split(",") if a.units else None
+    eff = None
+    if a.effects:  # the verdicts effects.csv holds (the same family and settings as effects.md)
+        import pandas as pd
+
+        eff = pd.read_csv(a.effects, keep_default_na=False, na_values=[""],
+                          dtype={"claim": str, "layers": str, "verdict": str, "reason": str})
     if a.which == "fig2":
-        plots.fig2(df, a.out, paper=a.paper, units=units)
+        plots.fig2(df, a.out, paper=a.paper, units=units, eff=eff)
     elif a.which == "fig3":
         plots.fig3(df, a.out, paper=a.paper, units=units)
     elif a.which == "claims":
-        plots.claims_figure(df, a.out, units=units)
+        plots.claims_figure(df, a.out, eff=eff, units=units)
     _log(f"wrote {a.out}")
 
 
@@ -373,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paper", action=argparse.BooleanOptionalAction, default=False,
                    help="draw the paper's ImageNet means beside ours (meaningful on ImageNet only)")
     s.add_argument("--units", default=None, help="the net's unit names, comma-separated (default: CaffeNet's)")
+    s.add_argument("--effects", default=None, help="effects.csv: its verdicts decide the readings of fig2 and "
+                                                   "the claims figure (default: computed from --metrics)")
     s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("effects", help="every claim of the paper as a paired effect with a 95%% CI and a verdict")

@@ -30,9 +30,11 @@ rule runs_table:
         "transferable runs --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
 
 
+# Figure 2's numbered readings are the verdicts of effects.csv (one family of claims), so it waits for them.
 rule fig2:
     input:
         metrics=net_outputs(plan.figure_nets(config, "fig2")),
+        effects=paths.table("effects.csv"),
         code=code("figures"),
     output:
         pdf=paths.figure("fig2.pdf"),
@@ -54,7 +56,7 @@ rule fig2:
         units=UNITS,
     shell:
         "transferable figure fig2 --metrics {input.metrics:q} --out {output.pdf:q} {params.paper:q} "
-        "--units {params.units:q} > {log:q} 2>&1"
+        "--units {params.units:q} --effects {input.effects:q} > {log:q} 2>&1"
 
 
 rule fig3:
@@ -153,6 +155,7 @@ rule effects:
 rule claims_figure:
     input:
         metrics=net_outputs(plan.figure_nets(config, "all")),
+        effects=paths.table("effects.csv"),
         code=code("figures"),
     output:
         pdf=paths.figure("claims.pdf"),
@@ -175,6 +178,7 @@ rule claims_figure:
         units=UNITS,
     shell:
         "transferable figure claims --metrics {input.metrics:q} --out {output.pdf:q} --units {params.units:q} "
+        "--effects {input.effects:q} "
         "> {log:q} 2>&1"
 
 

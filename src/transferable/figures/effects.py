@@ -389,12 +389,12 @@ def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_
     row = eff[(eff["claim"] == "finetune_back_to_base") & (eff["scope"] == "claim")]
     if len(row):
         r = row.iloc[0]
-        check = r["verdict"]
+        check = "equivalent" if r["verdict"] == "reproduced" else r["verdict"]
+        said = {"equivalent": f"within ±{100 * r['margin']:.1f} (equivalent)",
+                "contradicted": f"a difference, not within ±{100 * r['margin']:.1f}",
+                "no interval": "fewer than two units"}.get(check, f"not shown within ±{100 * r['margin']:.1f}")
         text = (f"extra training alone (BnB+ − base, n = {r['layers']}): {100 * r['estimate']:+.1f} points "
-                f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}], {check}" + (
-                    f" within ±{100 * r['margin']:.1f}" if check == "reproduced" else
-                    f", not shown within ±{100 * r['margin']:.1f}"))
-        check = "equivalent" if check == "reproduced" else check
+                f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}], {said}")
     else:
         check, text = "no interval", "extra training alone (BnB+ − base): no BnB+ nets"
     reasons = []
@@ -667,7 +667,8 @@ def effects_markdown(eff: pd.DataFrame, ad: Adequacy | None = None, alpha: float
         theirs = _ci(100 * r["paper_estimate"], 100 * r["paper_ci_lo"], 100 * r["paper_ci_hi"])
         their_units = int(r["paper_units"]) if pd.notna(r["paper_units"]) else "–"
         df = f"{r['df']:.1f}".rstrip("0").rstrip(".") if np.isfinite(r["df"]) else "–"
-        verdict = f"**{r['verdict']}**" + (f" ({r['reason']})" if r["verdict"] == "confounded" else "")
+        verdict = f"**{r['verdict']}**" + (f" (the data alone: {r['reason'].rsplit('the data alone: ', 1)[-1]})"
+                                           if r["verdict"] == "confounded" else "")
         paper_verdict = r["paper_verdict"] if pd.notna(r["paper_verdict"]) else "–"
         lines.append(f"| {r['label']} | {r['text']} ({r['expected']}) | {r['layers']} | {ours} | {r['units']} ({df}) | "
                      f"{_p(r['p_adjusted'])} / {_p(r['p_equivalence_adjusted'])} | {verdict} | {theirs} | "

@@ -196,90 +196,135 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     return ys
 
 
-# label -> (claim whose verdict decides it, the paper's wording, what a contradiction means)
+# label -> (claims whose verdicts decide it, the paper's wording, what a contradiction means, the line it is about)
 READINGS = {
-    "2": ("coadaptation", "fragile co-adaptation (BnB below base, n = 3-6)", "BnB above base"),
-    "3": ("finetune_recovers", "fine-tuning recovers (BnB+ above BnB)", "BnB+ below BnB"),
-    "4": ("specificity_vs_selffer", "specificity (AnB below BnB at n = 7)", "AnB above BnB"),
-    "5": ("boost_over_base", "transfer + fine-tuning boost (AnB+ above base)", "AnB+ below base"),
+    "2": (("coadaptation",), "fragile co-adaptation (BnB below base, n = {layers})", "BnB above base", "BnB"),
+    "3": (("finetune_recovers",), "fine-tuning recovers (BnB+ above BnB, n = {layers})", "BnB+ below BnB", "BnB+"),
+    "4": (("specificity_vs_selffer",), "specificity (AnB below BnB at n = {layers})", "AnB above BnB", "AnB"),
+    "5": (("boost_over_base", "boost_over_selffer"), "transfer + fine-tuning boost (AnB+ above base and above "
+          "BnB+, n = {layers})", "AnB+ below base or BnB+", "AnB+"),
+}
+READING_TEXTS = {
+    "2": "2: Performance drops due to fragile co-adaptation",
+    "3": "3: Fine-tuning recovers co-adapted interactions",
+    "4": "4: Performance drops due to representation specificity",
+    "5": "5: Transfer + fine-tuning improves generalization",
 }
 
 
-def reading_status(eff: pd.DataFrame) -> dict[str, str]:
-    """Each numbered reading's verdict: its claim's first claim-scope row in ``eff``."""
+def reading_status(eff: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Each numbered reading's (verdict, why): ``reproduced`` only when every claim behind it is; otherwise
+    the first claim's verdict that is not (with its reason, for ``confounded``). Claim rows of ``eff``."""
     out = {}
-    for label, (claim, _, _) in READINGS.items():
-        rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
-        out[label] = rows.iloc[0]["verdict"] if len(rows) else "inconclusive"
+    for label, (claims, _, _, _) in READINGS.items():
+        verdict, why = "reproduced", ""
+        for claim in claims:
+            rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
+            v = rows.iloc[0]["verdict"] if len(rows) else "no interval"
+            if v != "reproduced":
+                verdict, why = v, (str(rows.iloc[0].get("reason", "")) if len(rows) else "")
+                break
+        out[label] = (verdict, why)
     return out
 
 
-def _interpretation_texts(ax, lm: pd.DataFrame, nmax: int, ylim: tuple[float, float], eff: pd.DataFrame) -> None:
-    """The paper's four numbered readings, placed at the data only where the replicates resolve them
-    (verdict ``reproduced`` in ``eff``); the others are listed in one box, as not resolved or contradicted."""
-    dy = ylim[1] - ylim[0]
+def _reading_point(label: str, s: dict, bm: float) -> tuple[float, float] | None:
+    """The point of its own line a reading points at: 5 the AnB+ point furthest above the other lines, 3 the
+    BnB+ point furthest above BnB, 2 the BnB dip, 4 AnB at the top layer."""
+    line = s[READINGS[label][3]]
+    line = line[line["n"] > 0]
+    if line.empty:
+        return None
+    if label == "5":
+        others = pd.concat([s[t][s[t]["n"] > 0] for t in ("BnB", "BnB+", "AnB")])
+        top = others.groupby("n")["mean"].max() if len(others) else pd.Series(dtype=float)
+        lead = line.set_index("n")["mean"] - top.reindex(line["n"]).fillna(bm).to_numpy()
+        n = int(lead.idxmax())
+    elif label == "3":
+        b = s["BnB"].set_index("n")["mean"]
+        lead = line.set_index("n")["mean"] - b.reindex(line["n"]).fillna(bm).to_numpy()
+        n = int(lead.idxmax())
+    elif label == "2":
+        n = int(line.loc[line["mean"].idxmin(), "n"])
+    else:
+        n = int(line["n"].max())
+    return float(n), float(line.loc[line["n"] == n, "mean"].iloc[0])
+
+
+# where each reading's text sits (axes fraction) and how it is aligned: in the head- and footroom that
+# _fig2_bottom leaves above and below the data, each with an arrow to its own line
+READING_SPOTS = {"5": (0.01, 0.975, "left", "top"), "3": (0.01, 0.905, "left", "top"),
+                 "2": (0.30, 0.025, "left", "bottom"), "4": (0.99, 0.025, "right", "bottom")}
+
+
+def _interpretation_texts(ax, lm: pd.DataFrame, eff: pd.DataFrame) -> None:
+    """The paper's four numbered readings where the replicates resolve them (every claim behind the reading
+    ``reproduced`` in ``eff``), each with an arrow to a point of its own line; the others are listed in one
+    box, with their verdict (not resolved, contradicted, confounded)."""
     base = _series(lm, "base")
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
     status = reading_status(eff)
-    fs = 17
-    x_left = 0.36 * nmax
-    y5 = None
-    ap, bp, b, a = (s[t][s[t]["n"] > 0] for t in ("AnB+", "BnB+", "BnB", "AnB"))
-    present = {"2": len(b) and np.isfinite(bm), "3": len(bp) and len(b), "4": len(b) and len(a),
-               "5": len(ap) and np.isfinite(bm)}
-    if present["5"] and status["5"] == "reproduced":
-        y5 = float(ap["mean"].max()) + 0.03 * dy
-        ax.text(x_left, y5, "5: Transfer + fine-tuning improves generalization", fontsize=fs, va="bottom",
-                ha="left")
-    if present["3"] and status["3"] == "reproduced":
-        right = bp[bp["n"] >= x_left]
-        y3 = float((right if len(right) else bp)["mean"].max()) + 0.015 * dy
-        if y5 is not None:
-            y3 = min(y3, y5 - 0.07 * dy)
-        ax.text(x_left, y3, "3: Fine-tuning recovers co-adapted interactions", fontsize=fs, va="bottom",
-                ha="left")
-    if present["2"] and status["2"] == "reproduced":
-        i = int((b["mean"] - bm).to_numpy().argmin())
-        n_star, dip = int(b["n"].iloc[i]), float(b["mean"].iloc[i]) - bm
-        if dip < -0.15 * dy:  # room inside the gap between the base line and the dip, as in the paper
-            ax.text(n_star - 0.3, bm + dip / 2, "2: Performance drops\n due to fragile\n co-adaptation",
-                    fontsize=fs, ha="center", va="center")
-        else:  # a shallow dip: the note goes under it, clear of the base marker at n = 0
-            x = min(max(n_star, 1.3), nmax - 1.2) if nmax > 2 else nmax / 2
-            ax.text(x, bm + min(dip, 0) - 0.03 * dy, "2: Performance drops\n due to fragile\n co-adaptation",
-                    fontsize=fs, ha="center", va="top")
-    if present["4"] and status["4"] == "reproduced":
-        common = b.merge(a, on="n", suffixes=("_b", "_a"))
-        if len(common):
-            last = common.iloc[-1]
-            y = (last["mean_b"] + last["mean_a"]) / 2
-            ax.text(float(last["n"]) - 0.1, y, "4: Performance\ndrops due to\n representation\nspecificity",
-                    fontsize=fs, ha="right", va="center")
     notes = []
-    for label, (claim, what, opposite) in READINGS.items():
-        if not present[label] or status[label] == "reproduced":
+    for label, (claims, what, opposite, _) in READINGS.items():
+        point = _reading_point(label, s, bm)
+        if point is None:
             continue
-        rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
-        if len(rows):  # the claim's layers for this net (CaffeNet: 3-6 and 7)
-            what = what.replace("n = 3-6", f"n = {rows.iloc[0]['layers']}").replace("n = 7", f"n = {rows.iloc[0]['layers']}")
-        if status[label] == "contradicted":
+        verdict, _ = status[label]
+        if verdict == "reproduced":
+            x, y, ha, va = READING_SPOTS[label]
+            ax.annotate(READING_TEXTS[label], xy=point, xytext=(x, y), textcoords="axes fraction", ha=ha, va=va,
+                        fontsize=15, zorder=6, arrowprops=dict(arrowstyle="->", color="0.25", lw=1.2,
+                                                               shrinkA=2, shrinkB=6))
+            continue
+        rows = eff[(eff["claim"] == claims[0]) & (eff["scope"] == "claim")]
+        what = what.format(layers=rows.iloc[0]["layers"] if len(rows) else "?")
+        if verdict == "contradicted":
             notes.append(f"{label}: contradicted here ({opposite})")
+        elif verdict == "confounded":
+            notes.append(f"{label}: {what}: confounded (nets not trained to a plateau)")
+        elif verdict == "equivalent":
+            notes.append(f"{label}: {what}: no effect beyond the margin here")
         else:
-            notes.append(f"{label}: {what}: not resolved at this scale")
+            notes.append(f"{label}: {what}: {verdict} at this scale")
     if notes:
-        ax.text(0.99, 0.02, "\n".join(notes), transform=ax.transAxes, ha="right", va="bottom", fontsize=12,
+        ax.text(0.99, 0.975, "\n".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=11,
                 style="italic", color="0.25", bbox=dict(boxstyle="round", fc="w", ec="0.6", alpha=0.9), zorder=6)
 
 
-def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
+def unit_interval(df: pd.DataFrame, treatment: str, n: int, confidence: float = CONFIDENCE) -> fx.Estimate:
+    """Mean top-1 of the random-split nets of ``treatment`` at ``n`` (the base nets at n = 0) with its
+    interval over units (a split: its halves and replicates inside), as effects.csv counts them."""
+    r = df[df["split_kind"] == "random"]
+    g = base_nets(df) if treatment == "base" else r[(r["treatment"] == treatment) & (r["n"] == n)]
+    units = [fx.unit_of(sp, "random") for sp in g["split"]]
+    cells = (g["split"].astype(str) + "/" + g["target_half"].astype(str)).to_numpy()
+    return fx.one_sample(fx.unit_values(g["top1"], units, cells), len(g), "t over splits", confidence)
+
+
+# error bars of the fine-tuned lines: their own (mid-tone) colours, dashed, never the frozen lines' dark ones
+BAR_COLOURS = {"BnB": "b", "BnB+": "#7070ff", "AnB": "r", "AnB+": "#ff6f6f"}
+LINE_MARKERS = {"BnB": "o", "BnB+": "P", "AnB": "D", "AnB+": "P"}
+
+
+def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame) -> None:
     lm = line_means(df)
     base = _series(lm, "base")
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
-    # the axis fits the intervals of 3 nets or more; a 2-net interval (t on 1 df) may run off it
-    spread = np.where(lm["count"] >= 3, np.nan_to_num(ci_halfwidth(lm["std"], lm["count"])), 0.0)
-    ys = list(lm["mean"]) + list(lm["mean"] - spread) + list(lm["mean"] + spread)
+    bars = []  # (x, mean, lo, hi, colour, dashed, units)
+    for t in FIG2_TREATMENTS:
+        for n in s[t].loc[s[t]["n"] > 0, "n"]:
+            e = unit_interval(df, t, int(n))
+            if np.isfinite(e.ci_lo):
+                bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t], t.endswith("+"),
+                             e.units))
+    if np.isfinite(bm):
+        e = unit_interval(df, "base", 0)
+        if np.isfinite(e.ci_lo):
+            bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
+    # the axis fits the lines and the intervals over 3 units or more; wider ones are marked where cut
+    ys = list(lm["mean"]) + [v for b in bars if b[6] >= 3 for v in b[2:4]]
 
     # fills, in the paper's order (drawn first so the lines sit on top)
     for color, lo_t, hi_t in FILLS:
@@ -304,44 +349,49 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         g = s[t]
         if g.empty:
             continue
-        h = ax.plot(g["n"], g["mean"], color=MARKERS[t]["color"], lw=2, zorder=3)[0]
+        nz = g["n"].to_numpy() > 0
+        h = ax.plot(g["n"], g["mean"], color=MARKERS[t]["color"], lw=2.5 if t.endswith("+") else 2, zorder=3,
+                    marker=LINE_MARKERS[t], ms=9, mfc=MARKERS[t]["color"], mec="k", mew=0.8,
+                    markevery=[int(i) for i in np.flatnonzero(nz)])[0]
         handles.append(h)
         labels.append(MARKERS[t]["label"])
-        nz = g[g["n"] > 0]
-        _errorbars(ax, nz["n"], nz["mean"], nz["std"], nz["count"], DARK[t], dx=MARKERS[t]["dx"] / 3)
+    for x, m, lo, hi, colour, dashed, _ in bars:
+        _, _, cols = ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="none", ecolor=colour, elinewidth=1.4,
+                                 capsize=4, capthick=1.2, zorder=4)
+        if dashed:
+            for c in cols:
+                c.set_linestyle((0, (3, 2)))
     if np.isfinite(bm):
         ax.plot([0], [bm], "o", mfc="w", mec="k", mew=2, ms=14, zorder=5)
-        half = ci_halfwidth(base["std"].iloc[:1], base["count"].iloc[:1])
-        if np.isfinite(half).all():
-            ax.errorbar([0], [bm], yerr=half, fmt="none", ecolor="k", capsize=4, zorder=4)
 
-    ylim = _limits(ys, pad=0.06)
-    dy = ylim[1] - ylim[0]
-    ylim = (ylim[0], ylim[1] + 0.10 * dy)  # headroom for text 5
-    ax.set_ylim(*ylim)
+    lo, hi = _limits(ys, pad=0.04)
+    dy = hi - lo
+    ax.set_ylim(lo - 0.22 * dy, hi + 0.30 * dy)  # foot- and headroom for the readings and their notes
 
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig2") & (p["n"] <= nmax)]
         pax = _paper_axis(ax, ys, list(p["top1"]))
         if pax is ax:
-            ylim = _limits(ys + list(p["top1"]), pad=0.06)
-            dy = ylim[1] - ylim[0]
-            ylim = (ylim[0], ylim[1] + 0.10 * dy)
-            ax.set_ylim(*ylim)
+            lo, hi = _limits(ys + list(p["top1"]), pad=0.04)
+            dy = hi - lo
+            ax.set_ylim(lo - 0.22 * dy, hi + 0.30 * dy)
         for t in FIG2_TREATMENTS:
             g = p[p["series"] == t]
             pax.plot(g["n"], g["top1"], color=DARK[t], zorder=2, **PAPER_DASH)
         handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
         labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
 
-    _interpretation_texts(ax, lm, nmax, ylim, fx.effects(df, per_layer=False, nmax=len(_UNITS[0] or LAYER_NAMES)))
+    marked = sum(mark_clipped(ax, [b[0]], [b[2]], [b[3]], b[4]) for b in bars)
+    note_clipped(ax, marked, where=(0.01, 0.83))
+    _interpretation_texts(ax, lm, eff)
     ax.set_xlim(-0.2, nmax + 0.3)
     _xticks(ax, nmax)
     ax.set_xlabel(XLABEL, fontsize=16)
-    ax.set_ylabel("Top-1 accuracy, mean over nets")
+    ax.set_ylabel("Top-1, mean over nets (95% CI over splits)")
     if len(handles):
-        ax.legend(handles, labels, loc="lower left", fontsize=12, ncol=2)
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.10), fontsize=12,
+                  ncol=min(len(handles), 6), frameon=False)
     if lm.empty:
         ax.text(0.5, 0.5, "no random-split nets in these runs", transform=ax.transAxes, ha="center")
 
@@ -362,20 +412,24 @@ def _nmax(df: pd.DataFrame, default: int = 7) -> int:
     return int(n) if pd.notna(n) and n > 0 else default
 
 
-def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=None) -> tuple[Path, Path]:
+def fig2(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=None,
+         eff: pd.DataFrame | None = None) -> tuple[Path, Path]:
     """Figure 2: every random-split net (top) and the line means with the paper's readings (bottom).
 
     Writes ``out_pdf`` and a PNG with the same stem; returns both paths.  Treatments absent from
     ``runs_df`` are left out and named in the top panel. ``units``: the net's unit names (x tick labels;
-    None: CaffeNet's layers).
+    None: CaffeNet's layers). ``eff``: effects.csv's frame, whose verdicts decide which readings are drawn
+    (None: computed from ``runs_df`` with the default verdict settings).
     """
     _UNITS[0] = units
+    if eff is None:
+        eff = fx.effects(runs_df, per_layer=False, nmax=len(units or LAYER_NAMES))
     r = runs_df[runs_df["split_kind"] == "random"]
     nmax = _nmax(r)
     with plt.style.context("classic"), plt.rc_context(RC):
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 16))
         _fig2_top(top, runs_df, nmax)
-        _fig2_bottom(bottom, runs_df, nmax, paper)
+        _fig2_bottom(bottom, runs_df, nmax, paper, eff)
         fig.tight_layout()
         return _save(fig, out_pdf)
 
@@ -571,19 +625,27 @@ def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tupl
 # ---------------------------------------------------------------------------------------------------------
 # The claims, ours beside the authors' nets
 
-VERDICT_COLOURS = {"reproduced": "#1a9641", "contradicted": "#d7191c", "inconclusive": "#999999"}
+VERDICT_COLOURS = {"reproduced": "#1a9641", "contradicted": "#d7191c", "equivalent": "#2b83ba",
+                   "inconclusive": "#999999", "no interval": "#cccccc", "confounded": "#e66101"}
 
 
 def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame | None = None,
                   units=None) -> tuple[Path, Path]:
     """One row per claim: our paired effect with its 95% CI (filled, coloured by verdict) above the same
-    effect computed from the authors' nets (hollow). Effects in percentage points; writes a PDF and a PNG.
-    ``units``: the net's unit names (None: CaffeNet's 7 layers), which place the claims' layer ranges."""
+    effect computed from the authors' nets (hollow); the equivalence margin shaded around zero; the verdict
+    (and for ``confounded`` the confound) at the right. Effects in percentage points; writes a PDF and a PNG.
+    ``eff``: effects.csv's frame (None: computed with the default settings). ``units``: the net's unit names
+    (None: CaffeNet's 7 layers), which place the claims' layer ranges."""
     eff = fx.effects_with_paper(runs_df, units=len(units or LAYER_NAMES)) if eff is None else eff
     rows = eff[eff["scope"] == "claim"].reset_index(drop=True)
+    confound = next((r["reason"].split("; the data alone")[0] for _, r in rows.iterrows()
+                     if r["verdict"] == "confounded"), "")
     with plt.rc_context({"pdf.fonttype": 42, "font.size": 11}):
-        fig, ax = plt.subplots(figsize=(12, 0.55 * len(rows) + 1.8))
+        fig, ax = plt.subplots(figsize=(14, 0.5 * len(rows) + 2.6))
         ys = np.arange(len(rows))[::-1].astype(float)
+        margin = 100 * float(rows["margin"].dropna().iloc[0]) if rows["margin"].notna().any() else np.nan
+        if np.isfinite(margin):
+            ax.axvspan(-margin, margin, color="#d9e8f5", zorder=0, lw=0)
         for y, (_, r) in zip(ys, rows.iterrows()):
             for dy, pre, filled in ((0.15, "", True), (-0.15, fx.PAPER_PREFIX, False)):
                 est, lo, hi = (100 * float(r[pre + k]) for k in ("estimate", "ci_lo", "ci_hi"))
@@ -593,17 +655,25 @@ def claims_figure(runs_df: pd.DataFrame, out_pdf: str | Path, eff: pd.DataFrame 
                 if np.isfinite(lo) and np.isfinite(hi):
                     ax.plot([lo, hi], [y + dy, y + dy], color=colour, lw=2.5 if filled else 1.5)
                 ax.plot([est], [y + dy], "o", ms=8, mfc=colour if filled else "w", mec=colour, mew=2)
-            note = "" if np.isfinite(r["ci_lo"]) else (" (no nets)" if not r["nets"] else " (< 2 cells: no CI)")
+            note = "" if np.isfinite(r["ci_lo"]) else (" (no nets)" if not r["nets"] else " (< 2 units)")
             ax.text(1.01, y, f"{r['verdict']}{note}", transform=ax.get_yaxis_transform(), va="center",
                     color=VERDICT_COLOURS.get(r["verdict"], "k"), fontsize=10)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(ys)
         ax.set_yticklabels([f"{r['label']}: {r['claim']} (n = {r['layers']}; paper: {r['expected']})"
                             for _, r in rows.iterrows()])
-        ax.set_xlabel("effect, percentage points of top-1 (95% CI)")
+        ax.set_ylim(-0.8, len(rows) - 0.2)
+        ax.set_xlabel("effect, percentage points of top-1 (95% CI; verdicts after Holm–Shaffer adjustment; "
+                      "shaded: equivalence margin)")
         ax.set_title("The paper's claims: ours (filled, upper) beside the authors' nets (hollow, lower)")
         handles = [plt.Line2D([], [], color=c, marker="o", lw=2, label=v) for v, c in VERDICT_COLOURS.items()]
-        ax.legend(handles=handles, loc="lower left", fontsize=9)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 if not confound else -0.2),
+                  ncol=len(handles), fontsize=9, frameon=False)
+        if confound:
+            import textwrap
+
+            ax.text(0.0, -0.1, "confounded: " + textwrap.shorten(confound, 260), transform=ax.transAxes,
+                    ha="left", va="top", fontsize=9, color=VERDICT_COLOURS["confounded"], wrap=True)
         ax.grid(axis="x", color="0.9")
         fig.tight_layout()
         return _save(fig, out_pdf, dpi=100)

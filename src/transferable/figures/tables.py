@@ -402,7 +402,7 @@ def paper_runs() -> pd.DataFrame:
     p = load_paper_networks()
     df = p.assign(
         net=p.apply(_paper_net_name, axis=1),
-        top5=float("nan"), top5_final=float("nan"), iters=450000, wall_s=float("nan"),
+        top5=float("nan"), top5_final=float("nan"), iters=450000, wall_s=float("nan"), late_gain=float("nan"),
         device="paper (K20 GPU, Caffe)", history="",
     )
     return coerce_runs(df[RUN_COLUMNS])
