@@ -388,3 +388,198 @@ def test_claims_figure_from_demo_and_paper_runs(tmp_path, pruns):
     _assert_pdf_png(*claims_figure(load_runs(make_demo_runs(tmp_path / "results")), tmp_path / "claims.pdf"))
     _assert_pdf_png(*claims_figure(pruns, tmp_path / "claims_paper.pdf"))
     _assert_pdf_png(*claims_figure(load_runs([]), tmp_path / "claims_empty.pdf"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figure 3 and the similarity figure as a reader sees them: labels beside their own lines, cut intervals
+# marked, legends off the data
+
+
+NATMAN_SHAPES = {  # family -> top-1 at n = 0..7 (man-made is half A, natural half B)
+    "diverging": {"man-made": [0.52, 0.44, 0.40, 0.35, 0.36, 0.31, 0.27, 0.25],
+                  "natural": [0.45, 0.46, 0.46, 0.45, 0.47, 0.42, 0.41, 0.39]},
+    "middle": {"man-made": [0.45, 0.40, 0.35, 0.30, 0.35, 0.40, 0.45, 0.49],
+               "natural": [0.50, 0.50, 0.51, 0.50, 0.50, 0.51, 0.50, 0.50]},
+}
+
+
+def _fig3_frame(shape: str = "diverging", seeds: int = 2, families=("man-made", "natural")) -> pd.DataFrame:
+    """A runs frame for Figure 3 without files: 2 random splits (AnB and base nets), the dissimilar split and
+    the random-filter split with ``seeds`` replicates each (2: intervals on 1 df, which run off the axes)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in range(2):
+        for half, base in (("A", 0.60), ("B", 0.62)):
+            rows.append(dict(split=f"rand{s}", split_kind="random", net=f"base{half}", treatment="base", n=0,
+                             target_half=half, top1=base + 0.01 * s))
+        for n in range(1, 8):
+            rows.append(dict(split=f"rand{s}", split_kind="random", net=f"A{n}B", treatment="AnB", n=n,
+                             source_half="A", target_half="B", top1=0.61 - 0.01 * n + rng.normal(0, 0.01)))
+    for r in range(seeds):
+        sp = "natman" if r == 0 else f"natman.s{r}"
+        for half, key, fam in (("A", "man-made", families[0]), ("B", "natural", families[1])):
+            for n, v in enumerate(NATMAN_SHAPES[shape][key]):
+                rows.append(dict(split=sp, split_kind="natman", net=f"base{half}" if n == 0 else f"X{n}{half}",
+                                 treatment="base" if n == 0 else "AnB", n=n, target_half=half, target_family=fam,
+                                 source_half="" if n == 0 else ("B" if half == "A" else "A"),
+                                 top1=v + (0.02 if r % 2 else -0.02) * (1 + n % 3)))
+        sp = "all" if r == 0 else f"all.s{r}"
+        for n in range(8):
+            rows.append(dict(split=sp, split_kind="all", net="baseA" if n == 0 else f"R{n}A",
+                             treatment="base" if n == 0 else "random", n=n, target_half="A",
+                             top1=max(0.32 - 0.02 * n, 0.02) + (0.05 if r % 2 else -0.05)))
+    return tables.coerce_runs(pd.DataFrame(rows))
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Figures the plots module would save, kept open for a look (and closed afterwards)."""
+    import matplotlib.pyplot as plt
+
+    from transferable.figures import plots
+
+    figs = []
+
+    def keep(fig, out_pdf, dpi=80):
+        figs.append(fig)
+        return Path(out_pdf), Path(out_pdf).with_suffix(".png")
+
+    monkeypatch.setattr(plots, "_save", keep)
+    yield figs
+    for f in figs:
+        plt.close(f)
+
+
+def _line_points(ax) -> np.ndarray:
+    """Display coordinates of what is drawn on ``ax``: line vertices and error-bar ends."""
+    pts = [line.get_transform().transform(line.get_xydata()) for line in ax.lines if len(line.get_xydata())]
+    for c in ax.collections:
+        for seg in getattr(c, "get_segments", lambda: [])():
+            if len(seg):
+                pts.append(c.get_transform().transform(np.asarray(seg, float)))
+    return np.concatenate(pts) if pts else np.empty((0, 2))
+
+
+@pytest.mark.parametrize("shape", sorted(NATMAN_SHAPES))
+def test_fig3_natman_labels_sit_beside_their_own_lines(tmp_path, drawn, shape):
+    df = _fig3_frame(shape, seeds=3)
+    fig3(df, tmp_path / "fig3.pdf", paper=False)
+    fig = drawn[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    nm = natman_means(df)
+    labels = [t for t in ax.texts if t.get_text().endswith(" target")]
+    assert sorted(t.get_text() for t in labels) == ["man-made target", "natural target"]
+    sides = {}
+    for t in labels:
+        fam = t.get_text()[:-len(" target")]
+        own = nm[nm["target_family"] == fam].sort_values("n")
+        other = nm[nm["target_family"] != fam].sort_values("n")
+        bb = t.get_window_extent()
+        assert ax.bbox.x0 - 1 <= bb.x0 and bb.x1 <= ax.bbox.x1 + 1  # not cut by the axis
+        assert ax.bbox.y0 - 1 <= bb.y0 and bb.y1 <= ax.bbox.y1 + 1
+        (x0, y0), (x1, y1) = ax.transData.inverted().transform([[bb.x0, bb.y0], [bb.x1, bb.y1]])
+        xs = np.linspace(max(x0, 0), min(x1, 7), 30)
+        mine, theirs = (np.interp(xs, g["n"], g["mean"]) for g in (own, other))
+        for line in (mine, theirs):  # neither line runs through the label
+            assert not ((line > y0) & (line < y1)).any(), (t.get_text(), shape)
+        above = y0 >= mine.max()
+        sides[fam] = above
+        if above:  # over the lines: its own is the upper one there, so it sits between label and the other
+            assert (mine >= theirs).all(), (t.get_text(), shape)
+        else:
+            assert y1 <= mine.min() and (mine <= theirs).all(), (t.get_text(), shape)
+    assert sorted(sides.values()) == [False, True]  # one above, one below
+
+
+def _cut_bars(ax) -> list[tuple[float, str]]:
+    """(x, '^' or 'v') for every error bar on ``ax`` that runs past its y limits."""
+    y0, y1 = ax.get_ylim()
+    cut = []
+    for c in ax.collections:
+        for seg in getattr(c, "get_segments", lambda: [])():
+            seg = np.asarray(seg, float)
+            if len(seg) == 2 and np.isclose(seg[0, 0], seg[1, 0]):
+                lo, hi = seg[:, 1].min(), seg[:, 1].max()
+                if hi > y1:
+                    cut.append((seg[0, 0], "^"))
+                if lo < y0:
+                    cut.append((seg[0, 0], "v"))
+    return cut
+
+
+def test_fig3_marks_every_interval_the_axes_cut(tmp_path, drawn):
+    from transferable.figures.plots import CLIP_NOTE
+
+    fig3(_fig3_frame(seeds=2), tmp_path / "fig3.pdf", paper=False)
+    fig = drawn[0]
+    for ax, title in zip(fig.axes[:3], ("natural/man-made", "random filters", "relative")):
+        cut = _cut_bars(ax)
+        assert cut, f"the 2-replicate intervals of the {title} panel should run off it"
+        marks = [(float(line.get_xdata()[0]), line.get_marker()) for line in ax.lines
+                 if line.get_marker() in ("^", "v") and len(line.get_xdata()) == 1
+                 and not line.get_clip_on()]
+        for x, m in cut:
+            assert any(np.isclose(x, mx) and m == mm for mx, mm in marks), (title, x, m)
+        assert len(marks) == len(cut)
+        assert [t.get_text() for t in ax.texts].count(CLIP_NOTE) == 1, title
+    # with 3 replicates the axes fit the natural/man-made intervals: nothing to mark or explain there
+    drawn.clear()
+    fig3(_fig3_frame(seeds=3), tmp_path / "fig3b.pdf", paper=False)
+    ax = drawn[0].axes[0]
+    assert not _cut_bars(ax) and CLIP_NOTE not in [t.get_text() for t in ax.texts]
+
+
+@pytest.mark.parametrize("families, want", [(("man-made", "natural"), "mean AnB, man-made/natural split"),
+                                            (("vehicles", "animals"), "mean AnB, vehicles/animals split"),
+                                            (("", ""), "mean AnB, m/n split")])
+def test_fig3_relative_legend_is_off_the_data_and_names_the_split(tmp_path, drawn, families, want):
+    fig3(_fig3_frame(families=families), tmp_path / "fig3.pdf", paper=True)
+    fig = drawn[0]
+    fig.canvas.draw()
+    ax = fig.axes[2]
+    leg = ax.get_legend()
+    texts = [t.get_text() for t in leg.get_texts()]
+    assert want in texts and "mean AnB, random splits" in texts
+    lb = leg.get_window_extent()
+    assert fig.bbox.x0 <= lb.x0 and lb.x1 <= fig.bbox.x1 and fig.bbox.y0 <= lb.y0  # all of it in the PNG
+    pts = _line_points(ax)
+    inside = (pts[:, 0] >= lb.x0) & (pts[:, 0] <= lb.x1) & (pts[:, 1] >= lb.y0) & (pts[:, 1] <= lb.y1)
+    assert not inside.any()
+    assert not lb.overlaps(ax.bbox) and not lb.overlaps(ax.xaxis.label.get_window_extent())
+    for t in ax.get_xticklabels():
+        assert not lb.overlaps(t.get_window_extent())
+
+
+def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn):
+    from transferable.figures.plots import similarity_figure
+    from transferable.paths import LAYER_NAMES
+
+    runs = _fig3_frame()
+    rng = np.random.default_rng(0)
+    sim, probes = [], []
+    for split in ("rand0", "rand1"):
+        for n, layer in enumerate(LAYER_NAMES, start=1):
+            for kind, level in (("A_vs_B", 0.95 - 0.1 * n), ("seed_floor", 0.97 - 0.05 * n)):
+                for net_b in ("baseA", "baseB"):
+                    sim.append(dict(kind=kind, split=split, net_a="baseA", net_b=net_b, layer=layer, n=n,
+                                    cka=level + rng.normal(0, 0.02), images=64))
+            for tgt in ("A", "B"):
+                for src in ("A", "B"):
+                    probes.append(dict(split=split, target_half=tgt, net=f"base{src}", source_half=src,
+                                       layer=layer, n=n, top1=0.3 + 0.05 * n - 0.02 * n * (src != tgt),
+                                       train_images=64, val_images=32))
+    similarity_figure(pd.DataFrame(sim), pd.DataFrame(probes), runs, tmp_path / "similarity.pdf")
+    fig = drawn[0]
+    fig.canvas.draw()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    labels = [t.get_text() for leg in legends for t in leg.get_texts()]
+    assert any(lab.startswith("AnB transfer loss") for lab in labels)
+    assert any(lab.startswith("baseA vs baseB") for lab in labels)
+    for leg in legends:
+        lb = leg.get_window_extent()
+        assert fig.bbox.x0 <= lb.x0 and lb.x1 <= fig.bbox.x1 and fig.bbox.y0 <= lb.y0
+        for ax in fig.axes:
+            assert not lb.overlaps(ax.bbox)
+            assert not lb.overlaps(ax.xaxis.label.get_window_extent())

@@ -150,5 +150,5 @@ def test_micro_pipeline_on_a_unit_network(tmp_path, arch, optimizer):
     assert m["provenance"]["config"]["net"]["arch"] == arch and m["n"] == 5
     eff = pd.read_csv(wd / "results/tables/effects.csv")
     spec = eff[(eff["claim"] == "specificity_vs_selffer") & (eff["scope"] == "claim")]
-    assert list(spec["layers"].astype(str)) == ["5"] and spec["cells"].iloc[0] == 1
+    assert list(spec["layers"].astype(str)) == ["5"] and spec["units"].iloc[0] == 1
     assert (wd / "results/figures/fig2.pdf").stat().st_size > 0 and (wd / "results/figures/fig3.pdf").is_file()

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from conftest import run_snakemake
 
-from transferable.figures.effects import CLAIMS
+from transferable.figures.effects import CLAIMS, VERDICTS
 
 MICRO = ["--configfile", "configs/micro.yaml"]
 
@@ -137,9 +137,9 @@ def test_micro_config_runs_the_whole_dag(micro_done):
     eff = pd.read_csv(workdir / "results/tables/effects.csv")
     claims = eff[eff["scope"] == "claim"]
     assert set(claims["claim"]) == {c.key for c in CLAIMS}
-    assert set(claims["verdict"]) <= {"reproduced", "contradicted", "inconclusive"}
-    # one split and one target half, n = 1 only: one cell per claim, no interval, nothing is resolved
-    assert (claims["verdict"] == "inconclusive").all()
+    assert set(claims["verdict"]) <= set(VERDICTS)
+    # one split and one target half, n = 1 only: one unit per claim, no interval, nothing is resolved
+    assert (claims["verdict"] == "no interval").all() and (claims["units"] <= 1).all()
     assert (claims["paper_verdict"] != "").all()
     sim = pd.read_csv(workdir / "results/tables/similarity.csv")
     assert set(sim["kind"]) == {"A_vs_B", "finetuned_vs_base"} and sim["cka"].between(-0.5, 1.0001).all()

@@ -446,46 +446,209 @@ def natman_title(df: pd.DataFrame) -> str:
     return "/".join(f[:1].upper() + f[1:] for f in fams) + " split" if fams else "Dissimilar halves"
 
 
+def _text_pts(fig, s: str, fontsize: float) -> tuple[float, float]:
+    """Width and height, in points, of ``s`` drawn at ``fontsize`` (measured by the figure's renderer)."""
+    t = fig.text(0, 0, s, fontsize=fontsize)
+    bb = t.get_window_extent(fig.canvas.get_renderer())
+    t.remove()
+    return bb.width * 72 / fig.dpi, bb.height * 72 / fig.dpi
+
+
+def _pts_per_unit(ax, ylim: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Points per data unit along x and y for the axis's current size (``ylim``: y limits to assume)."""
+    pos = ax.get_position()
+    w, h = ax.figure.get_size_inches()
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim() if ylim is None else ylim
+    return pos.width * w * 72 / max(x1 - x0, 1e-12), pos.height * h * 72 / max(y1 - y0, 1e-12)
+
+
+def _free_spot(ax, text: str = CLIP_NOTE, fontsize: float = 10) -> tuple[float, float]:
+    """Where (axes fraction, for :func:`note_clipped`'s left/top alignment) ``text`` covers the least of what
+    is already drawn on ``ax``: markers (weighted most), lines and error bars (sampled along their segments)
+    and texts. Tries along the top edge first, then the bottom, then just inside the rows of edge triangles."""
+    fig = ax.figure
+    r = fig.canvas.get_renderer()
+    tw, th = _text_pts(fig, text, fontsize)
+    pos = ax.get_position()
+    fw, fh = fig.get_size_inches() * 72
+    ex, ey = 1 / (pos.width * fw), 1 / (pos.height * fh)  # one point, in axes fraction
+    w, h = tw * ex, th * ey
+    pts, weights = [], []
+    t = np.linspace(0, 1, 12)[:, None, None]
+
+    def add(xy_display, weight):
+        pts.append(xy_display)
+        weights.append(np.full(len(xy_display), float(weight)))
+
+    for line in ax.lines:
+        xy = np.asarray(line.get_xydata(), float)
+        xy = xy[np.isfinite(xy).all(axis=1)] if xy.ndim == 2 else np.empty((0, 2))
+        if not len(xy):
+            continue
+        if line.get_marker() not in (None, "None", "none", "", " "):
+            add(line.get_transform().transform(xy), 5)
+        if len(xy) > 1 and line.get_linestyle() not in ("None", "none", " ", ""):
+            add(line.get_transform().transform((xy[:-1] * (1 - t) + xy[1:] * t).reshape(-1, 2)), 1)
+    for coll in ax.collections:
+        for seg in getattr(coll, "get_segments", lambda: [])():
+            seg = np.asarray(seg, float)
+            if len(seg) > 1:
+                add(coll.get_transform().transform((seg[:-1] * (1 - t) + seg[1:] * t).reshape(-1, 2)), 1)
+    for txt in ax.texts:
+        bb = txt.get_window_extent(r)
+        gx, gy = np.meshgrid(np.linspace(bb.x0, bb.x1, 8), np.linspace(bb.y0, bb.y1, 3))
+        add(np.column_stack([gx.ravel(), gy.ravel()]), 5)
+    xy = ax.transAxes.inverted().transform(np.concatenate(pts)) if pts else np.empty((0, 2))
+    wt = np.concatenate(weights) if weights else np.empty(0)
+    # 6 points from the frame (clear of the inward ticks); a thing within 10 points (a marker and a gap) counts
+    rows = (1 - 6 * ey, 6 * ey + h, 1 - 20 * ey, 20 * ey + h)
+    xs = np.linspace(6 * ex, 1 - 6 * ex - w, 7)
+    best, where = None, (float(xs[0]), rows[0])
+    for y in rows:
+        for x in xs:
+            near = ((xy[:, 0] >= x - 10 * ex) & (xy[:, 0] <= x + w + 10 * ex) & (xy[:, 1] <= y + 10 * ey)
+                    & (xy[:, 1] >= y - h - 10 * ey))
+            cost = float(wt[near].sum())
+            if best is None or cost < best:
+                best, where = cost, (float(x), float(y))
+            if cost == 0:
+                return where
+    return where
+
+
+def _legend_below(ax, handles, labels, ncol: int, fontsize: float, **kw):
+    """The legend under the axis's tick labels and x label (a fixed distance in points below the axes, so
+    that it stays clear of them when tight_layout moves the axes), where it covers no data."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig = ax.figure
+    bb = ax.xaxis.get_tightbbox(fig.canvas.get_renderer())
+    gap = (max(ax.bbox.y0 - bb.y0, 0.0) if bb is not None else 0.0) * 72 / fig.dpi + 6
+    trans = ax.transAxes + ScaledTranslation(0, -gap / 72, fig.dpi_scale_trans)
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=trans,
+                     ncol=max(1, min(ncol, len(handles))), fontsize=fontsize, numpoints=1, **kw)
+
+
+NATMAN_LABEL_FS = 12
+
+
+def _natman_labels(ax, lines: dict, ylim: tuple[float, float], edge: float = 4) -> tuple[float, float]:
+    """Write "<family> target" beside each family's own line, at the n where the lines are furthest apart:
+    the upper line's label above it, the lower line's below it, each clear of both lines (and of their
+    error bars that the axis fits) over the width of the text. ``lines``: family -> its points (n, mean,
+    fitted half-width); ``edge``: points to keep between a label and the frame. Returns the y limits, widened
+    where a label needs the room."""
+    fams = list(lines)
+    piv = pd.concat({f: g.set_index("n")["mean"] for f, g in lines.items()}, axis=1)
+    common = piv.dropna()
+    if len(fams) >= 2 and len(common):
+        gap = common.max(axis=1) - common.min(axis=1)
+        n_star = float(gap[gap >= gap.max() - 1e-9].index.max())  # the rightmost of the widest gaps
+        order = list(common.loc[n_star].sort_values(ascending=False).index)
+    else:  # one family (or families without a common n): at the right end, the first above, the last below
+        n_star = float(piv.index.max())
+        order = fams
+    top, bottom = order[0], (order[-1] if len(order) > 1 else None)
+    all_n = piv.index.to_numpy(float)
+    xlo, xhi = ax.get_xlim()
+    if n_star >= all_n.max():
+        x, ha = min(n_star + 0.2, xhi - 0.02), "right"
+    elif n_star <= all_n.min():
+        x, ha = max(n_star - 0.2, xlo + 0.02), "left"
+    else:
+        x, ha = n_star, "center"
+    texts = {f: f"{f} target" for f in fams}
+    sizes = {f: _text_pts(ax.figure, texts[f], NATMAN_LABEL_FS) for f in fams}
+
+    def envelope(span, sign, ppy):
+        """The highest (sign +1) or lowest (-1) thing of any line over ``span``: line + marker, bar ends."""
+        vals = []
+        for g in lines.values():
+            n, m, half = (g[c].to_numpy(float) for c in ("n", "mean", "half"))
+            grid = np.linspace(max(span[0], n.min()), min(span[1], n.max()), 40)
+            if span[1] >= n.min() and span[0] <= n.max():
+                vals += list(np.interp(grid, n, m) + sign * 9 / ppy)  # the line and its markers (ms 14)
+            at = (n >= span[0] - 0.15) & (n <= span[1] + 0.15)
+            vals += list(m[at] + sign * (np.nan_to_num(half[at]) + 3 / ppy))  # the bars' caps
+        vals = [v for v in vals if np.isfinite(v)]
+        return (max(vals) if sign > 0 else min(vals)) if vals else np.nan
+
+    lo, hi = ylim
+    place = {}
+    for _ in range(5):  # the room a label needs in data units depends on the limits it widens
+        ppx, ppy = _pts_per_unit(ax, (lo, hi))
+        new_lo, new_hi = ylim
+        for fam, sign in ((top, 1), (bottom, -1)):
+            if fam is None:
+                continue
+            w = sizes[fam][0] / ppx
+            span = {"right": (x - w, x), "left": (x, x + w), "center": (x - w / 2, x + w / 2)}[ha]
+            y = envelope(span, sign, ppy)
+            place[fam] = (y, sign)
+            if sign > 0:
+                new_hi = max(new_hi, y + (sizes[fam][1] + edge) / ppy)
+            else:
+                new_lo = min(new_lo, y - (sizes[fam][1] + edge) / ppy)
+        if np.isclose(new_lo, lo) and np.isclose(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+    for fam, (y, sign) in place.items():
+        if np.isfinite(y):
+            ax.text(x, y, texts[fam], ha=ha, va="bottom" if sign > 0 else "top", fontsize=NATMAN_LABEL_FS,
+                    zorder=6, bbox=dict(boxstyle="square,pad=0.1", fc="w", ec="none", alpha=0.7))
+    for fam in [f for f in order[1:-1] if n_star in common.index]:  # more than two: the middle ones beside
+        ax.annotate(texts[fam], (n_star, float(common.loc[n_star, fam])), xytext=(10, 0),
+                    textcoords="offset points", ha="left", va="center", fontsize=NATMAN_LABEL_FS, zorder=6)
+    return lo, hi
+
+
 def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     nm = natman_means(df)
-    spread = np.where(nm["count"] >= 3, np.nan_to_num(ci_halfwidth(nm["std"], nm["count"])), 0.0)
-    ys = list(nm["mean"]) + list(nm["mean"] + spread) + list(nm["mean"] - spread)
+    half = ci_halfwidth(nm["std"], nm["count"])
+    # the axis fits the intervals of 3 nets or more; a 2-net interval (t on 1 df) may run off it (marked)
+    nm = nm.assign(half=half, fitted=np.where(nm["count"] >= 3, np.nan_to_num(half), 0.0))
+    ys = list(nm["mean"]) + list(nm["mean"] + nm["fitted"]) + list(nm["mean"] - nm["fitted"])
+    ax.set_xlim(-0.3, nmax + 0.3)
     level = nm.groupby("target_family")["mean"].mean().sort_values(ascending=False)
-    for rank, fam in enumerate(level.index):
+    lines = {}
+    for fam in level.index:
         g = nm[nm["target_family"] == fam].sort_values("n")
         ax.plot(g["n"], g["mean"], color=NATMAN_COLOR, lw=2, marker="h", ms=14, mfc=NATMAN_COLOR, mec="k",
                 zorder=3)
         b = g[g["n"] == 0]
         ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
         _errorbars(ax, g["n"], g["mean"], g["std"], g["count"], DARK["natman"])
-        # every label goes under its own line (never up into the title), the upper line's near its start,
-        # the lower line's near its end, so that the two do not meet
-        at = g.iloc[min(1, len(g) - 1)] if rank == 0 else g.iloc[-1]
-        ax.annotate(f"{fam} target", (at["n"], at["mean"]), xytext=(4, -16), textcoords="offset points",
-                    ha="left" if rank == 0 else "right", va="top", fontsize=12, zorder=6)
+        lines[fam] = g.assign(half=g["fitted"])[["n", "mean", "half"]]
     lo, hi = _limits(ys, pad=0.1)
-    ax.set_ylim(lo - 0.12 * (hi - lo), hi)  # room for the label under the lower line
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig3_natman") & p["series"].isin(["natural", "man-made"]) & (p["n"] <= nmax)]
         pax = _paper_axis(ax, ys, list(p["top1"]), label="paper (dashed)")
         if pax is ax:
-            ax.set_ylim(*_limits(ys + list(p["top1"]), pad=0.1))
+            lo, hi = _limits(ys + list(p["top1"]), pad=0.1)
         for fam in ("natural", "man-made"):
             g = p[p["series"] == fam]
             pax.plot(g["n"], g["top1"], color=DARK["natman"], zorder=2, **PAPER_DASH)
+    ax.set_ylim(lo, hi)
+    if lines:  # clear of the frame, and of the triangles that mark_clipped may put at it
+        cut = bool((np.isfinite(nm["half"]) & (nm["count"] < 3)).any())
+        ax.set_ylim(*_natman_labels(ax, lines, (lo, hi), edge=16 if cut else 4))
+    marked = mark_clipped(ax, nm["n"], nm["mean"] - nm["half"], nm["mean"] + nm["half"], DARK["natman"])
     if nm.empty:
         ax.text(0.5, 0.5, "no natural/man-made nets\nin these runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=13, style="italic", color="0.3")
     ax.set_title(natman_title(df), fontsize=16)
     ax.set_ylabel("Top-1 accuracy")
-    ax.set_xlim(-0.3, nmax + 0.3)
     _xticks(ax, nmax)
+    if marked:
+        note_clipped(ax, marked, where=_free_spot(ax))
 
 
 def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     rf = random_filter_means(df)
     ys = list(rf["mean"])
+    ax.set_xlim(-0.3, nmax + 0.3)
     if len(rf):
         ax.plot(rf["n"], rf["mean"], color=RANDOM_COLOR, lw=2, marker="v", ms=14, mfc=RANDOM_COLOR, mec="k",
                 zorder=3)
@@ -503,17 +666,23 @@ def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         else:
             pax.set_ylim(0, 1.06 * p["top1"].max() + 0.01)
         pax.plot(p["n"], p["top1"], color=DARK["random"], zorder=2, **PAPER_DASH)
+    # the t intervals of _errorbars (over the nets at each point), marked where the limits cut them
+    half = ci_halfwidth(rf["std"], rf["count"])
+    mean = rf["mean"].to_numpy(float)
+    marked = mark_clipped(ax, rf["n"], mean - half, mean + half, DARK["random"])
     if rf.empty:
         ax.text(0.5, 0.5, "no random-filter nets\nin these runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=13, style="italic", color="0.3")
     ax.set_title("Random, untrained filters", fontsize=16)
-    ax.set_xlim(-0.3, nmax + 0.3)
     _xticks(ax, nmax)
+    if marked:
+        note_clipped(ax, marked, where=_free_spot(ax))
 
 
 REL_STYLE = {
     RELATIVE_SERIES[0]: dict(color="r", marker="D", ms=12, label="mean AnB, random splits"),
-    RELATIVE_SERIES[1]: dict(color=NATMAN_COLOR, marker="h", ms=14, label="mean AnB, m/n split"),
+    # "{split}": the natural/man-made split's own family names (see _rel_label); "m/n" when it has none
+    RELATIVE_SERIES[1]: dict(color=NATMAN_COLOR, marker="h", ms=14, label="mean AnB, {split} split"),
     RELATIVE_SERIES[2]: dict(color=RANDOM_COLOR, marker="v", ms=14, label="random features"),
 }
 REL_SOURCE = {RELATIVE_SERIES[0]: ("random", "AnB"), RELATIVE_SERIES[1]: ("natman", "AnB"),
@@ -521,20 +690,31 @@ REL_SOURCE = {RELATIVE_SERIES[0]: ("random", "AnB"), RELATIVE_SERIES[1]: ("natma
 REL_DARK = {RELATIVE_SERIES[0]: "r", RELATIVE_SERIES[1]: DARK["natman"], RELATIVE_SERIES[2]: DARK["random"]}
 
 
+def _rel_label(series: str, df: pd.DataFrame) -> str:
+    """A series' legend label; the dissimilar split's in its own family names, in half order as in
+    :func:`natman_title` ("mean AnB, man-made/natural split"; "m/n split" when the runs name no families)."""
+    nm = df[(df["split_kind"] == "natman") & (df["target_family"] != "")].sort_values("target_half")
+    fams = list(dict.fromkeys(nm["target_family"]))
+    return REL_STYLE[series]["label"].format(split="/".join(fams) if fams else "m/n")
+
+
 def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     rel = relative_top1(df)
     ys = [0.0] + list(rel["relative"])
     handles = [ax.plot([0], [0], "o", mfc="w", mec="k", mew=2, ms=14, zorder=5)[0]]
     labels = ["reference"]
+    bars = []  # (n, lo, hi, colour) of every interval drawn
+    drawn = set()
     for series, st in REL_STYLE.items():
         g = rel[(rel["series"] == series)].sort_values("n")
-        if g.empty:
+        if not (g["n"] > 0).any():  # only its reference: nothing of the series to show
             continue
+        drawn.add(series)
         h = ax.plot(g["n"], g["relative"], color=st["color"], lw=2, marker=st["marker"], ms=st["ms"],
                     mfc=st["color"], mec="k", zorder=3, markevery=list(range(1, len(g))))[0]
         handles.append(h)
-        labels.append(st["label"])
-        # 95% CI of each drop, paired with each cell's own reference (cluster-robust over cells)
+        labels.append(_rel_label(series, df))
+        # 95% CI of each drop, paired with each cell's own reference (t over independent units)
         kind, treatment = REL_SOURCE[series]
         for n, line in zip(g.loc[g["n"] > 0, "n"], g.loc[g["n"] > 0, "relative"]):
             e = fx.drop_estimate(df, kind, treatment, int(n), int(n))
@@ -544,7 +724,8 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
                 lo, hi = line - (e.estimate - e.ci_lo), line + (e.ci_hi - e.estimate)
                 ax.errorbar([n], [line], yerr=[[line - lo], [hi - line]], fmt="none", ecolor=REL_DARK[series],
                             elinewidth=1.2, capsize=4, zorder=4)
-                if e.df >= 2:  # the axis fits intervals with 2+ degrees of freedom; wider ones run off it
+                bars.append((n, lo, hi, REL_DARK[series]))
+                if e.df >= 2:  # the axis fits intervals with 2+ degrees of freedom; wider ones are marked
                     ys += [lo, hi]
     if paper:
         p = paper_line_means()
@@ -555,7 +736,7 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         ys += list(p["top1"])
         handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
         labels.append("paper (thin dashed)")
-    missing = [REL_STYLE[s]["label"] for s in REL_STYLE if s not in set(rel["series"])]
+    missing = [_rel_label(s, df) for s in REL_STYLE if s not in drawn]
     _note_missing(ax, missing, where="lower right")
     ax.axhline(0, color="0.6", lw=0.8, zorder=1)
     ax.set_ylim(*_limits(ys, pad=0.05))
@@ -563,21 +744,26 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     _xticks(ax, nmax)
     ax.set_ylabel("Relative top-1 accuracy (higher is better)")
     ax.set_xlabel(XLABEL, fontsize=16)
-    ax.legend(handles, labels, loc="best", numpoints=1, fontsize=13)
+    marked = sum(mark_clipped(ax, [n], [lo], [hi], c) for n, lo, hi, c in bars)
+    if marked:
+        note_clipped(ax, marked, where=_free_spot(ax))
+    # under the x label, where it covers no interval (tight_layout makes room for it)
+    _legend_below(ax, handles, labels, ncol=3, fontsize=13)
 
 
 def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=None) -> tuple[Path, Path]:
     """Figure 3: natural/man-made transfer (top left), random untrained filters (top right) and every
-    treatment relative to its own n = 0 reference (bottom).  Writes ``out_pdf`` and a same-stem PNG.
-    ``units`` as in :func:`fig2`.
+    treatment relative to its own n = 0 reference (bottom; its legend under the axis).  Writes ``out_pdf``
+    and a same-stem PNG. ``units`` as in :func:`fig2`.
     """
     _UNITS[0] = units
     nmax = _nmax(runs_df[runs_df["treatment"] != "base"])
     with plt.style.context("classic"), plt.rc_context(RC):
-        fig = plt.figure(figsize=(14, 10))
+        fig = plt.figure(figsize=(14, 11))
         ax_nm = plt.subplot2grid((3, 2), (0, 0), fig=fig)
         ax_rf = plt.subplot2grid((3, 2), (0, 1), fig=fig)
         ax_rel = plt.subplot2grid((3, 2), (1, 0), rowspan=2, colspan=2, fig=fig)
+        fig.tight_layout()  # the axes' near-final sizes, which the labels and the legend are placed by
         _fig3_natman(ax_nm, runs_df, nmax, paper)
         _fig3_random(ax_rf, runs_df, nmax, paper)
         _fig3_relative(ax_rel, runs_df, nmax, paper)
@@ -721,14 +907,26 @@ def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFr
     return df
 
 
+def _take_legend(ax) -> tuple[list, list, str | None]:
+    """The handles, labels and title of the legend seaborn put on ``ax`` (removed from it); empty if none."""
+    leg = ax.get_legend()
+    if leg is None:
+        return [], [], None
+    handles, labels = list(leg.legend_handles), [t.get_text() for t in leg.get_texts()]
+    title = leg.get_title().get_text() or None
+    leg.remove()
+    return handles, labels, title
+
+
 def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame, out_pdf: str | Path) -> pd.DataFrame:
     """Left: linear CKA by layer for each kind of pair (mean and 95% CI over pairs), with the AnB transfer
     loss on a second axis; right: linear-probe top-1 by layer of the other half's base net and of the
-    target's own. Writes a PDF and a PNG; returns the by-layer table."""
+    target's own. The legends sit under the axes, clear of the data. Writes a PDF and a PNG; returns the
+    by-layer table."""
     import seaborn as sns
 
     by = similarity_by_layer(sim, probes, runs)
-    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 5.5))
+    fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 6.8))
     if len(sim):
         s = sim.assign(pair=sim["kind"].map(lambda k: SIM_KINDS.get(k, (k,))[0]))
         sns.lineplot(data=s, x="n", y="cka", hue="pair", errorbar=("ci", 95), marker="o", ax=ax1,
@@ -739,9 +937,6 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     ax2.errorbar(by["n"], 100 * by["anb_loss"], yerr=100 * by["anb_loss_ci"], color="k", ls="--", marker="s",
                  capsize=3, label="AnB transfer loss (base − AnB, points)")
     ax2.set_ylabel("AnB transfer loss, points of top-1")
-    ax2.legend(loc="upper center", fontsize=8)
-    if len(sim):
-        ax1.legend(loc="lower left", fontsize=8, title=None)
     r = by["r_cka_vs_anb_loss"].iloc[0]
     ax1.set_title(f"Similarity vs transfer loss by layer: Pearson r = {r:.2f} over {by['layers_correlated'].iloc[0]} layers")
     if len(probes):
@@ -756,6 +951,14 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
         ax.set_xticklabels(LAYER_NAMES)
         ax.set_xlabel("layer n")
     sns.despine(fig, right=False)
+    fig.tight_layout()  # the axes' near-final sizes, which the legends are placed under
+    # both legends under their axes (the CKA pairs and the twin axis's transfer loss in one), off the data
+    h1, l1, _ = _take_legend(ax1)
+    h2, l2 = ax2.get_legend_handles_labels()
+    _legend_below(ax1, h1 + h2, l1 + l2, ncol=2, fontsize=9)
+    h3, l3, title = _take_legend(ax3)
+    if h3:
+        _legend_below(ax3, h3, l3, ncol=2, fontsize=9, title=title, title_fontsize=9)
     fig.tight_layout()
     _save(fig, out_pdf)
     return by

@@ -258,11 +258,12 @@ def relative_top1(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["series", "n", "mean", "reference", "relative", "count"])
 
 
-def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True) -> pd.DataFrame:
+def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True, base: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1: the boost of transfer + fine-tuning (AnB+) over the controls, POOLED as the paper did.
 
     For each layer range [lo, hi]: mean over all random-split AnB+ nets with lo <= n <= hi, minus (a) the
-    mean of all random-split base nets and (b) the mean over all BnB+ nets with n in the range.  Boosts are in
+    mean of all random-split base nets (``base``: these base nets instead; a subset of the nets still has
+    every base net of the design as its reference) and (b) the mean over all BnB+ nets with n in the range.  Boosts are in
     percentage points; ``*_se`` is the standard error of the difference of the two means (Welch), also in
     points, NaN where a group has fewer than 2 nets.  With ``paper=True`` the paper's published values are added.
 
@@ -271,7 +272,7 @@ def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True) -> pd.Dat
     boost_over_bnb_plus_se [, paper_boost_over_base, paper_boost_over_bnb_plus].
     """
     r = df[df["split_kind"] == "random"]
-    base = _stats(base_nets(df)["top1"])
+    base = _stats((base_nets(df) if base is None else base)["top1"])
     rows = []
     for lo, hi in ranges:
         in_range = r["n"].between(lo, hi)
