@@ -35,18 +35,20 @@ def test_net_file_paths_round_trip():
 
 def test_demo_plan_counts(cfg):
     fig2 = plan.figure_nets(cfg, "fig2")
-    # 3 splits x (baseA, baseB, and on each half BnB and AnB at n = 1..7, BnB+ and AnB+ at n = 1, 3, 5, 7)
-    assert len(fig2) == 3 * (2 + 2 * (2 * 7 + 2 * 4))
-    assert {n.parsed.n for n in fig2 if n.parsed.finetune} == {1, 3, 5, 7}
+    # 6 splits, target B only (the split is the unit): baseA (source), baseB, BnB and AnB at n = 1, 2, 3, 5, 7,
+    # BnB+ and AnB+ at n = 3, 5, 7
+    assert len(fig2) == 6 * (2 + 2 * 5 + 2 * 3)
+    assert {n.parsed.n for n in fig2 if n.parsed.finetune} == {3, 5, 7}
+    assert {n.parsed.target for n in fig2} == {"A", "B"} and {n.parsed.target for n in fig2 if not n.parsed.is_base} == {"B"}
     fig3 = plan.figure_nets(cfg, "fig3")
     assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
-    assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in range(1, 8)}
-    assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
-    assert len(plan.figure_nets(cfg, "all")) == 138 + 3 * 16 + 2 * 8
+    assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in (1, 3, 5, 7)}
+    assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1", "all.s2"}  # 3 seeds
+    assert len(plan.figure_nets(cfg, "all")) == 108 + 3 * 10 + 3 * 5
 
 
 def test_fig2_plans_no_natman_or_random(cfg):
-    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {"rand0", "rand1", "rand2"}
+    assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {f"rand{s}" for s in range(6)}
 
 
 def test_sources(cfg):

@@ -381,7 +381,9 @@ class Adequacy:
 def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_GAIN) -> Adequacy:
     """The design's training adequacy, from the base nets' ``late_gain`` (runs.csv) and the extra-training
     check (the ``finetune_back_to_base`` claim row of ``eff``, adjusted)."""
-    ref = df[(df["treatment"] == "base") & (df["split_kind"] == "random")]
+    from .tables import base_nets
+
+    ref = base_nets(df)  # the random splits' reference nets (a base net trained only as a source is none)
     if ref.empty:
         ref = df[df["treatment"] == "base"]
     gains = pd.to_numeric(ref.get("late_gain", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -434,9 +436,14 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
                          "reason": ""})
     out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
     claim_rows = np.flatnonzero(out["scope"].to_numpy() == "claim")
-    # the family: every claim row's difference test and equivalence test (at most one null true per row)
+    # the family: every claim row's difference test and equivalence test (at most one null true per row);
+    # rows of one claim computed from the same nets (Table 1's 1-7 and 3-7 when no net has n < 3) are one
+    # hypothesis, tested once
+    same = {}
+    rows_of = [same.setdefault((ests[i][0].key, ests[i][1].nets, ests[i][1].units, round(ests[i][1].estimate, 12)
+                                if np.isfinite(ests[i][1].estimate) else i), i) for i in claim_rows]
     p = np.concatenate([out["p_value"].to_numpy(float)[claim_rows], out["p_equivalence"].to_numpy(float)[claim_rows]])
-    adj = holm(p, groups=np.concatenate([claim_rows, claim_rows]))
+    adj = holm(p, groups=np.concatenate([rows_of, rows_of]))
     k = len(claim_rows)
     for j, i in enumerate(claim_rows):
         c, e = ests[i]
@@ -660,7 +667,8 @@ def effects_markdown(eff: pd.DataFrame, ad: Adequacy | None = None, alpha: float
                                "one trained once (fine-tuning recovers, the boost over base) are `confounded`."), ""]
     margin = eff["margin"].dropna()
     lines += [f"Verdicts at α = {alpha} after Holm–Shaffer adjustment over the {int((eff['scope'] == 'claim').sum())} "
-              "claim rows (each row's difference and equivalence tests); equivalence margin ±"
+              "claim rows (each row's difference and equivalence tests; rows of one claim on the same nets "
+              "count once); equivalence margin ±"
               f"{100 * float(margin.iloc[0]) if len(margin) else float('nan'):.1f} points. Expected: the sign the "
               "paper claims, or `=` for no difference. A unit is what varies independently (see the `unit` column of "
               "effects.csv).\n",
