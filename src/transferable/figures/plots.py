@@ -282,7 +282,7 @@ def _interpretation_texts(ax, lm: pd.DataFrame, eff: pd.DataFrame) -> None:
         if verdict == "contradicted":
             notes.append(f"{label}: contradicted here ({opposite})")
         elif verdict == "confounded":
-            notes.append(f"{label}: {what}: confounded (nets not trained to a plateau)")
+            notes.append(f"{label}: {what}: confounded (extra training; effects.md)")
         elif verdict == "equivalent":
             notes.append(f"{label}: {what}: no effect beyond the margin here")
         else:
