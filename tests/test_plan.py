@@ -36,15 +36,15 @@ def test_net_file_paths_round_trip():
 def test_demo_plan_counts(cfg):
     fig2 = plan.figure_nets(cfg, "fig2")
     # 6 splits, target B only (the split is the unit): baseA (source), baseB, BnB and AnB at n = 1, 3, 5, 7,
-    # BnB+ and AnB+ at n = 3, 5, 7
-    assert len(fig2) == 6 * (2 + 2 * 4 + 2 * 3)
-    assert {n.parsed.n for n in fig2 if n.parsed.finetune} == {3, 5, 7}
+    # BnB+ and AnB+ at n = 3, 7
+    assert len(fig2) == 6 * (2 + 2 * 4 + 2 * 2)
+    assert {n.parsed.n for n in fig2 if n.parsed.finetune} == {3, 7}
     assert {n.parsed.target for n in fig2} == {"A", "B"} and {n.parsed.target for n in fig2 if not n.parsed.is_base} == {"B"}
     fig3 = plan.figure_nets(cfg, "fig3")
     assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
     assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in (1, 3, 5, 7)}
     assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
-    assert len(plan.figure_nets(cfg, "all")) == 96 + 3 * 10 + 2 * 5
+    assert len(plan.figure_nets(cfg, "all")) == 84 + 5 * 10 + 2 * 5
 
 
 def test_fig2_plans_no_natman_or_random(cfg):
@@ -75,9 +75,9 @@ def test_semantic_errors_name_the_key(cfg, edit, match):
 def test_stream_groups(cfg):
     groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
     assert set(groups) == ({(f"rand{s}", "B") for s in range(6)}
-                           | {(s, t) for s in ("natman", "natman.s1", "natman.s2") for t in "AB"}
+                           | {(s, t) for s in ("natman", "natman.s1", "natman.s2", "natman.s3", "natman.s4") for t in "AB"}
                            | {("all", "A"), ("all.s1", "A")})
-    assert len(groups[("rand0", "B")]) == 14 and "baseB" not in groups[("rand0", "B")]
+    assert len(groups[("rand0", "B")]) == 12 and "baseB" not in groups[("rand0", "B")]
     assert groups[("all", "A")] == [f"R{n}A" for n in (1, 3, 5, 7)]
 
 
