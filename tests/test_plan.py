@@ -44,7 +44,7 @@ def test_demo_plan_counts(cfg):
     assert not any(n.parsed.treatment in ("BnB", "BnB+", "AnB+") and n.split == "rand0" for n in fig3)
     assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in (1, 3, 5, 7)}
     assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
-    assert len(plan.figure_nets(cfg, "all")) == 84 + 5 * 10 + 2 * 5
+    assert len(plan.figure_nets(cfg, "all")) == 84 + 4 * 10 + 2 * 5
 
 
 def test_fig2_plans_no_natman_or_random(cfg):

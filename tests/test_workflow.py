@@ -38,7 +38,7 @@ def test_default_config_plans_the_replicated_design(workdir):
     assert jobs["train"] == 24 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 18
     assert jobs["shard_part"] == 2 and jobs["split_manifest"] == 8 and jobs["effects"] == 1
     alone = planned(run_snakemake(["-n", "--cores", "2", *_demo_one_job_per_net(workdir)], workdir))
-    assert alone["train"] == 84 + 5 * 10 + 2 * 5
+    assert alone["train"] == 84 + 4 * 10 + 2 * 5
 
 
 @pytest.mark.subprocess
@@ -48,7 +48,7 @@ def test_fig2_plans_what_its_readings_need(workdir):
     proc = run_snakemake(["-n", "--cores", "2", "results/figures/fig2.pdf", *_demo_one_job_per_net(workdir)],
                          workdir)
     jobs = planned(proc)
-    assert jobs["effects"] == 1 and jobs["train"] == 84 + 5 * 10 + 2 * 5
+    assert jobs["effects"] == 1 and jobs["train"] == 84 + 4 * 10 + 2 * 5
     assert "fig3" not in jobs and "claims_figure" not in jobs and "similarity" not in jobs
 
 

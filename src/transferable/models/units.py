@@ -25,11 +25,13 @@ draw from the net's seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import ResNet
 
 from ..paths import UNIT_NAMES, VIT_PATCH
 
@@ -120,6 +122,11 @@ class UnitNet(nn.Module):
 
 
 def _resnet(arch: str, num_classes: int) -> ResNet:
+    # torchvision is imported here, not at the top: importing it costs about 1.3 s (it pulls in torch._dynamo),
+    # paid by every CaffeNet training job that never builds one of its networks
+    import torchvision
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     if arch == "resnet18":
         return torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if arch == "resnet50":
@@ -171,6 +178,8 @@ def _resnet_net(arch: str, num_classes: int, units: str) -> UnitNet:
 
 
 def _vit(arch: str, num_classes: int, image_size: int):
+    import torchvision
+
     if arch == "vit_b_16":
         return torchvision.models.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size)
     return torchvision.models.VisionTransformer(image_size=image_size, patch_size=VIT_PATCH["vit-small"], num_layers=4, num_heads=4,
