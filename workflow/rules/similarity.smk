@@ -19,11 +19,11 @@ rule similarity:
         paths.log(paths.table("similarity.csv")),
     benchmark:
         paths.benchmark(paths.table("similarity.csv"))
+    # the longest job after training: started as soon as its nets exist, the figures run beside it
+    priority: 50
     conda:
         "../../envs/train.yaml"
     threads: max(1, RES.get("train_threads", 1))
-    # the longest job after training: started as soon as its nets exist, the figures run beside it
-    priority: 50
     resources:
         mem_mb=lambda w, attempt: RES.get("similarity_mem_mb", 4000) * attempt,
         runtime=lambda w, attempt: RES.get("similarity_runtime_min", 60) * attempt,
