@@ -75,7 +75,7 @@ def test_semantic_errors_name_the_key(cfg, edit, match):
 def test_stream_groups(cfg):
     groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
     assert set(groups) == ({(f"rand{s}", "B") for s in range(6)}
-                           | {(s, t) for s in ("natman", "natman.s1", "natman.s2", "natman.s3", "natman.s4") for t in "AB"}
+                           | {(s, t) for s in ("natman", "natman.s1", "natman.s2", "natman.s3") for t in "AB"}
                            | {("all", "A"), ("all.s1", "A")})
     assert len(groups[("rand0", "B")]) == 12 and "baseB" not in groups[("rand0", "B")]
     assert groups[("all", "A")] == [f"R{n}A" for n in (1, 3, 5, 7)]
