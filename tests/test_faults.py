@@ -18,6 +18,7 @@ import torch
 import yaml
 from conftest import ROOT
 
+from transferable import attempts
 from transferable.data import demo
 from transferable.data.ilsvrc import IngestError, ingest
 from transferable.data.shards import write_index, write_part
@@ -63,9 +64,13 @@ def test_sigkill_then_rerun_resumes_bit_identical(prepared, tmp_path):
     assert proc.returncode == -signal.SIGKILL and ckpt.exists() and not (out / "metrics.json").exists()
     it_killed = torch.load(ckpt, weights_only=True)["iter"]
     assert 0 < it_killed < 600
+    # killed without a word (what the out-of-memory killer does): the retry asks for more memory
+    assert json.loads(attempts.record_path(ckpt).read_text())["state"] == "running"
+    assert attempts.retry_mem_mb(1000, 2, ckpt) == 2000
     rerun = subprocess.run(_train_cmd(prepared, out, ckpt, cfg), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"resumed from {ckpt} at iteration" in rerun.stdout
+    assert not attempts.record_path(ckpt).exists()  # a good end removes the attempt's record
     a = torch.load(ref / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from an uninterrupted run"
@@ -86,6 +91,9 @@ def test_sigterm_checkpoints_and_exits(prepared, tmp_path):
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "checkpointed iteration" in stdout and ckpt.exists()
+    # a signal before a time limit or a preemption: the retry resumes, with the same memory
+    assert json.loads(attempts.record_path(ckpt).read_text())["state"] == "stopped"
+    assert attempts.retry_mem_mb(1000, 2, ckpt) == 1000
 
 
 def test_checkpoint_of_another_config_is_not_resumed(prepared, tmp_path):
@@ -472,20 +480,29 @@ def test_huge_devkit_meta_is_refused_before_it_is_read(tmp_path, monkeypatch):
     assert not reads
 
 
-def test_checkpoint_carries_the_cuda_rng_on_a_gpu(monkeypatch):
-    """Issue 17, case 4: on a GPU the CUDA generators are saved and restored with the CPU one (a CPU run
-    stores none); checked here with torch.cuda's state functions replaced, as no GPU is present."""
+def test_checkpoint_carries_the_job_devices_cuda_rng(monkeypatch):
+    """Issue 26: on a GPU the job's own device's CUDA generator is saved with the CPU one (a CPU run stores
+    none) and restored onto whatever device the resumed job has: another index or another device count
+    continues the same dropout stream instead of restarting it or raising IndexError. Checked here with
+    torch.cuda's state functions replaced, as no GPU is present."""
     from transferable.train import loop
 
-    saved = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    states = {1: torch.tensor([1, 2, 3], dtype=torch.uint8)}
     restored = []
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.append(s))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((s, torch.device(device))))
     cpu = loop.rng_state(torch.device("cpu"))
     assert cpu["cuda_rng"] is None and torch.equal(cpu["torch_rng"], torch.get_rng_state())
-    gpu = loop.rng_state(torch.device("cuda", 0))
-    assert gpu["cuda_rng"] is saved
-    loop.set_rng_state(gpu, torch.device("cuda", 0))
-    assert restored == [saved]
+    gpu = loop.rng_state(torch.device("cuda", 1))  # written by a job on cuda:1 of a 4-GPU node
+    assert gpu["cuda_rng"] is states[1]
+    loop.set_rng_state(gpu, torch.device("cuda", 0))  # resumed on a 1-GPU job: its device 0
+    assert restored == [(states[1], torch.device("cuda", 0))]
     loop.set_rng_state(cpu, torch.device("cuda", 0))  # a checkpoint written on the CPU: nothing to restore
-    assert restored == [saved]
+    assert len(restored) == 1
+    # a checkpoint of the earlier format: every device's state; a device count it did not have is no error
+    said = []
+    old = dict(gpu, cuda_rng=[torch.zeros(3, dtype=torch.uint8), states[1]])
+    loop.set_rng_state(old, torch.device("cuda", 1), said.append)
+    loop.set_rng_state(old, torch.device("cuda", 5), said.append)
+    assert restored[1:] == [(states[1], torch.device("cuda", 1)), (old["cuda_rng"][0], torch.device("cuda", 5))]
+    assert said[0].startswith("checkpoint of an earlier version")

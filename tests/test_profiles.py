@@ -131,12 +131,14 @@ def test_slurm_profile_names_every_rule(workdir):
 @pytest.mark.subprocess
 def test_slurm_profile_requests(workdir, clean_env):
     """A dry run with the profile: what each job would ask SLURM for on its first attempt."""
-    rc, plain = snakemake(["-n", "--cores", "1", "--configfile", "configs/micro.yaml"], workdir, snakemake_env())
+    gpu = ["--config", "resources={train_gpus: 1}"]  # micro's nets train on the CPU; here they ask for a GPU
+    rc, plain = snakemake(["-n", "--cores", "1", "--configfile", "configs/micro.yaml", *gpu], workdir,
+                          snakemake_env())
     assert rc == 0, plain
     declared = {}
     for rule, res in dry_run_jobs(plain):
         declared[rule] = res
-    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml"], workdir,
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml", *gpu], workdir,
                         snakemake_env())
     assert rc == 0, out
     jobs = dry_run_jobs(out)

@@ -29,9 +29,9 @@ import yaml
 from conftest import ROOT, VENV_BIN, copy_workflow
 
 CLUSTER = ROOT / "tests" / "cluster"
-# Every micro run pins training to the CPU: on a host with real GPUs the fake GPU indices SLURM hands out would
-# map onto them, and GPU (bf16) results are not reproducible bit for bit.
-CPU = "resources={device: cpu}"
+# Every micro run asks SLURM for a GPU per training job but pins training to the CPU: on a host with real GPUs the
+# fake GPU indices SLURM hands out would map onto them, and GPU (bf16) results are not reproducible bit for bit.
+CPU = "resources={device: cpu, train_gpus: 1}"
 # The local test cluster has no job accounting (sacct fails there): poll with squeue, partition "debug". These
 # are the profile's site settings; no account (--slurm-no-account) and a fast first status check on the CLI.
 SITE = {"TRANSFERABLE_SLURM_PARTITION": "debug", "TRANSFERABLE_SLURM_STATUS_COMMAND": "squeue"}
@@ -131,7 +131,13 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         assert (wd / "results" / target).stat().st_size > 0, target
     nets = sorted(p.parent for p in (wd / "results" / "nets").glob("*/*/metrics.json"))
     assert len(nets) == 12
-    assert all(json.loads((n / "metrics.json").read_text())["device"] == "cpu" for n in nets)
+    metrics = [json.loads((n / "metrics.json").read_text()) for n in nets]
+    assert all(m["device"] == "cpu" for m in metrics)
+    # the job's memory (micro: resources.train_mem_mb 1000, sbatch --mem 1000) reached the trainer through
+    # the job step, which runs without SLURM's memory variables: not the node's free memory
+    for m in metrics:
+        assert m["provenance"]["job"] == {"gpus_granted": 1, "memory_limit_mb": 1000,
+                                          "memory_limit_from": "the job's mem_mb (1000)"}, m["provenance"]["job"]
 
     calls = _sbatch_calls(micro.out)
     train = {c: lines for c, lines in calls.items() if c.startswith("rule_train_wildcards_")}
@@ -140,6 +146,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         assert len(lines) == 1, f"{comment} was submitted {len(lines)} times"
         assert re.search(r" (--gpus=1|--gres=gpu:1)( |$)", lines[0]), lines[0]
         assert "--cpus-per-gpu=1" in lines[0] and "--signal=TERM@120" in lines[0] and "--requeue" in lines[0]
+        assert " --mem 1000 " in lines[0], lines[0]
     # the small jobs (demo data, ingest, 2 shard parts, 3 manifests, the index, the aggregates, 3 curves, the
     # HTML tables, the similarity figure) went out as 4 SLURM jobs and the similarity job as one, each asking
     # for one CPU: a group's jobs run one after the other
@@ -221,12 +228,14 @@ def test_signalled_training_job_resumes(micro):
     print(f"\ninterrupted + resumed on SLURM: {time.time() - t0:.0f} s")
     assert rc == 0, out[-6000:]
 
-    # the signalled job failed, Snakemake resubmitted it (attempt 2), and it resumed. Its time limit is the
-    # configuration's resources.train_runtime_min (10); 20 on attempt 2 once the rule scales it by attempt.
+    # the signalled job failed, Snakemake resubmitted it (attempt 2), and it resumed. The retry asks for the
+    # same time (resources.train_runtime_min: 10) and memory (1000 MB): its checkpoint carries the progress,
+    # and a signal is no out-of-memory end
     lines = _sbatch_calls(out)[comment]
     assert len(lines) == 2, lines
     limits = [int(re.search(r" -t (\d+) ", line).group(1)) for line in lines]
-    assert limits[0] == 10 and limits[1] in (10, 20), limits
+    mems = [int(re.search(r" --mem (\d+) ", line).group(1)) for line in lines]
+    assert limits == [10, 10] and mems == [1000, 1000], (limits, mems)
     states = {j["job_id"]: _state(j) for j in _jobs(_run_id(out))}
     assert states[job] == "FAILED" and sorted(states.values()) == ["COMPLETED", "FAILED"], states
     assert (wd / ".snakemake/slurm_logs/rule_train" / f"{split}_{net}" / f"{job}.log").exists(), \
@@ -240,3 +249,28 @@ def test_signalled_training_job_resumes(micro):
     assert {k: metrics[k] for k in SCORES} == {k: ref_metrics[k] for k in SCORES}
     pd.testing.assert_frame_equal(pd.read_csv(out_dir / "history.csv").drop(columns="elapsed_s"),
                                   ref_history.drop(columns="elapsed_s"))
+
+
+def test_a_job_granted_no_gpu_uses_none_and_one_granted_a_gpu_fails_without_cuda(micro):
+    """Issue 26 on the live cluster. `resources.train_gpus: 0`: sbatch asks for no GPU and the trainer is told
+    so (device auto -> the CPU). `train_gpus: 1` with device auto on this node, whose GPUs are fake and whose
+    CUDA is unusable: the job fails at once, saying why, instead of training on the CPU."""
+    wd = micro.dir
+    target = "results/nets/rand0/baseA/metrics.json"
+    (wd / target).unlink()
+    rc, out, _ = _snakemake([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--configfile",
+                             "configs/micro.yaml", "--config", "resources={device: auto, train_gpus: 0}"],
+                            wd, _env(**SITE), timeout=300, log="slurm-nogpu.log")
+    assert rc == 0, out[-4000:]
+    line = _sbatch_calls(out)["rule_train_wildcards_rand0_baseA"][0]
+    assert "--gpus" not in line and "--gres" not in line and "--cpus-per-task=1" in line, line
+    m = json.loads((wd / target).read_text())
+    assert m["device"] == "cpu" and m["provenance"]["job"]["gpus_granted"] == 0
+
+    (wd / target).unlink()
+    rc, out, _ = _snakemake([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--retries", "0",
+                             "--configfile", "configs/micro.yaml", "--config", "resources={device: auto, train_gpus: 1}"],
+                            wd, _env(**SITE), timeout=300, log="slurm-gpu-no-cuda.log")
+    assert rc != 0 and not (wd / target).exists()
+    log = (wd / "logs/nets/rand0/baseA.log").read_text()
+    assert "this job was granted 1 GPU(s) but CUDA is unusable: " in log and "Nothing was trained" in log, log[-3000:]

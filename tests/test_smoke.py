@@ -19,6 +19,9 @@ def test_smoke_on_the_cpu(tmp_path):
     # stopped by SIGTERM after a checkpoint (exit 128 + 15), resumed, the same evaluations as uninterrupted
     r = checks["resume"]
     assert r["ok"] and r["stopped_with"] == 143 and r["resumed"] and r["same_evaluations"]
+    assert r["trained_on"] == ["cpu", "cpu"]
+    dev = checks["device"]
+    assert dev["ok"] and dev["memory_limit_mb"] > 0 and dev["memory_limit_from"]
     locks = checks["gpu locks"]
     assert locks["local_1_gpus"]["jobs"][0]["gpu"] == locks["local_1_gpus"]["jobs"][1]["gpu"] == 0
     assert max(j["waited_s"] for j in locks["local_1_gpus"]["jobs"]) >= 1.6  # one waited for the other
@@ -27,3 +30,22 @@ def test_smoke_on_the_cpu(tmp_path):
     assert feed["ok"] and feed["memory_mapped_equals_in_memory"] and feed["jpeg_vs_cpu_decode_max_abs"] == 0
     assert checks["step"]["skipped"] == "CPU run"
     assert lines[-1]["smoke"] == "passed"
+
+
+def test_smoke_fails_where_a_gpu_was_allocated_and_cuda_is_unusable(tmp_path):
+    """Issue 26: on a node whose driver does not fit the torch build (here: no GPU at all), a job that SLURM
+    gave a GPU must not report "passed" after running every check on the CPU."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is usable here")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0", SLURM_GPUS_ON_NODE="1", SLURM_JOB_ID="77")
+    proc = subprocess.run([sys.executable, "-m", "transferable", "smoke", "--workdir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert lines[0]["check"] == "device" and not lines[0]["ok"] and lines[0]["gpus_allocated"] == 1
+    assert lines[-1]["smoke"] == "FAILED" and "CUDA is unusable: " + lines[0]["why_not_cuda"] in lines[-1]["why"]
+    assert len(lines) == 2  # nothing ran on the CPU in the GPU's place

@@ -83,8 +83,8 @@ def cmd_train(a):
 
     train_net(split=a.split, net=a.net, manifest=a.manifest, shards_index=a.shards, out_dir=a.out_dir,
               ckpt=a.ckpt, cfg=_with_checkpoint(_json(a.params), a.checkpoint), source_model=a.source_model,
-              device=a.device,
-              threads=a.threads, compile_model=bool(a.compile), log=_log)
+              device=a.device, threads=a.threads, compile_model=bool(a.compile), gpus=a.gpus, mem_mb=a.mem_mb,
+              log=_log)
 
 
 def cmd_train_group(a):
@@ -95,7 +95,8 @@ def cmd_train_group(a):
     train_nets(split=a.split, nets=nets, manifest=a.manifest, shards_index=a.shards,
                out_dirs={n: f"{a.out_root}/{n}" for n in nets}, ckpt=a.ckpt,
                cfg=_with_checkpoint(_json(a.params), a.checkpoint),
-               source_models=sources, device=a.device, threads=a.threads, compile_model=bool(a.compile), log=_log)
+               source_models=sources, device=a.device, threads=a.threads, compile_model=bool(a.compile),
+               gpus=a.gpus, mem_mb=a.mem_mb, log=_log)
 
 
 def cmd_runs(a):
@@ -275,7 +276,14 @@ def _training_options(s: argparse.ArgumentParser, ckpt_help: str) -> None:
     s.add_argument("--shards", required=True, help="shard index.json")
     s.add_argument("--ckpt", required=True, help=ckpt_help)
     s.add_argument("--params", required=True, help="JSON with the net, train and metric config sections")
-    s.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
+    s.add_argument("--device", default="auto",
+                   help="auto (with --gpus 0: the CPU; with --gpus N >= 1: a GPU or an error saying why CUDA is "
+                        "unusable; without --gpus: CUDA if usable, else the CPU), cpu, cuda, cuda:N")
+    s.add_argument("--gpus", type=int, default=None,
+                   help="GPUs granted to this job (the rules pass their resources.gpu)")
+    s.add_argument("--mem-mb", type=int, default=None,
+                   help="memory granted to this job, MB (the rules pass their resources.mem_mb): a bound on what "
+                        "it loads into memory, beside the cgroup's and SLURM's limits")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     s.add_argument("--compile", type=int, choices=[0, 1], default=0,
                    help="1: torch.compile each net (GPU: faster after warm-up)")
@@ -445,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_smoke)
 
     s = sub.add_parser("bench", help="benchmarks against plain baselines (JSON lines)")
-    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles", "ingest", "jpeg"],
+    s.add_argument("which", choices=["shards", "loader", "mmap", "step", "stream", "all", "dag", "gpu", "rawfiles", "ingest", "jpeg", "eval"],
                    help="which benchmark (all = the CPU ones: shards, loader, mmap, step, stream)")
     s.add_argument("--workdir", default=None, help="scratch folder, kept (default: a temp folder, removed at the end)")
     s.add_argument("--small", action="store_true", help="tiny sizes: seconds, for smoke tests")

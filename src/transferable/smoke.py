@@ -15,6 +15,11 @@
 4. **step**: the paper's CaffeNet training step with the kernel settings `configs/paper-fast.yaml` trains
    with (``train.tf32``, ``train.cudnn_benchmark``, bf16 autocast), beside a bare PyTorch loop (CUDA only).
 
+0. **device** (first): the device, the GPUs the scheduler allocated, why CUDA is unusable if it is, and the
+   memory a training job here may use with where that limit comes from. A GPU allocated (or ``--device
+   cuda``) with CUDA unusable fails the smoke test at once: that is the node where a campaign would
+   otherwise train on the CPU. The resume check also fails if its nets did not train on that device.
+
 Each check prints one JSON line; the command exits 1 if any check fails. ``--device cpu`` runs checks 1-3
 on the CPU (the test suite does, ``tests/test_smoke.py``).
 """
@@ -89,9 +94,12 @@ def check_resume(root: Path, device: str, iters: int = 300) -> dict:
     again = subprocess.run(_train_cmd(exp, out, ckpt, cfg, device), env=_env(), capture_output=True, text=True)
     resumed = "resumed from" in again.stdout + again.stderr
     same = again.returncode == 0 and _history(out) == _history(root / "ref")
-    return {"check": "resume", "ok": bool(proc.returncode == 128 + signal.SIGTERM and resumed and same),
-            "device": device, "iters": iters, "stopped_with": proc.returncode, "resumed": resumed,
-            "same_evaluations": same, "seconds": round(time.time() - t0, 1),
+    used = [json.loads((d / "metrics.json").read_text())["device"] for d in (root / "ref", out)
+            if (d / "metrics.json").exists()]
+    on_device = len(used) == 2 and all(u.split(":")[0] == device for u in used)
+    return {"check": "resume", "ok": bool(proc.returncode == 128 + signal.SIGTERM and resumed and same and on_device),
+            "device": device, "trained_on": used, "iters": iters, "stopped_with": proc.returncode,
+            "resumed": resumed, "same_evaluations": same, "seconds": round(time.time() - t0, 1),
             **({} if resumed else {"log": first[-1500:] + again.stdout[-1500:] + again.stderr[-1500:]})}
 
 
@@ -189,10 +197,52 @@ def check_step(root: Path) -> dict:
     return {"check": "step", "ok": all(x["ours_img_s"] > 0 for x in r["runs"]), "kernels": kernels, **r}
 
 
+def gpus_allocated(env=None) -> int:
+    """GPUs this process was given by its scheduler: SLURM's counts, else a non-empty CUDA_VISIBLE_DEVICES."""
+    env = os.environ if env is None else env
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS"):
+        v = env.get(key, "").strip()
+        if v.isdigit():
+            return int(v)
+    for key in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        v = env.get(key, "").strip()
+        if v and not v.startswith(("-", "NoDevFiles")):
+            return len([d for d in v.split(",") if d.strip()])
+    return 0
+
+
+def check_device(device: str, env=None) -> dict:
+    """Check 0: the device the checks (and a training job here) will use, and why. Fails when a GPU was
+    allocated (or --device cuda asked) and CUDA is unusable: the case where a campaign would otherwise
+    train on the CPU. Also reports the memory a training job here may use, and where that limit comes
+    from (``devices.job_memory``)."""
+    import torch
+
+    from .train.devices import cuda_unusable_reason, job_memory
+
+    allocated = gpus_allocated(env)
+    usable = torch.cuda.is_available()
+    limit, source = job_memory(None, env)
+    r = {"check": "device", "gpus_allocated": allocated, "cuda_usable": usable, "torch": torch.__version__,
+         "torch_cuda": torch.version.cuda, "memory_limit_mb": round(limit / 2**20), "memory_limit_from": source}
+    if usable:
+        r.update(ok=True, devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])
+    else:
+        wanted = device.startswith("cuda") or (device == "auto" and allocated > 0)
+        r.update(ok=not wanted, why_not_cuda=cuda_unusable_reason(env))
+    return r
+
+
 def run(device: str = "auto", workdir: str | None = None) -> bool:
     """All checks; one JSON line each; True if all pass."""
     import torch
 
+    first = check_device(device)
+    print(json.dumps(first), flush=True)
+    if not first["ok"]:
+        print(json.dumps({"smoke": "FAILED", "device": None, "why": "a GPU was allocated or asked for and "
+                          f"CUDA is unusable: {first['why_not_cuda']}"}), flush=True)
+        return False
     cuda = torch.cuda.is_available() and device != "cpu"
     dev = "cuda" if cuda else "cpu"
     root = Path(workdir or tempfile.mkdtemp(prefix="transferable-smoke-"))

@@ -7,7 +7,7 @@ import sys
 
 from snakemake.settings.types import DeploymentMethod
 
-from transferable import paths, plan, provenance
+from transferable import attempts, paths, plan, provenance
 
 
 def check_config():
@@ -68,11 +68,10 @@ wildcard_constraints:
 
 
 def train_device():
-    """resources.device for the training jobs; with resources.train_gpus 0 they ask SLURM or Snakemake
-    for no GPU, so `auto` means the CPU (it would otherwise take a GPU the job never asked for).
+    """resources.device for the training jobs. With device auto, the trainer follows the GPUs the job is
+    granted (--gpus {resources.gpu}): none, the CPU; one or more, a GPU or an error saying why not.
     """
-    device = RES.get("device", "auto")
-    return "cpu" if device == "auto" and int(RES.get("train_gpus", 1)) == 0 else device
+    return RES.get("device", "auto")
 
 
 def data_root():

@@ -36,8 +36,11 @@ rule train:
         train_compile=int(RES.get("compile", False)),
         train_checkpoint=train_checkpoint(),
         gpu=RES.get("train_gpus", 1),
-        mem_mb=lambda w, attempt: RES.get("train_mem_mb", 4000) * attempt,  # a retry gets more
-        runtime=lambda w, attempt: RES.get("train_runtime_min", 60) * attempt,
+        # a retry resumes from the checkpoint: the same time; more memory only after an out-of-memory end
+        mem_mb=lambda w, attempt: attempts.retry_mem_mb(
+            RES.get("train_mem_mb", 4000), attempt, paths.checkpoint(w.split, w.net)
+        ),
+        runtime=RES.get("train_runtime_min", 60),
     params:
         cfg=train_params,
         ckpt=paths.checkpoint("{split}", "{net}"),
@@ -47,7 +50,8 @@ rule train:
         # exec: SIGTERM from SLURM reaches the trainer itself, which checkpoints before it exits
         "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
         "--shards {input.shards:q} {params.source_flag} {input.source:q} --out-dir {params.out_dir:q} "
-        "--ckpt {params.ckpt:q} --device {resources.train_device:q} --threads {threads} "
+        "--ckpt {params.ckpt:q} --device {resources.train_device:q} --gpus {resources.gpu} "
+        "--mem-mb {resources.mem_mb} --threads {threads} "
         "--compile {resources.train_compile:q} --checkpoint {resources.train_checkpoint:q} "
         "--params {params.cfg:q} > {log:q} 2>&1"
 
@@ -90,7 +94,9 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             train_compile=int(RES.get("compile", False)),
             train_checkpoint=train_checkpoint(),
             gpu=RES.get("train_gpus", 1),
-            mem_mb=RES.get("train_mem_mb", 4000),
+            mem_mb=lambda w, attempt, ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt": attempts.retry_mem_mb(
+                RES.get("train_mem_mb", 4000), attempt, ckpt
+            ),
             runtime=RES.get("train_runtime_min", 60) * len(_nets),
         params:
             cfg=train_params_of(_split),
@@ -103,5 +109,6 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
             "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "
             "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
-            "--threads {threads} --compile {resources.train_compile:q} "
+            "--gpus {resources.gpu} --mem-mb {resources.mem_mb} --threads {threads} "
+            "--compile {resources.train_compile:q} "
             "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"

@@ -68,6 +68,15 @@ def _crops_by_slice(x, mean, oy, ox, crop, flip) -> torch.Tensor:
     return view
 
 
+def bind_device(device) -> None:
+    """A worker thread's first act on a GPU job: make the job's device its current one. A new thread's
+    current device is 0, and leaving a ``torch.cuda.stream(...)`` block restores it there: a job on cuda:1
+    would create a CUDA context on GPU 0 (about 0.5 GB, or an error in exclusive-process mode)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 class TrainStream:
     """An endless stream of shuffled, augmented batches over in-memory uint8 images.
 
@@ -110,7 +119,8 @@ class TrainStream:
         # stream, so that the copy overlaps the previous step's kernels instead of queuing behind them.
         host_gpu = self.device.type == "cuda" and self.on_device is None
         read_ahead = not self.images.in_memory or host_gpu
-        self._pool = ThreadPoolExecutor(1) if read_ahead and self.on_device is None else None
+        self._pool = (ThreadPoolExecutor(1, initializer=bind_device, initargs=(self.device,))
+                      if read_ahead and self.on_device is None else None)
         self._pending = None  # ((epoch, pos), future of the uint8 images)
         self.readers = max(1, readers or job_cpus())
         self._pinned: list = []  # [pinned host buffer, event of its last copy to the device]
@@ -223,24 +233,62 @@ class TrainStream:
         self._pending = None
 
 
+class EvalSet:
+    """The validation images, ready for every evaluation of a run: centre-cropped ONCE (Caffe's test phase:
+    no mirror) into a uint8 array, which on a GPU is kept on the device when it fits in a quarter of its
+    free memory (then an evaluation reads nothing from the host), else pinned and copied asynchronously
+    batch by batch. Sets that are not in memory (memory-mapped, JPEG) are read, cropped and copied per
+    batch, as before; on a GPU a JPEG set is decoded there by nvJPEG."""
+
+    def __init__(self, images, labels: np.ndarray, crop: int, device="cpu"):
+        self.images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
+        self.device = torch.device(device)
+        size = self.images.shape[-1]
+        if crop > size:
+            raise ValueError(f"net.crop: {crop} is larger than the preprocessed size {size}")
+        self.crop, self.off, self.n = crop, (size - crop) // 2, len(self.images)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
+        self.cropped = None  # uint8 (N, 3, crop, crop): on the device, pinned, or in host memory
+        self.where = "per batch"
+        if isinstance(self.images, ImageSet) and self.images.in_memory:
+            o = self.off
+            cropped = torch.from_numpy(np.ascontiguousarray(self.images.data[:, :, o : o + crop, o : o + crop]))
+            self.where = "host memory"
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+                if cropped.nbytes < 0.25 * free:
+                    cropped, self.where = cropped.to(self.device), "device"
+                else:
+                    cropped, self.where = cropped.pin_memory(), "pinned host memory"
+            self.cropped = cropped
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self, mean: np.ndarray, batch_size: int, scale: float = 1.0):
+        """(float batch minus ``mean``'s centre crop, times ``scale``, channels-last; labels), in order."""
+        o, c, dev = self.off, self.crop, self.device
+        m = torch.from_numpy(np.ascontiguousarray(mean[:, o : o + c, o : o + c])).to(dev)
+        gpu_decode = isinstance(self.images, JpegSet) and dev.type == "cuda"
+        for i in range(0, self.n, batch_size):
+            if self.cropped is not None:
+                xb = self.cropped[i : i + batch_size].to(dev, non_blocking=True)
+            elif gpu_decode:
+                block = self.images.batch(np.arange(i, min(i + batch_size, self.n)), device=dev)
+                block.record_stream(torch.cuda.current_stream(dev))  # decoded on another stream
+                xb = block[:, :, o : o + c, o : o + c]
+            else:
+                block = self.images.slice(i, i + batch_size)
+                xb = torch.from_numpy(np.ascontiguousarray(block[:, :, o : o + c, o : o + c])).to(dev)
+            xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
+            if scale != 1.0:
+                xb *= scale
+            yield xb, self.labels[i : i + batch_size]
+
+
 def eval_batches(images, labels: np.ndarray, mean: np.ndarray, crop: int, batch_size: int,
                  device="cpu", scale: float = 1.0):
-    """Centre-cropped, mean-subtracted batches in order (Caffe's test phase: no mirror). ``images`` is an
-    ImageSet, a JpegSet (decoded on the GPU when ``device`` is one) or a uint8 array (N, 3, S, S)."""
-    images = images if isinstance(images, (ImageSet, JpegSet)) else ImageSet([images])
-    size = images.shape[-1]
-    off = (size - crop) // 2
-    m = torch.from_numpy(np.ascontiguousarray(mean[:, off : off + crop, off : off + crop])).to(device)
-    on_gpu_decode = isinstance(images, JpegSet) and torch.device(device).type == "cuda"
-    for i in range(0, len(images), batch_size):
-        if on_gpu_decode:
-            block = images.batch(np.arange(i, min(i + batch_size, len(images))), device=device)
-            block.record_stream(torch.cuda.current_stream(device))  # decoded on another stream
-            xb = block[:, :, off : off + crop, off : off + crop]
-        else:
-            block = images.slice(i, i + batch_size)
-            xb = torch.from_numpy(np.ascontiguousarray(block[:, :, off : off + crop, off : off + crop])).to(device)
-        xb = (xb.to(torch.float32) - m).contiguous(memory_format=torch.channels_last)
-        if scale != 1.0:
-            xb *= scale
-        yield xb, torch.from_numpy(labels[i : i + batch_size]).to(device)
+    """Centre-cropped, mean-subtracted batches in order, of a set used once (``EvalSet`` keeps them ready
+    for a run's many evaluations). ``images``: an ImageSet, a JpegSet or a uint8 array (N, 3, S, S)."""
+    return EvalSet(images, labels, crop, device).batches(mean, batch_size, scale)

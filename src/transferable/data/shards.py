@@ -123,9 +123,7 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
         # outputs on the current stream and decodes on streams of its own that do not wait for it, so on
         # the training stream it could be handed memory that queued kernels still read
         # (pytorch/vision#9606). The caller marks the result as used by its stream (record_stream).
-        if dev not in _DECODE_STREAMS:
-            _DECODE_STREAMS[dev] = torch.cuda.Stream(dev)
-        stream = _DECODE_STREAMS[dev]
+        stream = decode_stream(dev)
         with torch.cuda.stream(stream):
             out = torch.stack(decode_jpeg(ts, mode=ImageReadMode.RGB, device=dev))
         stream.synchronize()
@@ -145,7 +143,21 @@ def decode_jpegs(blobs: list, device: str | None = None, threads: int | None = N
 
 
 _POOLS: dict = {}  # (purpose, threads) -> a thread pool kept for the process's life
-_DECODE_STREAMS: dict = {}  # CUDA device -> the stream nvJPEG decodes on
+_DECODE_STREAMS: dict = {}  # (CUDA device, thread) -> the stream nvJPEG decodes on
+
+
+def decode_stream(dev):
+    """The CUDA stream nvJPEG decodes on for this device AND this thread: one per consumer. The read-ahead
+    thread (training batches) and the main thread (evaluation) never share one, so an evaluation started
+    while a prefetch decodes cannot wait on, or reuse memory of, the other's work."""
+    import threading
+
+    import torch
+
+    key = (torch.device(dev), threading.get_ident())
+    if key not in _DECODE_STREAMS:
+        _DECODE_STREAMS[key] = torch.cuda.Stream(key[0])
+    return _DECODE_STREAMS[key]
 
 
 def _pool(name: str, k: int):

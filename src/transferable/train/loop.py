@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..data.loader import TrainStream, eval_batches
-from .. import atomic
+from ..data.loader import EvalSet, TrainStream
+from .. import atomic, attempts
 from ..data.shards import Shards
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import build_net, make_optimizer, spec_from_config
-from .devices import job_memory_bytes, pick_device
+from .devices import job_memory, pick_device
 
 HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
 
@@ -53,11 +53,11 @@ def lr_at(it: int, t: dict) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, mean, crop, batch_size, device, frozen: int, amp: bool, scale: float) -> dict:
+def evaluate(model, val: EvalSet, mean, batch_size, frozen: int, amp: bool, scale: float) -> dict:
     model.eval()
-    n = 0
+    n, device = 0, val.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1, top-5: read back once, at the end
-    for xb, yb in eval_batches(images, labels, mean, crop, batch_size, device, scale):
+    for xb, yb in val.batches(mean, batch_size, scale):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(xb, frozen=frozen)
         logits = logits.float()  # fc8 runs in fp32 (CaffeNet._block); a no-op then
@@ -79,7 +79,7 @@ def best_k_mean(values, k: int) -> float:
 
 def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir: str, ckpt: str,
               cfg: dict, source_model: str | None = None, device: str = "auto", threads: int = 1,
-              compile_model: bool = False, log=print) -> dict:
+              compile_model: bool = False, gpus: int | None = None, mem_mb: int | None = None, log=print) -> dict:
     """Train ``net`` of ``split``; write model.pt, history.csv and metrics.json into ``out_dir``.
 
     ``cfg`` holds the ``net``, ``train`` and ``metric`` config sections: everything that changes the
@@ -89,7 +89,7 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     return train_nets(split=split, nets=[net], manifest=manifest, shards_index=shards_index,
                       out_dirs={net: out_dir}, ckpt=ckpt, cfg=cfg,
                       source_models={net: source_model} if source_model else {}, device=device,
-                      threads=threads, compile_model=compile_model, log=log)[net]
+                      threads=threads, compile_model=compile_model, gpus=gpus, mem_mb=mem_mb, log=log)[net]
 
 
 class _Member:
@@ -326,16 +326,23 @@ def deterministic(device: torch.device, log=print) -> None:
 
 
 def rng_state(device: torch.device) -> dict:
-    """The random state a resumed run needs: the CPU generator, and on a GPU every CUDA device's (dropout
-    masks are drawn there)."""
-    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    """The random state a resumed run needs: the CPU generator, and on a GPU the generator of the job's
+    own device only (dropout masks are drawn there). Not every device's: a job resumed on another index,
+    or on a node with another GPU count, continues the same stream."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return {"torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
 
 
-def set_rng_state(state: dict, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device, log=print) -> None:
     torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    cuda = state.get("cuda_rng")
+    if device.type != "cuda" or cuda is None:
+        return
+    if isinstance(cuda, (list, tuple)):  # a checkpoint of an earlier version: every device's state, by index
+        i = device.index if device.index is not None and device.index < len(cuda) else 0
+        log(f"checkpoint of an earlier version: CUDA generator state of device {i} of {len(cuda)}")
+        cuda = cuda[i]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 class _StopOnSignal:
@@ -361,7 +368,8 @@ class _StopOnSignal:
 
 def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
                cfg: dict, source_models: dict | None = None, device: str = "auto", threads: int = 1,
-               compile_model: bool = False, ram_limit: float | None = None, log=print) -> dict:
+               compile_model: bool = False, ram_limit: float | None = None, gpus: int | None = None,
+               mem_mb: int | None = None, log=print) -> dict:
     """Train several nets of one split and target half together, on ONE stream of batches: each batch is
     read and augmented once, and nets whose frozen layers come from the same source share that frozen
     forward pass (computed once, to the deepest frozen layer, and tapped at each n). With dropout 0 in
@@ -371,10 +379,21 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     ``source_models`` maps each transferred net to its source's model.pt; ``out_dirs`` each net to its
     output folder. ``ram_limit`` (bytes) overrides when the images are read from memory-mapped shards
     instead of memory (default: when they take more than a quarter of the memory this job may use,
-    ``devices.job_memory_bytes``). A checkpoint
-    at ``ckpt`` is resumed only if it was written for this very run (``run_identity``). Returns
+    ``devices.job_memory``, which ``mem_mb``, the job's own request, bounds). ``gpus``: the GPUs the job
+    was granted (``devices.pick_device``). A checkpoint at ``ckpt`` is resumed only if it was written for
+    this very run (``run_identity``); how the attempt ends is kept beside it (``attempts``). Returns
     {net: metrics}."""
+    with attempts.recorded(ckpt, nets=nets, mem_mb=mem_mb, gpus=gpus):
+        return _train_nets(split=split, nets=nets, manifest=manifest, shards_index=shards_index,
+                           out_dirs=out_dirs, ckpt=ckpt, cfg=cfg, source_models=source_models, device=device,
+                           threads=threads, compile_model=compile_model, ram_limit=ram_limit, gpus=gpus,
+                           mem_mb=mem_mb, log=log)
+
+
+def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, source_models, device, threads,
+                compile_model, ram_limit, gpus, mem_mb, log) -> dict:
     t_start = time.time()
+    device = pick_device(device, gpus, log=log)  # first: a job that cannot have its GPU fails in a second
     source_models = source_models or {}
     tcfg, ncfg = cfg["train"], cfg["net"]
     man, target, half = _manifest_half(manifest, nets)
@@ -385,7 +404,6 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     spec = spec_from_config(ncfg, outputs)
     if threads:
         torch.set_num_threads(threads)
-    device = pick_device(device, log=log)
     if tcfg.get("deterministic", False):
         deterministic(device, log)
     kernels = kernel_settings(tcfg, device)
@@ -396,10 +414,13 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
 
     t_load = time.time()
+    job_bytes, job_bytes_from = job_memory(mem_mb)
+    log(f"[{tag}] memory this job may use: {job_bytes / 2**20:.0f} MB ({job_bytes_from}); device {device}"
+        + (f" ({gpus} GPU(s) granted)" if gpus is not None else ""))
     if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
-        ram_limit = job_memory_bytes() / 4
+        ram_limit = job_bytes / 4
     x_train, y_train = shards.load("train", classes, ram_limit)
-    x_val, y_val = shards.load("val", classes, ram_limit)
+    val = EvalSet(*shards.load("val", classes, ram_limit), spec.crop, device)  # cropped once, for every evaluation
 
     def fresh_start():
         members = _build_members(nets, split, spec, tcfg, shards, classes, source_models, device)
@@ -414,9 +435,9 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     members, stream = fresh_start()
     for m in members:
         log(f"[{split}/{m.net}] {m.name.treatment} n={m.name.n} on half {target} ({len(classes)} classes, "
-            f"{len(x_train)} train / {len(x_val)} val images); device {device}; "
+            f"{len(x_train)} train / {len(val)} val images); device {device}; "
             f"trainable tensors {len(m.opt.param_groups)}; fc8 outputs {outputs}")
-    log(f"[{tag}] data loaded in {time.time() - t_load:.1f} s")
+    log(f"[{tag}] data loaded in {time.time() - t_load:.1f} s; validation images cropped once, read from {val.where}")
 
     identity = run_identity(cfg, split, nets, man, shards, source_models)
     ckpt_path = Path(ckpt)
@@ -427,7 +448,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
             for m in members:
                 m.load(state["members"][m.net])
             stream.load_state_dict(state["stream"])
-            set_rng_state(state, device)
+            set_rng_state(state, device, lambda msg: log(f"[{tag}] {msg}"))
             it, elapsed_before = int(state["iter"]), float(state["elapsed_s"])
             log(f"[{tag}] resumed from {ckpt_path} at iteration {it}")
         except Exception as e:  # noqa: BLE001 - a checkpoint that matches but does not fit: start over
@@ -460,7 +481,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
                 rate = (it - it_rate) * bs / max(time.time() - t_rate, 1e-9)
                 progress = f"{rate:.0f} img/s, ETA {(max_iter - it) * bs / max(rate, 1e-9):.0f} s"
                 for m in members:
-                    ev = evaluate(m.model, x_val, y_val, m.mean, spec.crop, eval_bs, device, m.frozen, amp, scale)
+                    ev = evaluate(m.model, val, m.mean, eval_bs, m.frozen, amp, scale)
                     _record(m, ev, it, max_iter, lr, stream.epochs_done, time.time() - t0, split, progress, log)
                 t_rate, it_rate = time.time(), it
             if checkpoint_now:
@@ -477,6 +498,8 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
 
     wall = time.time() - t0
     run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
+                "job": {"gpus_granted": gpus, "memory_limit_mb": round(job_bytes / 2**20),
+                        "memory_limit_from": job_bytes_from},
                 "shards": {"index": str(shards_index), "format": shards.format, "resize": shards.index.get("resize"),
                            "quality": shards.index.get("quality"), "digest": shards.digest}}
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
@@ -517,7 +540,8 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
         "trained_with": together, "history": "history.csv",
         "provenance": {"transferable": __version__, "code": run_info["code"], "torch": torch.__version__,
                        "python": platform.python_version(), "host": platform.node(),
-                       "source_model": source_model, "kernels": run_info["kernels"], "shards": run_info["shards"],
+                       "source_model": source_model, "kernels": run_info["kernels"], "job": run_info["job"],
+                       "shards": run_info["shards"],
                        "config": cfg},
     }
     atomic.torch_save({"state_dict": {k_: v.cpu() for k_, v in m.model.state_dict().items()},
