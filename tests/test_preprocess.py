@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from transferable import paths
 from transferable.data import demo
 from transferable.data.ilsvrc import ingest
 from transferable.data.loader import TrainStream, eval_batches
-from transferable.data.shards import JpegSet, Shards, decode, decode_jpegs, write_index, write_part
+from transferable.data.shards import JpegSet, Shards, decode, decode_jpegs, mitchell_resize, write_index, write_part
 
 
 def test_imagenet_size_model_matches_ilsvrc2012():
@@ -64,8 +65,9 @@ def test_resize_choice_is_honoured(w, h):
     want = {
         "fast": drafted.resize((64, 64), Image.BICUBIC),
         "bicubic": full.resize((64, 64), Image.BICUBIC),
-        # ImageMagick: Lanczos when the image loses area, Mitchell (here: bicubic) when it gains some
-        "imagemagick": full.resize((64, 64), Image.LANCZOS if w * h >= 64 * 64 else Image.BICUBIC),
+        # ImageMagick: Lanczos when an RGB image loses area, Mitchell when it gains some
+        "imagemagick": (full.resize((64, 64), Image.LANCZOS) if w * h >= 64 * 64
+                        else Image.fromarray(mitchell_resize(np.asarray(full), 64))),
     }
     got = {r: decode(data, 64, "x.JPEG", resize=r) for r in paths.RESIZES}
     for r, im in want.items():
@@ -73,8 +75,27 @@ def test_resize_choice_is_honoured(w, h):
     assert not np.array_equal(got["fast"], got["bicubic"])  # the DCT pre-shrink is not a full decode
     assert not np.array_equal(got["bicubic"], got["imagemagick"])
     assert np.array_equal(decode(data, 256, "x.JPEG", resize="imagemagick"),
-                          np.asarray(full.resize((256, 256), Image.LANCZOS if w * h >= 256 * 256 else Image.BICUBIC)
-                                     ).transpose(2, 0, 1))
+                          np.asarray(full.resize((256, 256), Image.LANCZOS) if w * h >= 256 * 256
+                                     else mitchell_resize(np.asarray(full), 256)).transpose(2, 0, 1))
+
+
+IM6 = Path(__file__).parent / "data" / "imagemagick"
+
+
+@pytest.mark.parametrize("name, tol", [("48x40_RGB", 1), ("60x30_L", 1), ("160x120_L", 1), ("160x120_RGB", 2)])
+def test_imagemagick_resize_matches_imagemagick(name, tol):
+    """Issue 26: `resize: imagemagick` against `convert in.jpg -resize 64x64! -type TrueColor` (ImageMagick
+    6.9.11-60 Q16, outputs stored in tests/data/imagemagick): Mitchell for enlargements and greyscale JPEGs
+    (which ImageMagick reads as PseudoClass), Lanczos for RGB images that lose area."""
+    data = (IM6 / f"in_{name}.jpg").read_bytes()
+    ref = np.asarray(Image.open(IM6 / f"im6_{name}_64.png").convert("RGB")).astype(int)
+    ours = decode(data, 64, name, resize="imagemagick").transpose(1, 2, 0).astype(int)
+    diff = np.abs(ours - ref)
+    assert diff.max() <= tol and diff.mean() < 0.2, (diff.max(), diff.mean())
+    if name.endswith("_L") or name == "48x40_RGB":  # the filter chosen before (Lanczos / Keys bicubic) is off
+        full = Image.open(io.BytesIO(data)).convert("RGB")
+        before = Image.LANCZOS if name == "160x120_L" else Image.BICUBIC
+        assert np.abs(np.asarray(full.resize((64, 64), before)).astype(int) - ref).mean() > 0.5
 
 
 def test_prep_names_round_trip():
