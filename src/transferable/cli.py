@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,12 @@ def cmd_train(a):
     train_net(split=a.split, net=a.net, manifest=a.manifest, shards_index=a.shards, out_dir=a.out_dir,
               ckpt=a.ckpt, cfg=_with_checkpoint(_json(a.params), a.checkpoint), source_model=a.source_model,
               device=a.device, threads=a.threads, compile_model=bool(a.compile), gpus=a.gpus, mem_mb=a.mem_mb,
-              log=_log)
+              stage_dir=_stage_dir(a), log=_log)
+
+
+def _stage_dir(a) -> str | None:
+    """The rule's resources.stage_dir, else the site's $TRANSFERABLE_STAGE_DIR (a node's local scratch)."""
+    return a.stage_dir or os.environ.get("TRANSFERABLE_STAGE_DIR") or None
 
 
 def cmd_train_group(a):
@@ -96,7 +102,7 @@ def cmd_train_group(a):
                out_dirs={n: f"{a.out_root}/{n}" for n in nets}, ckpt=a.ckpt,
                cfg=_with_checkpoint(_json(a.params), a.checkpoint),
                source_models=sources, device=a.device, threads=a.threads, compile_model=bool(a.compile),
-               gpus=a.gpus, mem_mb=a.mem_mb, log=_log)
+               gpus=a.gpus, mem_mb=a.mem_mb, stage_dir=_stage_dir(a), log=_log)
 
 
 def cmd_runs(a):
@@ -284,6 +290,10 @@ def _training_options(s: argparse.ArgumentParser, ckpt_help: str) -> None:
     s.add_argument("--mem-mb", type=int, default=None,
                    help="memory granted to this job, MB (the rules pass their resources.mem_mb): a bound on what "
                         "it loads into memory, beside the cgroup's and SLURM's limits")
+    s.add_argument("--stage-dir", default="",
+                   help="node-local folder to copy a half too large for the job's memory to, instead of reading "
+                        "it from the shard folder every epoch (resources.stage_dir; empty: $TRANSFERABLE_STAGE_DIR "
+                        "if set, else off)")
     s.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     s.add_argument("--compile", type=int, choices=[0, 1], default=0,
                    help="1: torch.compile each net (GPU: faster after warm-up)")

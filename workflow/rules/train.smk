@@ -35,6 +35,7 @@ rule train:
         train_device=train_device(),
         train_compile=int(RES.get("compile", False)),
         train_checkpoint=train_checkpoint(),
+        train_stage_dir=RES.get("stage_dir", ""),
         gpu=RES.get("train_gpus", 1),
         # a retry resumes from the checkpoint: the same time; more memory only after an out-of-memory end
         mem_mb=lambda w, attempt: attempts.retry_mem_mb(
@@ -51,7 +52,7 @@ rule train:
         "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
         "--shards {input.shards:q} {params.source_flag} {input.source:q} --out-dir {params.out_dir:q} "
         "--ckpt {params.ckpt:q} --device {resources.train_device:q} --gpus {resources.gpu} "
-        "--mem-mb {resources.mem_mb} --threads {threads} "
+        "--mem-mb {resources.mem_mb} --stage-dir={resources.train_stage_dir:q} --threads {threads} "
         "--compile {resources.train_compile:q} --checkpoint {resources.train_checkpoint:q} "
         "--params {params.cfg:q} > {log:q} 2>&1"
 
@@ -93,6 +94,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             train_device=train_device(),
             train_compile=int(RES.get("compile", False)),
             train_checkpoint=train_checkpoint(),
+            train_stage_dir=RES.get("stage_dir", ""),
             gpu=RES.get("train_gpus", 1),
             mem_mb=lambda w, attempt, ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt": attempts.retry_mem_mb(
                 RES.get("train_mem_mb", 4000), attempt, ckpt
@@ -109,6 +111,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
             "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "
             "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
-            "--gpus {resources.gpu} --mem-mb {resources.mem_mb} --threads {threads} "
+            "--gpus {resources.gpu} --mem-mb {resources.mem_mb} --stage-dir={resources.train_stage_dir:q} "
+            "--threads {threads} "
             "--compile {resources.train_compile:q} "
             "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"

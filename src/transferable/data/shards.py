@@ -446,8 +446,9 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
 class Shards:
     """Read access to a shard set: per-class arrays (memory-mapped) and mean images."""
 
-    def __init__(self, index_json: str | os.PathLike):
-        self.root = Path(index_json).parent
+    def __init__(self, index_json: str | os.PathLike, root: str | os.PathLike | None = None):
+        """``root``: where the parts' files are read from, when not beside the index (a staged copy)."""
+        self.root = Path(root) if root is not None else Path(index_json).parent
         with open(index_json) as f:
             self.index = json.load(f)
         self.size = int(self.index["size"])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..data.loader import EvalSet, TrainStream
 from .. import atomic, attempts
+from ..data import staging
 from ..data.shards import Shards
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest, result_train
@@ -79,7 +80,8 @@ def best_k_mean(values, k: int) -> float:
 
 def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir: str, ckpt: str,
               cfg: dict, source_model: str | None = None, device: str = "auto", threads: int = 1,
-              compile_model: bool = False, gpus: int | None = None, mem_mb: int | None = None, log=print) -> dict:
+              compile_model: bool = False, gpus: int | None = None, mem_mb: int | None = None,
+              stage_dir: str | None = None, log=print) -> dict:
     """Train ``net`` of ``split``; write model.pt, history.csv and metrics.json into ``out_dir``.
 
     ``cfg`` holds the ``net``, ``train`` and ``metric`` config sections: everything that changes the
@@ -89,7 +91,8 @@ def train_net(*, split: str, net: str, manifest: str, shards_index: str, out_dir
     return train_nets(split=split, nets=[net], manifest=manifest, shards_index=shards_index,
                       out_dirs={net: out_dir}, ckpt=ckpt, cfg=cfg,
                       source_models={net: source_model} if source_model else {}, device=device,
-                      threads=threads, compile_model=compile_model, gpus=gpus, mem_mb=mem_mb, log=log)[net]
+                      threads=threads, compile_model=compile_model, gpus=gpus, mem_mb=mem_mb, stage_dir=stage_dir,
+                      log=log)[net]
 
 
 class _Member:
@@ -369,7 +372,7 @@ class _StopOnSignal:
 def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str, out_dirs: dict, ckpt: str,
                cfg: dict, source_models: dict | None = None, device: str = "auto", threads: int = 1,
                compile_model: bool = False, ram_limit: float | None = None, gpus: int | None = None,
-               mem_mb: int | None = None, log=print) -> dict:
+               mem_mb: int | None = None, stage_dir: str | None = None, log=print) -> dict:
     """Train several nets of one split and target half together, on ONE stream of batches: each batch is
     read and augmented once, and nets whose frozen layers come from the same source share that frozen
     forward pass (computed once, to the deepest frozen layer, and tapped at each n). With dropout 0 in
@@ -380,18 +383,19 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
     output folder. ``ram_limit`` (bytes) overrides when the images are read from memory-mapped shards
     instead of memory (default: when they take more than a quarter of the memory this job may use,
     ``devices.job_memory``, which ``mem_mb``, the job's own request, bounds). ``gpus``: the GPUs the job
-    was granted (``devices.pick_device``). A checkpoint at ``ckpt`` is resumed only if it was written for
+    was granted (``devices.pick_device``). ``stage_dir``: a node-local folder to copy a half too large for the
+    job's memory to (``data.staging``). A checkpoint at ``ckpt`` is resumed only if it was written for
     this very run (``run_identity``); how the attempt ends is kept beside it (``attempts``). Returns
     {net: metrics}."""
     with attempts.recorded(ckpt, nets=nets, mem_mb=mem_mb, gpus=gpus):
         return _train_nets(split=split, nets=nets, manifest=manifest, shards_index=shards_index,
                            out_dirs=out_dirs, ckpt=ckpt, cfg=cfg, source_models=source_models, device=device,
                            threads=threads, compile_model=compile_model, ram_limit=ram_limit, gpus=gpus,
-                           mem_mb=mem_mb, log=log)
+                           mem_mb=mem_mb, stage_dir=stage_dir, log=log)
 
 
 def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, source_models, device, threads,
-                compile_model, ram_limit, gpus, mem_mb, log) -> dict:
+                compile_model, ram_limit, gpus, mem_mb, stage_dir, log) -> dict:
     t_start = time.time()
     device = pick_device(device, gpus, log=log)  # first: a job that cannot have its GPU fails in a second
     source_models = source_models or {}
@@ -419,6 +423,7 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
         + (f" ({gpus} GPU(s) granted)" if gpus is not None else ""))
     if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
         ram_limit = job_bytes / 4
+    shards, data_plan = staging.prepare(shards, classes, job_bytes, stage_dir, lambda msg: log(f"[{tag}] {msg}"))
     x_train, y_train = shards.load("train", classes, ram_limit)
     val = EvalSet(*shards.load("val", classes, ram_limit), spec.crop, device)  # cropped once, for every evaluation
 
@@ -499,7 +504,8 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     wall = time.time() - t0
     run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
                 "job": {"gpus_granted": gpus, "memory_limit_mb": round(job_bytes / 2**20),
-                        "memory_limit_from": job_bytes_from},
+                        "memory_limit_from": job_bytes_from, "data_policy": data_plan["policy"],
+                        "data_gb": round(data_plan["set_bytes"] / 1e9, 3)},
                 "shards": {"index": str(shards_index), "format": shards.format, "resize": shards.index.get("resize"),
                            "quality": shards.index.get("quality"), "digest": shards.digest}}
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),

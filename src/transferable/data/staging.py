@@ -1,0 +1,109 @@
+"""Where a training job reads its half from, chosen by size: the bytes each choice moves per epoch.
+
+A job holds a set in its own memory when it takes under a quarter of what the job may use
+(``ImageSet``/``JpegSet``: the rest of the job needs the room). A larger set is memory-mapped, and then
+what matters is where the pages come from at every epoch:
+
+- ``memory``: loaded once; per epoch nothing is read from storage.
+- ``page cache``: memory-mapped, and the job's memory holds it in the page cache (charged to the job's
+  cgroup, so it must fit there with room to spare): the first epoch reads it from the shard folder, later
+  epochs from memory.
+- ``stage``: it does not fit the job's memory, but a node-local folder (``resources.stage_dir``, e.g. a
+  local NVMe scratch) has room: its files are copied there once (the set's bytes from the shard folder,
+  once per node: a staged copy is reused by later jobs), and every epoch reads the set from the local disk.
+- ``shared storage``: neither: every epoch reads the whole set from the shard folder again (the 1,000-class
+  ``all`` set, 252 GB raw, in a 160 GB job: 252 GB per epoch). The job says so, with what would avoid it.
+
+``preprocess.format: jpeg`` makes the set about 6x smaller (33 KB instead of 196 KB per 256 px image), which
+moves a set from ``shared storage`` or ``stage`` to ``page cache`` or ``memory``: a choice made when the
+shards are written, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .shards import Shards
+
+# room kept free in the job's memory beside a page-cached set: the process, its buffers, the nets
+RESERVE_FRACTION, RESERVE_MAX = 0.10, 8 << 30
+
+
+def class_files(shards: Shards, classes: list[int]) -> list[Path]:
+    """Every file a training job reads for ``classes``: images of both subsets and the mean-image sums."""
+    if shards.format == "jpeg":
+        names = [("train", ".jpeg.npy"), ("train", ".offsets.npy"), ("val", ".jpeg.npy"), ("val", ".offsets.npy")]
+    else:
+        names = [("train", ".npy"), ("val", ".npy")]
+    return [shards._file(what, c, suffix) for c in classes for what, suffix in names + [("sum", ".npy")]]
+
+
+def choose(set_bytes: int, job_bytes: int, stage_free: int | None) -> dict:
+    """The policy for a set of ``set_bytes`` in a job that may use ``job_bytes``, with ``stage_free`` bytes
+    free in the stage folder (None: no stage folder). Returns the choice and the bytes it moves."""
+    reserve = min(RESERVE_MAX, RESERVE_FRACTION * job_bytes)
+    if set_bytes <= job_bytes / 4:
+        return {"policy": "memory", "shared_bytes_per_epoch": 0, "local_bytes_per_epoch": 0, "once": set_bytes}
+    if set_bytes <= job_bytes - reserve:
+        return {"policy": "page cache", "shared_bytes_per_epoch": 0, "local_bytes_per_epoch": 0, "once": set_bytes}
+    if stage_free is not None and set_bytes <= stage_free:
+        return {"policy": "stage", "shared_bytes_per_epoch": 0, "local_bytes_per_epoch": set_bytes, "once": set_bytes}
+    return {"policy": "shared storage", "shared_bytes_per_epoch": set_bytes, "local_bytes_per_epoch": 0,
+            "once": 0}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str | None, log=print) -> tuple[Shards, dict]:
+    """The shard set to read this half from (the original, or a staged copy) and the policy, logged."""
+    files = class_files(shards, classes)
+    set_bytes = sum(f.stat().st_size for f in files)
+    stage_root = Path(stage_dir) / f"transferable-shards-{shards.digest[:16]}" if stage_dir else None
+    stage_free = None
+    if stage_root is not None:
+        Path(stage_dir).mkdir(parents=True, exist_ok=True)
+        staged = sum(_staged(stage_root, shards, f).stat().st_size for f in files if _staged(stage_root, shards, f).exists())
+        stage_free = shutil.disk_usage(stage_dir).free + staged
+    plan = choose(set_bytes, job_bytes, stage_free)
+    plan.update(set_bytes=set_bytes, job_bytes=job_bytes, stage_dir=str(stage_root) if stage_root else None)
+    msg = f"data: {_gb(set_bytes)} for {len(classes)} classes, job memory {_gb(job_bytes)} -> {plan['policy']}"
+    if plan["policy"] == "stage":
+        copied = _stage(shards, files, stage_root)
+        log(f"{msg}: {_gb(copied)} copied to {stage_root} ({_gb(set_bytes - copied)} there already); every epoch "
+            f"reads {_gb(set_bytes)} from that local disk")
+        return Shards(shards.root / "index.json", root=stage_root), plan
+    if plan["policy"] == "shared storage":
+        log(f"{msg}: every epoch reads {_gb(set_bytes)} from {shards.root} again. To avoid it: more memory "
+            f"(resources.train_mem_mb >= {set_bytes / 0.9 / 2**20:.0f}), a node-local resources.stage_dir with "
+            f"{_gb(set_bytes)} free{'' if stage_root is None else f' ({_gb(stage_free)} free in {stage_dir})'}, "
+            "or preprocess.format: jpeg")
+    else:
+        log(f"{msg}: {_gb(set_bytes)} read once from {shards.root}, then from memory")
+    return shards, plan
+
+
+def _staged(stage_root: Path, shards: Shards, f: Path) -> Path:
+    return stage_root / f.relative_to(shards.root)
+
+
+def _stage(shards: Shards, files: list[Path], stage_root: Path) -> int:
+    """Copy the files not yet staged (same size), each to a temporary name, then renamed: two jobs of a node
+    staging at once, or a job killed mid-copy, never leave a partial file under the final name."""
+    copied = 0
+    for f in files:
+        dest = _staged(stage_root, shards, f)
+        if dest.exists() and dest.stat().st_size == f.stat().st_size:
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        try:
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        copied += f.stat().st_size
+    return copied
