@@ -57,8 +57,8 @@ class Synset:
 
 # ----------------------------------------------------------------------------------------------- devkit
 def _safe_member(name: str, archive: Path) -> str:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or name.startswith("\\"):
+    # what PurePosixPath(name).is_absolute() or ".." in .parts says, at string speed (called per image)
+    if name.startswith(("/", "\\")) or ".." in name.split("/"):
         raise IngestError(f"{archive}: refusing member with an unsafe path {name!r}")
     return name
 

@@ -58,7 +58,8 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str | None, log=print) -> tuple[Shards, dict]:
+def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str | None,
+            log=print) -> tuple[Shards, dict]:
     """The shard set to read this half from (the original, or a staged copy) and the policy, logged."""
     files = class_files(shards, classes)
     set_bytes = sum(f.stat().st_size for f in files)
@@ -66,7 +67,8 @@ def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str |
     stage_free = None
     if stage_root is not None:
         Path(stage_dir).mkdir(parents=True, exist_ok=True)
-        staged = sum(_staged(stage_root, shards, f).stat().st_size for f in files if _staged(stage_root, shards, f).exists())
+        there = [_staged(stage_root, shards, f) for f in files]
+        staged = sum(f.stat().st_size for f in there if f.exists())  # reused: counts as free room
         stage_free = shutil.disk_usage(stage_dir).free + staged
     plan = choose(set_bytes, job_bytes, stage_free)
     plan.update(set_bytes=set_bytes, job_bytes=job_bytes, stage_dir=str(stage_root) if stage_root else None)
