@@ -217,6 +217,33 @@ def test_slurm_site_settings_reach_the_jobs(workdir, clean_env):
         assert res.get("gpu_model") == ("a100" if rule == "train" else None), rule
 
 
+@pytest.mark.subprocess
+def test_shared_stream_jobs_get_what_the_profile_gives_train(workdir, clean_env):
+    """resources.shared_stream trains each half's nets in one job of a rule named train_together_<split>_<half>,
+    which the profile cannot name: it must still get the GPU partition and model, --cpus-per-gpu and the
+    SIGTERM before its time limit (without it a timed-out group loses everything since its last
+    checkpoint), and keep its own time (its nets' times added up)."""
+    env = snakemake_env(TRANSFERABLE_SLURM_GPU_PARTITION="gpu-a100", TRANSFERABLE_SLURM_GPU_MODEL="a100")
+    cfg = ["--configfile", "configs/micro.yaml", "--config", "resources={train_gpus: 1, shared_stream: true}"]
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", *cfg], workdir, env)
+    assert rc == 0, out
+    jobs = dry_run_jobs(out)
+    together = [(r, res) for r, res in jobs if r.startswith("train_together_")]
+    assert len(together) == 4 and sum(r == "train" for r, _ in jobs) == 5, sorted(r for r, _ in jobs)  # 5 base nets
+    for rule, res in together + [(r, res) for r, res in jobs if r == "train"]:
+        assert res["cpus_per_gpu"] == "1" and res["slurm_extra"] == "--signal=TERM@120 --open-mode=append", rule
+        assert res["slurm_partition"] == "gpu-a100" and res["gpu_model"] == "a100" and res["gpu"] == "1", rule
+    runtimes = sorted(int(res["runtime"]) for _, res in together)
+    assert runtimes == [10, 10, 10, 40], runtimes  # micro: 10 min per net; rand0's half B group has 4 nets
+    # a setting given for the group's own rule wins over the one inherited from train (--set-resources on the
+    # command line replaces the profile's whole set-resources)
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", *cfg, "--set-resources", "train:cpus_per_gpu=2",
+                         "train_together_rand0_B:cpus_per_gpu=3"], workdir, env)
+    assert rc == 0, out
+    got = {r: res for r, res in dry_run_jobs(out)}
+    assert got["train_together_rand0_B"]["cpus_per_gpu"] == "3" and got["train_together_natman_A"]["cpus_per_gpu"] == "2"
+
+
 def test_cluster_scripts_are_valid_bash():
     for script in ("start.sh", "stop.sh"):
         path = ROOT / "tests" / "cluster" / script

@@ -5,6 +5,7 @@ import json
 import shlex
 import sys
 
+from snakemake.resources import Resources
 from snakemake.settings.types import DeploymentMethod
 
 from transferable import attempts, paths, plan, provenance
@@ -149,6 +150,19 @@ def train_checkpoint():
     because when a run is saved changes no result (provenance.RESULT_NEUTRAL_TRAIN)."""
     t = config["train"]
     return f"{int(t.get('checkpoint_every', 10000))}:{float(t.get('checkpoint_minutes', 0))}"
+
+
+def inherit_train_settings(name):
+    """The resources a profile or --set-resources gives `train` also go to the shared-stream job ``name``,
+    which a profile cannot name (the names depend on the configuration); in profiles/slurm, --cpus-per-gpu,
+    the SIGTERM before the time limit, the GPU partition, account and model. The time is not inherited (a
+    group's is its nets' times added up), and settings given for ``name`` itself win."""
+    given = workflow.resource_settings.overwrite_resources
+    if "train" in given and name not in given:
+        inherited = Resources.from_mapping(given["train"])
+        workflow.get_rule(name).resources.update(
+            Resources({k: v for k, v in inherited.items() if k != "runtime"})
+        )
 
 
 def manifest_of(wildcards):

@@ -115,3 +115,5 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "--threads {threads} "
             "--compile {resources.train_compile:q} "
             "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"
+
+    inherit_train_settings(f"train_together_{_split.replace('.', '__')}_{_target}")
