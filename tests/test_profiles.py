@@ -207,7 +207,9 @@ def test_slurm_site_settings(clean_env):
 def test_slurm_site_settings_reach_the_jobs(workdir, clean_env):
     env = snakemake_env(TRANSFERABLE_SLURM_ACCOUNT="proj123", TRANSFERABLE_SLURM_GPU_PARTITION="gpu-a100",
                         TRANSFERABLE_SLURM_GPU_MODEL="a100")
-    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml"], workdir, env)
+    gpu = ["--config", "resources={train_gpus: 1}"]  # micro's nets train on the CPU; here they ask for a GPU
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml", *gpu], workdir,
+                        env)
     assert rc == 0, out
     for rule, res in dry_run_jobs(out):
         if rule == "all":
@@ -215,6 +217,11 @@ def test_slurm_site_settings_reach_the_jobs(workdir, clean_env):
         assert res["slurm_account"] == "proj123"
         assert res.get("slurm_partition") == ("gpu-a100" if rule == "train" else None), rule
         assert res.get("gpu_model") == ("a100" if rule == "train" else None), rule
+    # jobs that ask for no GPU get no GPU model: the executor would send sbatch --gpus=a100:0
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml"], workdir, env)
+    assert rc == 0, out
+    train = [res for rule, res in dry_run_jobs(out) if rule == "train"]
+    assert len(train) == 12 and all(res["gpu"] == "0" and "gpu_model" not in res for res in train), train[0]
 
 
 @pytest.mark.subprocess

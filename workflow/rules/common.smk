@@ -152,17 +152,22 @@ def train_checkpoint():
     return f"{int(t.get('checkpoint_every', 10000))}:{float(t.get('checkpoint_minutes', 0))}"
 
 
-def inherit_train_settings(name):
+def train_site_settings(name):
     """The resources a profile or --set-resources gives `train` also go to the shared-stream job ``name``,
     which a profile cannot name (the names depend on the configuration); in profiles/slurm, --cpus-per-gpu,
     the SIGTERM before the time limit, the GPU partition, account and model. The time is not inherited (a
-    group's is its nets' times added up), and settings given for ``name`` itself win."""
+    group's is its nets' times added up), and settings given for ``name`` itself win. A site's GPU model is
+    dropped where the jobs ask for no GPU (resources.train_gpus: 0): the SLURM executor would send
+    --gpus=<model>:0."""
     given = workflow.resource_settings.overwrite_resources
-    if "train" in given and name not in given:
+    job_rule = workflow.get_rule(name)
+    if name != "train" and "train" in given and name not in given:
         inherited = Resources.from_mapping(given["train"])
-        workflow.get_rule(name).resources.update(
+        job_rule.resources.update(
             Resources({k: v for k, v in inherited.items() if k != "runtime"})
         )
+    if RES.get("train_gpus", 1) == 0 and job_rule.resources.get("gpu_model"):
+        job_rule.resources.update(Resources.from_mapping({"gpu_model": None}))
 
 
 def manifest_of(wildcards):

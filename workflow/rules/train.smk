@@ -57,6 +57,8 @@ rule train:
         "--params {params.cfg:q} > {log:q} 2>&1"
 
 
+train_site_settings("train")
+
 # resources.shared_stream: the non-base nets of each (split, target half) train in ONE job that reads
 # and augments every batch once and shares frozen forward passes (identical results without dropout in
 # the frozen layers; see README "Performance").
@@ -116,4 +118,4 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             "--compile {resources.train_compile:q} "
             "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"
 
-    inherit_train_settings(f"train_together_{_split.replace('.', '__')}_{_target}")
+    train_site_settings(f"train_together_{_split.replace('.', '__')}_{_target}")
