@@ -19,7 +19,7 @@ from conftest import ROOT, VENV_BIN
 SLURM = ROOT / "profiles" / "slurm" / "config.yaml"
 LOCAL = ROOT / "profiles" / "local" / "config.yaml"
 SITE_VARS = ("ACCOUNT", "PARTITION", "GPU_PARTITION", "GPU_MODEL", "GPU_CONSTRAINT", "QOS", "STATUS_COMMAND")
-CPU_RULES = {"demo_data", "ingest", "shard_part", "shard_index", "split_manifest",
+CPU_RULES = {"demo_data", "raw_identity", "ingest", "shard_part", "shard_index", "split_manifest",
              "runs_table", "fig2", "fig3", "table1", "paper_comparison", "effects", "claims_figure",
              "training_curves", "table_html", "similarity", "similarity_figure"}
 # Requests the configuration sets (resources.*): the profile leaves them to it.
@@ -142,7 +142,7 @@ def test_slurm_profile_requests(workdir, clean_env):
                         snakemake_env())
     assert rc == 0, out
     jobs = dry_run_jobs(out)
-    assert {r for r, _ in jobs} == CPU_RULES | {"train", "all"}
+    assert {r for r, _ in jobs} == CPU_RULES - {"raw_identity"} | {"train", "all"}  # demo data: no folder root
     assert sum(r == "train" for r, _ in jobs) == 12
     for rule, res in jobs:
         if rule == "all":

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import copy_workflow, run_snakemake
+from conftest import VENV_BIN, copy_workflow, run_snakemake
 from test_workflow import planned
 
 AGGREGATES = {"runs_table": 1, "fig2": 1, "fig3": 1, "table1": 1, "paper_comparison": 1, "effects": 1,
@@ -145,7 +145,7 @@ def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
     assert plan() == {}
     os.utime(root / "train/cat/0.png")  # touched, same content
     assert plan() == {}
-    downstream = {"ingest": 1, "shard_part": 2, "shard_index": 1}
+    downstream = {"raw_identity": 1, "ingest": 1, "shard_part": 2, "shard_index": 1}
     for j in range(3, 7):  # 4 images added
         Image.new("RGB", (24, 24), (9, 9, j)).save(root / "train/cat" / f"{j}.png")
     assert plan() == downstream
@@ -162,6 +162,54 @@ def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
     run_snakemake(target, wd)
     images = (wd / "results/ingest/images.csv").read_text()
     assert "val/eel/2.png" not in images and images.count("/train/cat/") == 7
+
+
+@pytest.mark.slow
+def test_a_plan_made_while_ingest_runs_changes_nothing_it_consumed(tmp_path):
+    """Issue 27, case 1: a dry run while ingest is running (and after an image was added) must not write what
+    ingest consumes; the next run must see the change and ingest again. Ingest is held at its start by a
+    test hook, so the interleaving is deterministic."""
+    import subprocess
+    import time
+
+    from PIL import Image
+
+    (tmp_path / "wf").mkdir()
+    wd = copy_workflow(tmp_path / "wf")
+    root = tmp_path / "data"
+    _folder_dataset(root)
+    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
+    cfg["data"] = {"source": "path", "root": str(root)}
+    (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
+    target = ["results/ingest/catalog.csv", "--cores", "1", "--configfile", "configs/folder.yaml"]
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = dict(os.environ, TRANSFERABLE_TEST_HOLD_INGEST=str(hold), PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.Popen([str(VENV_BIN / "snakemake"), *target], cwd=wd, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "hold.waiting").exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "hold.waiting").exists(), run.communicate()[0][-3000:]
+    identity = sorted((wd / "results/ingest/raw").glob("*.sha256"))
+    assert len(identity) == 1
+    before = {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*") if p.is_file()}
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(root / "train/cat/added.png")
+    proc = run_snakemake(["-n", *target], wd)  # a plan while ingest runs, the data changed
+    assert "raw_identity" in proc.stdout and "ingest" in proc.stdout
+    after = {p: p.stat().st_mtime_ns for p in (wd / "results").rglob("*") if p.is_file()}
+    cache = wd / "results/ingest/raw/.raw_files.cache.json"  # read and written by plans only
+    assert {p: t for p, t in after.items() if p != cache} == {p: t for p, t in before.items() if p != cache}
+    hold.unlink()
+    out = run.communicate(timeout=240)[0]
+    assert run.returncode == 0, out[-3000:]
+    # ingest read the data as they were when it ran; the identity it consumed is the planned one, so the
+    # next run sees the change and ingests again
+    assert planned(run_snakemake(["-n", *target], wd)) == {"raw_identity": 1, "ingest": 1}
+    run_snakemake(target, wd)
+    assert planned(run_snakemake(["-n", *target], wd)) == {}
+    assert "added.png" in (wd / "results/ingest/images.csv").read_text()
+    assert [p.name for p in (wd / "results/ingest/raw").glob("*.sha256")] != [p.name for p in identity]
 
 
 @pytest.mark.slow

@@ -37,12 +37,24 @@ def cmd_ingest(a):
     from . import atomic
     from .data.ilsvrc import ingest
 
+    hold = os.environ.get("TRANSFERABLE_TEST_HOLD_INGEST")  # tests only: a window in which ingest runs
+    if hold:
+        Path(hold + ".waiting").touch()
+        while os.path.exists(hold):
+            time.sleep(0.05)
     t = time.time()
     cat, images = ingest(a.root, a.format, log=_log)
     atomic.write_text(a.images, images.to_csv(index=False))
     atomic.write_text(a.catalog, cat.to_csv(index=False))
     _log(f"ingested {a.root}: {len(cat)} classes, {int((images.subset == 'train').sum())} train and "
          f"{int((images.subset == 'val').sum())} val images in {time.time() - t:.1f} s")
+
+
+def cmd_raw_identity(a):
+    from .data import rawfiles
+
+    rawfiles.write_identity(a.root, a.out, a.digest, a.cache, a.format, log=_log)
+    _log(f"{a.root}: {Path(a.out).read_text().strip()}")
 
 
 def cmd_split_manifest(a):
@@ -331,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--catalog", required=True, help="output: class catalog CSV")
     s.add_argument("--images", required=True, help="output: image index CSV")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("raw-identity", help="write the identity file of a tree/folder data root, named by the "
+                                            "digest the plan computed, if its files still give that digest")
+    s.add_argument("--root", required=True, help="data root: an extracted tree or an image-folder tree")
+    s.add_argument("--format", default="auto", choices=["auto", "tree", "folder"],
+                   help="layout of the root (auto: detected)")
+    s.add_argument("--cache", required=True, help="the digest's stat cache (results/ingest/raw/.raw_files.cache.json)")
+    s.add_argument("--digest", required=True, help="the digest the plan computed (the output's name)")
+    s.add_argument("--out", required=True, help="output: results/ingest/raw/<digest>.sha256")
+    s.set_defaults(func=cmd_raw_identity)
 
     s = sub.add_parser("split", help="class splits")
     ss = s.add_subparsers(dest="how", required=True, help="random: the authors' halves; manifest: one configured split")

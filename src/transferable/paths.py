@@ -2,7 +2,7 @@
 
     results/demo_data/                         the generated demo dataset (official ILSVRC2012 files)
     results/ingest/{catalog,images}.csv        class catalog and image index of the raw data
-    results/ingest/raw_files.sha256            content digest of a tree/folder data root (rerun trigger)
+    results/ingest/raw/<digest>.sha256         named by the content digest of a tree/folder data root (rerun trigger)
     results/splits/{split}.json                class-split manifest: halves -> original class indices
     results/shards/{prep}/part{k}/             preprocessed uint8 arrays, one file per class and subset
     results/shards/{prep}/index.json           which part holds which class; counts; rejects
@@ -196,9 +196,15 @@ def images() -> str:
     return f"{RESULTS}/ingest/images.csv"
 
 
-def raw_fingerprint() -> str:
-    """The content digest of an image-folder or extracted-tree data root (data/rawfiles.py)."""
-    return f"{RESULTS}/ingest/raw_files.sha256"
+def raw_identity(digest: str) -> str:
+    """The file named by the content digest of an image-folder or extracted-tree data root: an input of
+    ingest, so that a change of the data's content reruns it (data/rawfiles.py)."""
+    return f"{RESULTS}/ingest/raw/{digest}.sha256"
+
+
+def raw_cache() -> str:
+    """The stat cache of that digest (read and written while planning; no job reads it)."""
+    return f"{RESULTS}/ingest/raw/.raw_files.cache.json"
 
 
 def split_manifest(split: str) -> str:

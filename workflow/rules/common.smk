@@ -1,6 +1,7 @@
 # Config validation, the experiment plan and input functions. Pure path and plan logic lives in
 # src/transferable/{paths,plan}.py, where unit tests call it.
 import functools
+import glob
 import json
 import shlex
 import sys
@@ -186,39 +187,32 @@ def source_model(wildcards):
 
 def ingest_inputs(wildcards):
     """The raw files ingest reads, so that a replaced archive reruns everything after it; for an extracted
-    tree or an image folder, the digest of its files' content (RAW_FINGERPRINT)."""
+    tree or an image folder, the file named by the digest of its files' content (raw_identity_file).
+    """
     if config["data"]["source"] == "demo":
         return paths.demo_files()
     root = config["data"]["root"]
     official = [os.path.join(root, f) for f in paths.DEMO_FILES]
-    return [f for f in official if os.path.isfile(f)] + (
-        [paths.raw_fingerprint()] if RAW_FINGERPRINT else []
-    )
+    identity = raw_identity_file()
+    return [f for f in official if os.path.isfile(f)] + ([identity] if identity else [])
 
 
-def _fingerprint_data_root():
-    """Computed while the workflow is planned (by the main Snakemake process only; a job's own parse
-    never does it) and rewritten only when a file ingest reads was added, removed or changed.
-    """
+@functools.cache
+def raw_identity_file():
+    """results/ingest/raw/<digest>.sha256 for a tree/folder data root (None otherwise), the digest computed
+    while planning, by the main Snakemake process only, writing nothing a job reads (data/rawfiles.py); a
+    job's own parse reuses the one identity file there (rule raw_identity keeps one)."""
     if config["data"]["source"] != "path":
-        return False
+        return None
     from transferable.data import rawfiles
 
     if not workflow.is_main_process:
-        return os.path.isfile(paths.raw_fingerprint())
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
-    changed = rawfiles.fingerprint(
+        found = sorted(glob.glob(paths.raw_identity("*")))
+        return found[0] if found else None
+    got = rawfiles.digest(
         config["data"]["root"],
-        paths.raw_fingerprint(),
+        paths.raw_cache(),
         config["data"].get("format", "auto"),
-        log=log,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
-    if changed:
-        log(
-            f"{config['data']['root']}: its files changed since the last ingest (or were never fingerprinted): "
-            f"{paths.raw_fingerprint()} rewritten"
-        )
-    return changed is not None
-
-
-RAW_FINGERPRINT = _fingerprint_data_root()
+    return paths.raw_identity(got[0]) if got else None

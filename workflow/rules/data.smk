@@ -23,6 +23,28 @@ rule demo_data:
         "transferable demo-data --out {params.out:q} --params {params.demo:q} > {log:q} 2>&1"
 
 
+rule raw_identity:
+    output:
+        paths.raw_identity("{digest}"),
+    log:
+        paths.log(paths.raw_identity("{digest}")),
+    wildcard_constraints:
+        digest="[0-9a-f]{64}",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        root=data_root(),
+        fmt=config["data"].get("format", "auto"),
+        cache=paths.raw_cache(),
+    shell:
+        "transferable raw-identity --root {params.root:q} --format {params.fmt:q} --cache {params.cache:q} "
+        "--digest {wildcards.digest:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule ingest:
     input:
         raw=ingest_inputs,
