@@ -200,3 +200,29 @@ def test_unit_network_configs_pass(arch):
         c["train"]["optimizer"] = "adamw" if arch.startswith("vit") else "sgd"
         c["experiment"]["random_splits"]["layers"] = [1, len(paths.unit_names(c["net"]))]
     assert _check(_edit(edit)) is None
+
+
+def test_null_and_yaml_1_1_values_behave_as_documented():
+    """Issue 27, case 5: `experiment.similarity: null` (the schema: "null or absent: off") is off, from a
+    file and from --config; `lr: 1e-2` (a string to YAML 1.1) is a number; NaN and infinity are refused
+    (NaN passes every JSON Schema bound)."""
+    cfg = copy.deepcopy(MICRO)
+    cfg["experiment"]["similarity"] = None  # as a config file gives it
+    plan.check_config(cfg, SCHEMA)
+    assert "similarity" not in cfg["experiment"]
+    cfg = copy.deepcopy(MICRO)
+    over = {"experiment": {"similarity": "null"}, "train": {"lr": "1e-2", "max_iter": "2E1"}}
+    cfg["experiment"]["similarity"], cfg["train"]["lr"], cfg["train"]["max_iter"] = "null", "1e-2", "2E1"
+    plan.check_config(cfg, SCHEMA, overrides=over)  # as --config gives it
+    assert "similarity" not in cfg["experiment"] and cfg["train"]["lr"] == 0.01 and cfg["train"]["max_iter"] == 20
+    file_cfg = _edit(lambda c: c["train"].update(lr="1e-2"))  # PyYAML reads `lr: 1e-2` in a file as a string
+    assert _check(file_cfg) is None
+    for bad in (float("nan"), float("inf")):
+        msg = _check(_edit(lambda c: c["train"].update(lr=bad)))
+        assert msg is not None and "train.lr" in msg and "finite" in msg, msg
+    # only where the schema expects a number: a family name that looks like one stays a name
+    cfg = _edit(lambda c: c["splits"].update(nm={"kind": "ranges", "halves": {
+        "A": {"family": "1e5", "ranges": "0-1"}, "B": {"family": "2E3", "ranges": "2-3"}}}))
+    over = {"splits": {"nm": copy.deepcopy(cfg["splits"]["nm"])}}
+    plan.check_config(cfg, SCHEMA, overrides=over)
+    assert [cfg["splits"]["nm"]["halves"][h]["family"] for h in "AB"] == ["1e5", "2E3"]

@@ -6,6 +6,8 @@ only the nets drawn in it (Figure 2 never plans a natural/man-made net, Figure 3
 
 from __future__ import annotations
 
+import re
+
 import functools
 
 from dataclasses import dataclass
@@ -196,7 +198,36 @@ def _typed(v: str):
         return v
     if isinstance(t, bool) and v.strip().lower() not in ("true", "false"):
         return v
+    if t is None and v.strip() in ("null", "~"):
+        return None
     return t if isinstance(t, (int, float, bool, list)) else v
+
+
+# what YAML 1.2 reads as a number and PyYAML (YAML 1.1: a dot required) leaves a string: 1e-2, 5E3
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _as_documented(cfg: dict, schema: dict) -> None:
+    """Values as the schema documents them, before it is checked: a null where the schema allows null and
+    has no default means the key is absent (``experiment.similarity: null``: off), and a number written
+    with an exponent and no dot (``lr: 1e-2``, a string to YAML 1.1) is a number where one is expected."""
+    for key, sub in (schema.get("properties") or {}).items():
+        if key not in cfg:
+            continue
+        types = sub.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        v = cfg[key]
+        if v is None and "null" in types and "default" not in sub:
+            del cfg[key]
+        elif isinstance(v, str) and {"number", "integer"} & set(types) and _EXPONENT_FLOAT.match(v.strip()):
+            cfg[key] = float(v) if "number" in types or not float(v).is_integer() else int(float(v))
+        elif isinstance(v, dict):
+            _as_documented(v, sub)
+            for pattern in (sub.get("additionalProperties"), *(sub.get("patternProperties") or {}).values()):
+                if isinstance(pattern, dict) and pattern.get("properties"):
+                    for item in v.values():
+                        if isinstance(item, dict):
+                            _as_documented(item, pattern)
 
 
 def retype_overrides(cfg: dict, overrides: dict | None) -> None:
@@ -226,7 +257,11 @@ def check_config(cfg: dict, schema: str, overrides: dict | None = None) -> None:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    import yaml
+
     retype_overrides(cfg, overrides)
+    with open(schema) as f:
+        _as_documented(cfg, yaml.safe_load(f))
     try:
         validate(cfg, schema)  # and fills the schema's defaults
     except WorkflowError as e:  # its message prints the whole schema: name the key instead
@@ -257,6 +292,19 @@ def _schema_message(err) -> str:
     return f"{where}: {err.message}"
 
 
+def _check_finite(cfg: dict, where: str = "") -> None:
+    """NaN passes every JSON Schema bound (each comparison is false) and infinity passes a minimum: refuse
+    both anywhere in the config (``train.lr: .nan`` would end in a FloatingPointError after the data)."""
+    import math
+
+    for k, v in cfg.items():
+        key = f"{where}{k}"
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}: {v} is not a finite number")
+        if isinstance(v, dict):
+            _check_finite(v, key + ".")
+
+
 def check(cfg: dict, num_classes: int | None = None) -> None:
     """Semantic checks the JSON Schema cannot express. Raises ConfigError naming the key.
     ``num_classes``, when known before ingest runs, bounds class ranges."""
@@ -278,6 +326,7 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
                                   f"the dataset has {num_classes}")
             if spec["kind"] == "all" and num_classes < 2:
                 raise ConfigError(f"splits.{name}: kind 'all' needs at least 2 classes, the dataset has {num_classes}")
+    _check_finite(cfg)
     for name, spec in splits.items():
         if spec["kind"] in ("ranges", "ancestors"):
             halves = spec.get("halves") or {}
