@@ -139,7 +139,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         job = m["provenance"]["job"]
         assert {k: job[k] for k in ("gpus_granted", "memory_limit_mb", "memory_limit_from")} == {
             "gpus_granted": 1, "memory_limit_mb": 1000, "memory_limit_from": "the job's mem_mb (1000)"}, job
-        assert job["data_policy"] == "memory" and 0 < job["data_mb"] < 250, job  # a micro half: in memory
+        assert job["data_policy"] == "memory" and 0 < job["data_bytes"] < 250 << 20, job  # a micro half: in memory
 
     calls = _sbatch_calls(micro.out)
     train = {c: lines for c, lines in calls.items() if c.startswith("rule_train_wildcards_")}

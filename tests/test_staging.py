@@ -54,7 +54,7 @@ def test_a_half_too_large_for_the_job_is_staged_and_trains_the_same(prepared, tm
     assert "copied to" in said and "every epoch reads" in said
     staged = list(stage.glob("transferable-shards-*/**/*.npy"))
     assert staged and all(f.stat().st_size > 0 for f in staged)
-    assert got["provenance"]["job"]["data_policy"] == "stage"
+    assert got["provenance"]["job"]["data_policy"] == "stage" and got["provenance"]["job"]["data_bytes"] > 0
     for key in ("top1", "top1_final", "top5"):
         assert got[key] == ref[key]
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["state_dict"]

@@ -505,7 +505,7 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
                 "job": {"gpus_granted": gpus, "memory_limit_mb": round(job_bytes / 2**20),
                         "memory_limit_from": job_bytes_from, "data_policy": data_plan["policy"],
-                        "data_mb": round(data_plan["set_bytes"] / 2**20, 1)},
+                        "data_bytes": int(data_plan["set_bytes"])},
                 "shards": {"index": str(shards_index), "format": shards.format, "resize": shards.index.get("resize"),
                            "quality": shards.index.get("quality"), "digest": shards.digest}}
     results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
