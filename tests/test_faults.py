@@ -18,7 +18,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from transferable import attempts
+from transferable import advice, attempts
 from transferable.data import demo
 from transferable.data.ilsvrc import IngestError, ingest
 from transferable.data.shards import write_index, write_part
@@ -378,7 +378,7 @@ def test_damaged_checkpoint_is_set_aside_and_training_restarts(prepared, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["garbage", "zero bytes", "not a model"])
-def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path, damage, capsys):
+def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path, damage, capsys, monkeypatch):
     src = tmp_path / "nets/rand0/baseA/model.pt"
     src.parent.mkdir(parents=True)
     if damage == "not a model":
@@ -390,7 +390,11 @@ def test_damaged_source_model_names_the_file_and_the_rebuild(prepared, tmp_path,
     cmd = _train_cmd(prepared, tmp_path / "o", tmp_path / "ckpt.pt", _cfg(max_iter=4), net="A1B")
     rc = main([*cmd[3:], "--source-model", str(src)])  # the CLI in-process: its error handling, no traceback
     err = capsys.readouterr().err
-    assert rc == 1 and str(src) in err and f"snakemake --cores all --force {src}" in err
+    # run by hand, outside the pipeline: the advised command has a placeholder for the run's configuration
+    assert rc == 1 and str(src) in err and f"{advice.PLACEHOLDER} --force {src}" in err
+    monkeypatch.setenv(advice.ENV, "snakemake --cores all --configfile configs/mine.yaml")  # as a job has it
+    assert main([*cmd[3:], "--source-model", str(src)]) == 1
+    assert f"snakemake --cores all --configfile configs/mine.yaml --force {src}" in capsys.readouterr().err
 
 
 def test_model_file_carries_its_spec_and_config(prepared, tmp_path):

@@ -1,6 +1,7 @@
 """Reruns redo exactly what a change invalidated (read from dry-run job lists after a full micro run)."""
 
 import os
+import shlex
 import shutil
 
 import pytest
@@ -210,6 +211,30 @@ def test_a_plan_made_while_ingest_runs_changes_nothing_it_consumed(tmp_path):
     assert planned(run_snakemake(["-n", *target], wd)) == {}
     assert "added.png" in (wd / "results/ingest/images.csv").read_text()
     assert [p.name for p in (wd / "results/ingest/raw").glob("*.sha256")] != [p.name for p in identity]
+
+
+@pytest.mark.slow
+def test_the_advised_rebuild_command_cannot_switch_the_run_to_another_config(done, tmp_path):
+    """Issue 27, case 3: a damaged source model's message says how to rebuild it; run as printed on a run made
+    with another config (micro.yaml here, with a --config override), it must replan that net only, not the
+    default config's demo data, catalog, shards and nets."""
+    import re
+
+    clone = tmp_path / "clone"
+    shutil.copytree(done, clone, symlinks=True)
+    over = ["--config", "resources={train_threads: 1}"]  # micro's own value: an override that changes nothing
+    src = "results/nets/rand0/baseA/model.pt"
+    (clone / src).write_bytes(b"damaged")
+    dependent = "results/nets/rand0/A1B/metrics.json"
+    proc = run_snakemake(["--cores", "1", "--configfile", "configs/micro.yaml", *over, "--force", dependent], clone,
+                         check=False)
+    assert proc.returncode != 0
+    log = (clone / "logs/nets/rand0/A1B.log").read_text()
+    advised = re.search(r"with: (snakemake .*)$", log, re.M).group(1)
+    assert "micro.yaml" in advised and "train_threads" in advised, advised
+    args = shlex.split(advised)
+    assert args[:3] == ["snakemake", "--cores", "all"]
+    assert planned(run_snakemake(["-n", *args[1:]], clone)) == {"train": 1}, advised
 
 
 @pytest.mark.slow

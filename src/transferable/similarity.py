@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import advice
 from .paths import LAYER_NAMES
 
 
@@ -135,7 +136,7 @@ def load_net(path: str):
         cfg = json.loads(m["config"])
     except Exception as e:  # noqa: BLE001 - any damage: name the file
         raise RuntimeError(f"{path}: not a model.pt of this version of transferable ({type(e).__name__}: {e}); "
-                           f"rebuild it with: snakemake --cores all --force {path}") from e
+                           f"rebuild it with: {advice.snakemake_command('--force', path)}") from e
     net = CaffeNet(spec_from_config(cfg["net"], int(m["outputs"])))
     net.load_state_dict(m["state_dict"])
     net.eval()

@@ -9,7 +9,7 @@ import sys
 from snakemake.resources import Resources
 from snakemake.settings.types import DeploymentMethod
 
-from transferable import attempts, paths, plan, provenance
+from transferable import advice, attempts, paths, plan, provenance
 
 
 def check_config():
@@ -42,6 +42,8 @@ _PREFIX = (
     f"export PYTHONPATH={shlex.quote(SRC)}${{PYTHONPATH:+:$PYTHONPATH}}; "
     f"export TRANSFERABLE_PYTHON={shlex.quote('python' if _CONDA else sys.executable)}; "
     f"export PATH={shlex.quote(os.path.join(workflow.basedir, 'workflow/bin'))}:$PATH; "
+    # the commands a job's messages advise carry this run's own --configfile/--config (advice.py)
+    f"export {advice.ENV}={shlex.quote(advice.run_invocation(workflow.config_settings.configfiles, workflow.config_settings.config))}; "
 )
 # shell.prefix is itself formatted by Snakemake: its literal braces are doubled once more
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from .. import atomic
+from .. import advice, atomic
 from .ilsvrc import IngestError, read_image_bytes
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here); they
@@ -415,7 +415,8 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
         d = Path(d)
         if not (d / "digest.txt").is_file() or not (d / "counts.json").is_file():
             raise IngestError(f"{d}: no digest.txt or counts.json (written by an older version of transferable, "
-                              "or not by write_part): rebuild the shards (snakemake --forcerun shard_part)")
+                              "or not by write_part): rebuild the shards with: "
+                              + advice.snakemake_command("--forcerun", "shard_part", "--force", out_json))
         digest.update((d / "digest.txt").read_text().strip().encode())
         part = json.loads((d / "counts.json").read_text())
         setting = {k: part.get(k) for k in ("size", "resize", "format", "quality")}

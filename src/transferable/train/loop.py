@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..data.loader import EvalSet, TrainStream
-from .. import atomic, attempts
+from .. import advice, atomic, attempts
 from ..data import staging
 from ..data.shards import Shards
 from ..paths import parse_net
@@ -152,7 +152,7 @@ def load_source(path: str, split: str, net: str) -> tuple[dict, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - truncated zips, pickles, zero bytes: each raises its own type
         raise CheckpointError(
             f"{path}: the source model of {split}/{net} does not load ({type(e).__name__}: {e}). Rebuild it and "
-            f"the nets copied from it with: snakemake --cores all --force {path}") from e
+            f"the nets copied from it with: {advice.snakemake_command('--force', path)}") from e
 
 
 def run_identity(cfg: dict, split: str, nets: list[str], man: dict, shards: Shards, source_models: dict) -> dict:
@@ -244,7 +244,7 @@ def _build_members(nets, split, spec, tcfg, shards, classes, source_models, devi
             if source_state is None:
                 raise
             raise CheckpointError(f"{source_models.get(net)}: does not fit {split}/{net} ({e}); rebuild it with: "
-                                  f"snakemake --cores all --force {source_models.get(net)}") from e
+                                  f"{advice.snakemake_command('--force', source_models.get(net))}") from e
         model.to(device, memory_format=torch.channels_last)
         model.train()
         opt = make_optimizer(model, tcfg)
