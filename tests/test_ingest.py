@@ -217,3 +217,23 @@ def test_raw_fingerprint_sees_content_not_mtimes(tmp_path):
 
     demo.generate(demo_root, seed=0, classes_per_family=1, train_per_class=2, val_per_class=1, min_side=8, max_side=10)
     assert rawfiles.fingerprint(demo_root, tmp_path / "fp2/x") is None
+
+
+def test_names_that_look_like_options_or_numbers_survive_ingest(tmp_path, monkeypatch):
+    """Issue 27, case 4: a data root called -data (as the workflow passes it: --root=-data) and class folders
+    called 007 and true are ingested and read back under their own names."""
+    from transferable.cli import main
+
+    root = tmp_path / "-data"
+    for subset in ("train", "val"):
+        for cls in ("007", "true"):
+            (root / subset / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (12, 12), (i, 0, 0)).save(root / subset / cls / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "--root=-data", "--catalog", "cat.csv", "--images", "img.csv"]) == 0
+    assert main(["split", "manifest", "--name", "s", "--params", '{"kind": "all"}', "--catalog", "cat.csv",
+                 "--out", "s.json"]) == 0
+    import json
+
+    assert json.loads((tmp_path / "s.json").read_text())["halves"]["A"]["wnids"] == ["007", "true"]

@@ -45,3 +45,23 @@ def torch_save(obj, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+# Columns that hold names (splits, nets, halves, families, classes, files, claims): text whatever they look
+# like. pandas would read a split called 007 back as the number 7, a family called 1e5 as 100000.0, a class
+# folder called true as True.
+TEXT_COLUMNS = frozenset({
+    "split", "run", "net", "net_a", "net_b", "kind", "treatment", "split_kind", "source_half", "target_half",
+    "target_family", "family", "half", "wnid", "words", "ancestors", "subset", "source", "path", "member",
+    "claim", "layers", "unit", "verdict", "reason", "device", "history", "test", "text", "scope", "layer",
+})
+
+
+def read_csv(path: str | os.PathLike, **kw):
+    """A table this pipeline wrote, read back with every name column as text (``TEXT_COLUMNS``)."""
+    import pandas as pd
+
+    columns = pd.read_csv(path, nrows=0).columns
+    dtype = {c: str for c in columns if c in TEXT_COLUMNS}
+    dtype.update(kw.pop("dtype", None) or {})
+    return pd.read_csv(path, dtype=dtype, **kw)

@@ -58,12 +58,10 @@ def cmd_raw_identity(a):
 
 
 def cmd_split_manifest(a):
-    import pandas as pd
-
     from . import atomic
     from .data.splits import make_manifest
 
-    cat = pd.read_csv(a.catalog, keep_default_na=False)
+    cat = atomic.read_csv(a.catalog, keep_default_na=False)
     man = make_manifest(a.name, _json(a.params), cat)
     atomic.write_text(a.out, json.dumps(man, indent=1))
     _log(f"split {a.name}: " + ", ".join(f"{h} {len(v['classes'])} classes" for h, v in man["halves"].items()))
@@ -132,10 +130,9 @@ def cmd_figure(a):
     units = a.units.split(",") if a.units else None
     eff = None
     if a.effects:  # the verdicts effects.csv holds (the same family and settings as effects.md)
-        import pandas as pd
+        from . import atomic
 
-        eff = pd.read_csv(a.effects, keep_default_na=False, na_values=[""],
-                          dtype={"claim": str, "layers": str, "verdict": str, "reason": str})
+        eff = atomic.read_csv(a.effects, keep_default_na=False, na_values=[""])
     if a.which == "fig2":
         plots.fig2(df, a.out, paper=a.paper, units=units, eff=eff)
     elif a.which == "fig3":
@@ -146,12 +143,10 @@ def cmd_figure(a):
 
 
 def cmd_html_table(a):
-    import pandas as pd
-
     from . import atomic
     from .figures import tables
 
-    df = pd.read_csv(a.csv, keep_default_na=False, na_values=[""])
+    df = atomic.read_csv(a.csv, keep_default_na=False, na_values=[""])
     atomic.write_text(a.out, tables.html_table(df, a.title or Path(a.csv).name))
     _log(f"wrote {a.out} ({len(df)} rows)")
 
@@ -182,8 +177,8 @@ def cmd_similarity_figure(a):
     from .figures import plots, tables
 
     runs = tables.load_runs(a.metrics)
-    sim = pd.read_csv(a.similarity)
-    probes = pd.read_csv(a.probes)
+    sim = atomic.read_csv(a.similarity)
+    probes = atomic.read_csv(a.probes)
     by_layer = plots.similarity_figure(sim, probes, runs, a.out)
     atomic.write_csv(by_layer, a.table)
     _log(f"wrote {a.out} and {a.table}")

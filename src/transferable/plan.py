@@ -285,8 +285,11 @@ def check_config(cfg: dict, schema: str, overrides: dict | None = None) -> None:
 def _schema_message(err) -> str:
     """A JSON Schema error with the key spelled as a user writes it (``train.batch_size: 'big' is not ...``)."""
     where = ".".join(str(p) for p in err.absolute_path) or "the config"
+    if "propertyNames" in err.schema_path and "halves" in err.absolute_path:
+        return (f"{where}: {err.message} (a half is named by one capital letter other than R: net names are "
+                "built from it, A3B, and R means random filters; put the half's display name in family)")
     if "propertyNames" in err.schema_path:
-        return f"{where}: {err.message} (names may use letters, digits, _ and - only)"
+        return f"{where}: {err.message} (names may use letters, digits, _ and -, and do not begin with -)"
     if err.validator == "additionalProperties":
         return f"{where}: {err.message} (see workflow/schemas/config.schema.yaml for the keys allowed)"
     return f"{where}: {err.message}"

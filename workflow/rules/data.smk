@@ -41,7 +41,7 @@ rule raw_identity:
         fmt=config["data"].get("format", "auto"),
         cache=paths.raw_cache(),
     shell:
-        "transferable raw-identity --root {params.root:q} --format {params.fmt:q} --cache {params.cache:q} "
+        "transferable raw-identity --root={params.root:q} --format {params.fmt:q} --cache {params.cache:q} "
         "--digest {wildcards.digest:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -66,5 +66,5 @@ rule ingest:
         root=data_root(),
         fmt=config["data"].get("format", "auto"),
     shell:
-        "transferable ingest --root {params.root:q} --format {params.fmt:q} "
+        "transferable ingest --root={params.root:q} --format {params.fmt:q} "
         "--catalog {output.catalog:q} --images {output.images:q} > {log:q} 2>&1"

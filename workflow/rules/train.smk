@@ -49,7 +49,7 @@ rule train:
         source_flag=lambda w, input: "--source-model" if input.source else "",
     shell:
         # exec: SIGTERM from SLURM reaches the trainer itself, which checkpoints before it exits
-        "exec transferable train --split {wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
+        "exec transferable train --split={wildcards.split:q} --net {wildcards.net:q} --manifest {input.manifest:q} "
         "--shards {input.shards:q} {params.source_flag} {input.source:q} --out-dir {params.out_dir:q} "
         "--ckpt {params.ckpt:q} --device {resources.train_device:q} --gpus {resources.gpu} "
         "--mem-mb {resources.mem_mb} --stage-dir={resources.train_stage_dir:q} --threads {threads} "
@@ -110,7 +110,7 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
             split=_split,
             out_root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
         shell:
-            "exec transferable train-group --split {params.split:q} --nets {params.nets:q} "
+            "exec transferable train-group --split={params.split:q} --nets {params.nets:q} "
             "--manifest {input.manifest:q} --shards {input.shards:q} --sources={params.sources:q} "
             "--out-root {params.out_root:q} --ckpt {params.ckpt:q} --device {resources.train_device:q} "
             "--gpus {resources.gpu} --mem-mb {resources.mem_mb} --stage-dir={resources.train_stage_dir:q} "

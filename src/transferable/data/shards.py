@@ -351,7 +351,7 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
         raise ValueError(f"preprocess.jpeg_quality: {quality} is outside 1..100")
     if resize not in RESIZES:
         raise ValueError(f"preprocess.resize: {resize!r} is not one of {', '.join(RESIZES)}")
-    images = pd.read_csv(images_csv, keep_default_na=False)
+    images = atomic.read_csv(images_csv, keep_default_na=False)
     num_classes = int(images.class_index.max()) + 1
     blocks = class_blocks(num_classes, parts)
     if not 0 <= k < len(blocks):
@@ -428,7 +428,7 @@ def write_index(part_dirs: list[str], size: int, out_json: str, rejects_csv: str
         for c, n in part["counts"].items():
             classes[int(c)] = d.name
             counts[int(c)] = n
-        r = pd.read_csv(d / "rejects.csv", keep_default_na=False)
+        r = atomic.read_csv(d / "rejects.csv", keep_default_na=False)
         if len(r):
             rejects.append(r)
     n = len(classes)

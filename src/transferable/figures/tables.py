@@ -125,8 +125,8 @@ def write_runs_csv(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_runs_csv(path: str | Path) -> pd.DataFrame:
-    df = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in FLOAT_COLUMNS + INT_COLUMNS},
-                     dtype={c: str for c in STR_COLUMNS})
+    df = atomic.read_csv(path, keep_default_na=False, na_values={c: [""] for c in FLOAT_COLUMNS + INT_COLUMNS},
+                         dtype={c: str for c in STR_COLUMNS})
     return coerce_runs(df)
 
 
