@@ -237,3 +237,35 @@ def test_names_that_look_like_options_or_numbers_survive_ingest(tmp_path, monkey
     import json
 
     assert json.loads((tmp_path / "s.json").read_text())["halves"]["A"]["wnids"] == ["007", "true"]
+
+
+def test_one_walk_for_ingest_and_fingerprint(tmp_path):
+    """Issue 27, case 2: a class folder that is a link is ingested AND fingerprinted (an edit inside it is
+    seen); folders nested in a class folder and loose files beside the class folders are not read by
+    either, and ingest says so with counts; a link looping back to train/ does not loop the walk."""
+    from transferable.data import rawfiles
+
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere/dog"
+    elsewhere.mkdir(parents=True)
+    for subset in ("train", "val"):
+        (root / subset / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(root / subset / "cat" / "0.png")
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(elsewhere / "0.png")
+    (root / "train/dog").symlink_to(elsewhere)  # a linked class folder
+    (root / "val/dog").mkdir()
+    Image.new("RGB", (8, 8), (4, 5, 6)).save(root / "val/dog/0.png")
+    (root / "train/cat/extra").mkdir()  # nested: not read
+    Image.new("RGB", (8, 8)).save(root / "train/cat/extra/1.png")
+    Image.new("RGB", (8, 8)).save(root / "train/loose.png")  # loose: not read
+    (root / "train/cat/loop").symlink_to(root / "train")  # a loop: not walked
+    lines = []
+    cat, images = ingest(root, log=lines.append)
+    assert list(cat.wnid) == ["cat", "dog"] and list(cat.num_train) == [1, 1]
+    said = "\n".join(lines)
+    assert "2 folder(s) nested in a class folder not read" in said and "1 loose file(s)" in said, said
+    out = tmp_path / "fp/raw_files.sha256"
+    assert rawfiles.fingerprint(root, out) is True and "train: 2 files" in out.read_text()
+    Image.new("RGB", (8, 8), (7, 7, 7)).save(elsewhere / "1.png")  # an edit inside the linked class
+    assert rawfiles.fingerprint(root, out) is True and "train: 3 files" in out.read_text()
+    Image.new("RGB", (8, 8)).save(root / "train/cat/extra/2.png")  # what ingest does not read changes nothing
+    assert rawfiles.fingerprint(root, out) is False

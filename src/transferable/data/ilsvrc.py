@@ -225,9 +225,46 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def _index_class_dirs(folder: Path, subset: str, name_to_index: dict[str, int]) -> list[tuple]:
+@dataclass
+class SubsetWalk:
+    """The one walk of an extracted tree's or image folder's ``train/`` or ``val/`` that ingest and the
+    raw-data fingerprint share (``rawfiles``), so both read the same files. One rule: a class folder is a
+    folder (or a link to one: followed) directly in the subset folder, and its images are the image files
+    directly in it (links followed). Not read, and said: folders nested inside a class folder, and loose
+    files beside the class folders (except a flat ``val/`` of loose images, labelled by the devkit).
+    Nothing is walked deeper than that, so a link that loops back cannot loop the walk."""
+
+    classes: list[Path]
+    flat: list[Path]
+    nested: list[Path]
+    loose: list[Path]
+
+    def notes(self) -> list[str]:
+        out = []
+        for what, items in (("folder(s) nested in a class folder", self.nested),
+                            ("loose file(s) beside the class folders", self.loose)):
+            if items:
+                out.append(f"{len(items)} {what} not read (e.g. {items[0]})")
+        return out
+
+
+def walk_subset(folder: Path, flat_ok: bool = False) -> SubsetWalk:
+    entries = sorted(folder.iterdir())
+    classes = [p for p in entries if p.is_dir()]
+    files = [p for p in entries if p.is_file()]
+    flat = [p for p in files if p.suffix.lower() in IMAGE_EXTS] if flat_ok and not classes else []
+    loose = [p for p in files if p not in flat and p.suffix.lower() in IMAGE_EXTS]
+    nested = [q for d in classes for q in sorted(d.iterdir()) if q.is_dir()]
+    return SubsetWalk(classes, flat, nested, loose)
+
+
+def _index_class_dirs(folder: Path, subset: str, name_to_index: dict[str, int], log=None) -> list[tuple]:
+    walk = walk_subset(folder)
+    for note in walk.notes():
+        if log:
+            log(f"{folder}: {note}")
     rows = []
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for d in walk.classes:
         if d.name not in name_to_index:
             raise IngestError(f"{d}: class folder {d.name!r} is not a class of the training set")
         for f in _files(d):
@@ -280,14 +317,15 @@ def ingest(root: str | os.PathLike, fmt: str = "auto", log=None) -> tuple[pd.Dat
     elif fmt == "tree":
         cat, id_to_index, labels, gt_where = catalog_from_devkit(root)
         wnid_to_index = dict(zip(cat.wnid, cat.class_index))
-        rows = _index_class_dirs(root / "train", "train", wnid_to_index)
+        rows = _index_class_dirs(root / "train", "train", wnid_to_index, log)
         val = root / "val"
         if not val.is_dir():
             raise IngestError(f"{val}: missing (an extracted tree needs train/ and val/)")
-        if any(p.is_dir() for p in val.iterdir()):
-            rows += _index_class_dirs(val, "val", wnid_to_index)
+        walk = walk_subset(val, flat_ok=True)
+        if walk.classes:
+            rows += _index_class_dirs(val, "val", wnid_to_index, log)
         else:
-            for f in _files(val):
+            for f in walk.flat:
                 rows.append(_val_row(f.name, labels, id_to_index, gt_where, "file", str(f), 0, f.stat().st_size))
     elif fmt == "folder":
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
@@ -295,10 +333,10 @@ def ingest(root: str | os.PathLike, fmt: str = "auto", log=None) -> tuple[pd.Dat
             raise IngestError(f"{root / 'train'}: no class folders")
         cat = pd.DataFrame({"class_index": range(len(classes)), "wnid": classes, "words": classes, "ancestors": ""})
         name_to_index = {c: i for i, c in enumerate(classes)}
-        rows = _index_class_dirs(root / "train", "train", name_to_index)
+        rows = _index_class_dirs(root / "train", "train", name_to_index, log)
         if not (root / "val").is_dir():
             raise IngestError(f"{root / 'val'}: missing (an image-folder tree needs train/<class>/ and val/<class>/)")
-        rows += _index_class_dirs(root / "val", "val", name_to_index)
+        rows += _index_class_dirs(root / "val", "val", name_to_index, log)
     else:
         raise IngestError(f"data.format: unknown format {fmt!r} (allowed: auto, tars, tree, folder)")
 

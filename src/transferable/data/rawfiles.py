@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import atomic
-from .ilsvrc import DEVKIT_DIR, IMAGE_EXTS, detect_format
+from .ilsvrc import DEVKIT_DIR, IMAGE_EXTS, detect_format, walk_subset
 
 CACHE_NAME = ".raw_files.cache.json"
 _IMAGE_SUFFIXES = {e.lstrip(".") for e in IMAGE_EXTS}
@@ -40,9 +40,14 @@ def folders(root: str | os.PathLike, fmt: str = "auto") -> list[tuple[str, bool]
     if fmt not in ("tree", "folder"):
         return None
     out = []
-    for sub, images_only in (("train", True), ("val", True), (DEVKIT_DIR, False)):
-        for dirpath, _, _ in os.walk(root / sub):
-            out.append((os.path.relpath(dirpath, root), images_only))
+    for sub in ("train", "val"):  # exactly the folders ingest reads (ilsvrc.walk_subset: links followed)
+        if (root / sub).is_dir():
+            walk = walk_subset(root / sub, flat_ok=sub == "val" and fmt == "tree")
+            out += [(os.path.relpath(d, root), True) for d in walk.classes]
+            if walk.flat:
+                out.append((sub, True))
+    for dirpath, _, _ in os.walk(root / DEVKIT_DIR):
+        out.append((os.path.relpath(dirpath, root), False))
     return sorted(out)
 
 
