@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -510,3 +511,38 @@ def test_checkpoint_carries_the_job_devices_cuda_rng(monkeypatch):
     loop.set_rng_state(old, torch.device("cuda", 5), said.append)
     assert restored[1:] == [(states[1], torch.device("cuda", 1)), (old["cuda_rng"][0], torch.device("cuda", 5))]
     assert said[0].startswith("checkpoint of an earlier version")
+
+
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "zero-filled", "one byte flipped"])
+def test_a_damaged_shard_file_stops_the_job_naming_the_part_and_its_rebuild(prepared, tmp_path, fmt, damage):
+    """Issue 27, case 6: a shard file deleted, truncated, zero-filled or with one byte flipped is found before
+    training (sizes and SHA-256 recorded by its shard job), named with its part and the command that rebuilds
+    that part; nothing is trained."""
+    from transferable.data.shards import ShardError
+
+    d = tmp_path / "shards"
+    write_part(str(prepared / "images.csv"), 0, 1, 20, str(d / "part0"), log=lambda *a: None, fmt=fmt)
+    write_index([str(d / "part0")], 20, str(d / "index.json"), str(d / "rejects.csv"))
+    assert (d / "part0/files.sha256").is_file()
+    victim = d / "part0" / ("train_00001.npy" if fmt == "raw" else "train_00001.jpeg.npy")
+    data = victim.read_bytes()
+    if damage == "deleted":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "zero-filled":
+        victim.write_bytes(bytes(len(data)))
+    else:
+        victim.write_bytes(data[:-100] + bytes([data[-100] ^ 1]) + data[-99:])
+    with pytest.raises(ShardError) as e:
+        train_net(cfg=_cfg(max_iter=4), log=lambda *a: None,
+                  **{**_kw(prepared, tmp_path), "shards_index": str(d / "index.json")})
+    msg = str(e.value)
+    assert str(victim) in msg and "part0" in msg and f"--force {d / 'part0'}" in msg, msg
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_intact_shards_are_verified_and_the_cost_is_logged(prepared, tmp_path):
+    logs = "\n".join(_resume(prepared, tmp_path, _cfg(max_iter=4)).splitlines())
+    assert re.search(r"shards: 6 files \(0\.\d+ GB\) verified against their digests in [\d.]+ s", logs), logs

@@ -244,13 +244,32 @@ def seal_part(part_dir: str | os.PathLike, counts: dict, size: int, resize: str 
     (part_dir / "counts.json").write_text(json.dumps(
         {"size": int(size), "resize": resize, "format": fmt, "quality": int(quality) if fmt == "jpeg" else None,
          "counts": {str(c): list(n) for c, n in counts.items()}}))
-    h = hashlib.sha256()
+    h, lines = hashlib.sha256(), []
     for f in sorted(part_dir.glob("*.npy")):
         h.update(f.name.encode() + b"\0")
+        one = hashlib.sha256()
         with open(f, "rb") as fh:
             while block := fh.read(1 << 24):
                 h.update(block)
+                one.update(block)
+        lines.append(f"{one.hexdigest()}  {f.stat().st_size}  {f.name}\n")
+    (part_dir / FILE_DIGESTS).write_text("".join(lines))  # each file's, for the jobs that read it (verify)
     (part_dir / "digest.txt").write_text(h.hexdigest() + "\n")
+    return h.hexdigest()
+
+
+FILE_DIGESTS = "files.sha256"
+
+
+class ShardError(RuntimeError):
+    """A shard file that is missing, of the wrong size or content: names the part and how to rebuild it."""
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)  # hashlib releases the GIL on large blocks: threads hash in parallel
     return h.hexdigest()
 
 
@@ -466,6 +485,62 @@ class Shards:
         if self.format == "jpeg":
             return self.load(subset, [c])[0].slice(0, self.count(subset, c))
         return np.load(self._file(subset, c), mmap_mode="r")
+
+    def files(self, classes: list[int]) -> list[Path]:
+        """Every file a training job reads for ``classes``: images of both subsets and the mean-image sums."""
+        if self.format == "jpeg":
+            names = [("train", ".jpeg.npy"), ("train", ".offsets.npy"), ("val", ".jpeg.npy"), ("val", ".offsets.npy")]
+        else:
+            names = [("train", ".npy"), ("val", ".npy")]
+        return [self._file(what, c, suffix) for c in classes for what, suffix in names + [("sum", ".npy")]]
+
+    def verify(self, classes: list[int], threads: int = 1, log=print) -> dict:
+        """Check every file of ``classes`` against the size and SHA-256 its shard job recorded
+        (``files.sha256``), ``threads`` files at a time, before a job trains on them: a missing, truncated,
+        zero-filled or flipped file raises ShardError naming the file, its part and the command that
+        rebuilds the part (with the run's configuration). Reading them also brings them into the page cache
+        the first epoch reads from. Parts written before per-file digests: sizes unchecked, said once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .. import advice
+
+        t0, recorded, unrecorded = time.time(), {}, set()
+        for part in sorted({self.index["parts"][str(c)] for c in classes}):
+            f = self.root / part / FILE_DIGESTS
+            if not f.is_file():
+                unrecorded.add(part)
+                continue
+            for line in f.read_text().splitlines():
+                digest, size, name = line.split("  ", 2)
+                recorded[self.root / part / name] = (digest, int(size))
+        files = self.files(classes)
+
+        def check(path: Path) -> int:
+            part = path.parent
+            rebuild = advice.snakemake_command("--force", str(part))
+            if not path.is_file():
+                raise ShardError(f"{path}: missing from shard part {part.name}; rebuild the part with: {rebuild}")
+            if part.name in unrecorded:
+                return 0
+            digest, size = recorded.get(path, (None, None))
+            actual = path.stat().st_size
+            if size is None or actual != size:
+                raise ShardError(f"{path}: {actual} bytes, its shard job wrote {size}: the file of part "
+                                 f"{part.name} is damaged; rebuild the part with: {rebuild}")
+            if _sha256_file(path) != digest:
+                raise ShardError(f"{path}: its content differs from what its shard job wrote (SHA-256): part "
+                                 f"{part.name} is damaged; rebuild the part with: {rebuild}")
+            return actual
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            nbytes = sum(pool.map(check, files))
+        seconds = time.time() - t0
+        if unrecorded:
+            log(f"shards: part(s) {', '.join(sorted(unrecorded))} have no per-file digests (written by an "
+                "older version): their files' content is not verified")
+        log(f"shards: {len(files)} files ({nbytes / 1e9:.2f} GB) verified against their digests in {seconds:.1f} s "
+            f"({nbytes / 1e6 / max(seconds, 1e-9):.0f} MB/s, {max(1, threads)} threads)")
+        return {"files": len(files), "bytes": nbytes, "seconds": seconds}
 
     def count(self, subset: str, c: int) -> int:
         return int(self.index["counts"][str(c)][0 if subset == "train" else 1])

@@ -31,15 +31,6 @@ from .shards import Shards
 RESERVE_FRACTION, RESERVE_MAX = 0.10, 8 << 30
 
 
-def class_files(shards: Shards, classes: list[int]) -> list[Path]:
-    """Every file a training job reads for ``classes``: images of both subsets and the mean-image sums."""
-    if shards.format == "jpeg":
-        names = [("train", ".jpeg.npy"), ("train", ".offsets.npy"), ("val", ".jpeg.npy"), ("val", ".offsets.npy")]
-    else:
-        names = [("train", ".npy"), ("val", ".npy")]
-    return [shards._file(what, c, suffix) for c in classes for what, suffix in names + [("sum", ".npy")]]
-
-
 def choose(set_bytes: int, job_bytes: int, stage_free: int | None) -> dict:
     """The policy for a set of ``set_bytes`` in a job that may use ``job_bytes``, with ``stage_free`` bytes
     free in the stage folder (None: no stage folder). Returns the choice and the bytes it moves."""
@@ -61,7 +52,7 @@ def _gb(n: float) -> str:
 def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str | None,
             log=print) -> tuple[Shards, dict]:
     """The shard set to read this half from (the original, or a staged copy) and the policy, logged."""
-    files = class_files(shards, classes)
+    files = shards.files(classes)
     set_bytes = sum(f.stat().st_size for f in files)
     stage_root = Path(stage_dir) / f"transferable-shards-{shards.digest[:16]}" if stage_dir else None
     stage_free = None

@@ -26,7 +26,7 @@ from .. import __version__
 from ..data.loader import EvalSet, TrainStream
 from .. import advice, atomic, attempts
 from ..data import staging
-from ..data.shards import Shards
+from ..data.shards import Shards, job_cpus
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import build_net, make_optimizer, spec_from_config
@@ -423,6 +423,7 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
         + (f" ({gpus} GPU(s) granted)" if gpus is not None else ""))
     if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
         ram_limit = job_bytes / 4
+    shards.verify(classes, threads=job_cpus(), log=lambda msg: log(f"[{tag}] {msg}"))  # before any training
     shards, data_plan = staging.prepare(shards, classes, job_bytes, stage_dir, lambda msg: log(f"[{tag}] {msg}"))
     x_train, y_train = shards.load("train", classes, ram_limit)
     val = EvalSet(*shards.load("val", classes, ram_limit), spec.crop, device)  # cropped once, for every evaluation
