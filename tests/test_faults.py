@@ -425,6 +425,22 @@ def test_16bit_png_is_scaled_not_clipped():
     assert (out == round(30000 * 255 / 65535)).all()  # 117, not 255
 
 
+def test_32bit_and_signed_integer_images_are_refused_not_made_black():
+    """Issue 27, case 7: a 32-bit integer TIFF scaled by 2^32 - 1 came out black; signedness was ignored."""
+    from PIL import Image
+
+    from transferable.data.shards import decode
+
+    with pytest.raises(IngestError, match=r"deep.tif: signed 32-bit integer image: .*convert it to 8 bits yourself"):
+        decode(_encoded(np.full((8, 8), 30000, dtype=np.int32), "I", "TIFF"), 8, "deep.tif")
+    big = Image.fromarray(np.full((8, 8), 70000, dtype=np.uint32).astype(np.int32)).convert("I")
+    buf = io.BytesIO()
+    big.save(buf, "TIFF")  # Pillow writes mode I as signed 32-bit: refused, not divided by 2^32 - 1
+    with pytest.raises(IngestError, match=r"big.tif: signed 32-bit integer image"):
+        decode(buf.getvalue(), 8, "big.tif")
+    # a 16-bit image stays scaled from 16 bits (test_16bit_png_is_scaled_not_clipped)
+
+
 def test_float_tiff_is_scaled_and_out_of_range_refused():
     from transferable.data.shards import decode
 
@@ -546,3 +562,33 @@ def test_a_damaged_shard_file_stops_the_job_naming_the_part_and_its_rebuild(prep
 def test_intact_shards_are_verified_and_the_cost_is_logged(prepared, tmp_path):
     logs = "\n".join(_resume(prepared, tmp_path, _cfg(max_iter=4)).splitlines())
     assert re.search(r"shards: 6 files \(0\.\d+ GB\) verified against their digests in [\d.]+ s", logs), logs
+
+
+@pytest.mark.subprocess
+def test_a_terminated_or_killed_shard_job_leaves_no_temporary_part(tmp_path):
+    """Issue 27, case 7: a SIGTERM'd shard job (time limit, scancel) removes its temporary part folder; one
+    left by a SIGKILLed job on this host is removed by the next shard job, a live job's is not."""
+    import socket
+
+    raw = tmp_path / "raw"
+    demo.generate(raw, seed=0, classes_per_family=2, train_per_class=300, val_per_class=5, min_side=60, max_side=80)
+    cat, images = ingest(raw)
+    images.to_csv(tmp_path / "images.csv", index=False)
+    out = tmp_path / "shards/part0"
+    proc = subprocess.Popen([sys.executable, "-m", "transferable", "shard", "--images", str(tmp_path / "images.csv"),
+                             "--part", "0", "--parts", "1", "--size", "64", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not list(out.parent.glob("part0.tmp-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, log[-2000:]
+    assert list(out.parent.iterdir()) == [], list(out.parent.iterdir())
+    dead = out.with_name(f"part0.tmp-{socket.gethostname()}-{proc.pid}")  # as a SIGKILLed job leaves it
+    dead.mkdir()
+    live = out.with_name(f"part0.tmp-{socket.gethostname()}-{os.getppid()}")  # a live process's
+    live.mkdir()
+    write_part(str(tmp_path / "images.csv"), 0, 1, 8, str(out), log=lambda *a: None)
+    assert out.is_dir() and not dead.exists() and live.exists()

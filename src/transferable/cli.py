@@ -75,8 +75,12 @@ def cmd_split_random(a):
 
 
 def cmd_shard(a):
+    import signal
+
     from .data.shards import write_part
 
+    # SIGTERM (a time limit, scancel) unwinds like an error: the part's temporary folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     r = write_part(a.images, a.part, a.parts, a.size, a.out, a.on_corrupt, log=_log, exif=a.exif, resize=a.resize,
                    fmt=a.format, quality=a.quality)
     _log(f"part {a.part}: {r['images']} images, {r['rejects']} rejected, {r['seconds']:.1f} s")

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -223,10 +224,18 @@ def to_8bit(im: Image.Image, where: str) -> Image.Image:
             raise IngestError(f"{where}: float image with values outside [0, 1] (min {lo:g}, max {hi:g}); "
                               "its meaning in 8 bits is unknown: convert it to 8 bits yourself")
         return Image.fromarray(np.rint(a * 255).astype(np.uint8))
-    bits = 16
+    bits, signed = 16, im.mode.startswith("I;16S")
     if im.mode == "I" and im.format == "TIFF":
-        bps = im.tag_v2.get(258, 16) if hasattr(im, "tag_v2") else 16  # BitsPerSample
+        tags = im.tag_v2 if hasattr(im, "tag_v2") else {}
+        bps, fmt = tags.get(258, 16), tags.get(339, 1)  # BitsPerSample, SampleFormat (2: signed)
         bits = int(bps[0] if isinstance(bps, tuple) else bps)
+        signed = int(fmt[0] if isinstance(fmt, tuple) else fmt) == 2
+    elif im.mode == "I":
+        bits = 32  # a 32-bit integer image of another format (Pillow's mode I)
+    if signed or bits > 16:
+        raise IngestError(f"{where}: {'signed ' if signed else ''}{bits}-bit integer image: what its values mean in "
+                          "8 bits is unknown (scaling a 32-bit range would make it black): convert it to 8 bits "
+                          "yourself")
     a = a.astype(np.int64)
     top = (1 << bits) - 1
     if a.size and (a.min() < 0 or a.max() > top):
@@ -359,6 +368,30 @@ class _PartWriter:
             f.close()
 
 
+def _tmp_name(out: Path) -> Path:
+    return out.with_name(f"{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _remove_orphans(out: Path, max_age_s: float = 86400) -> None:
+    """Temporary part folders of jobs that died (SIGKILL, a node failure) without removing theirs: on this
+    host, those whose process is gone; from other hosts (a shared file system), those untouched for a day.
+    A live job's folder is left alone."""
+    host = socket.gethostname()
+    for stale in out.parent.glob(out.name + ".tmp-*"):
+        name_host, _, pid = stale.name[len(out.name) + 5:].rpartition("-")
+        if name_host == host and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # another user's live process
+        elif time.time() - stale.stat().st_mtime < max_age_s:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_corrupt: str = "error",
                log=print, exif: str = "ignore", resize: str = "fast", fmt: str = "raw", quality: int = 90) -> dict:
     """Write part ``k`` of ``parts`` into ``out_dir`` (created atomically: built in a temp dir, renamed),
@@ -380,7 +413,8 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
     rows = images[images.class_index.isin(classes)].sort_values(["path", "offset"], kind="stable")
     expected = {(sub, int(c)): int(n) for (sub, c), n in rows.groupby(["subset", "class_index"]).size().items()}
     out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    _remove_orphans(out)
+    tmp = _tmp_name(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     handles: dict = {}
