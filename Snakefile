@@ -37,6 +37,9 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/similarity.smk"
 
 
+check_report_has_a_run()
+
+
 rule all:
     default_target: True
     input:

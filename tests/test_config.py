@@ -99,6 +99,15 @@ def test_micro_config_is_valid():
     assert _check(MICRO) is None
 
 
+def test_a_report_before_the_run_says_what_to_run(workdir):
+    """Issue 27, case 7: --report before any run ended in a traceback after one warning per file."""
+    proc = run_snakemake(["--report", "r.html", "--configfile", "configs/micro.yaml"], workdir, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "--report: this run is not finished" in out, out[-2000:]
+    assert "run it first: snakemake --cores all --configfile" in out and "micro.yaml" in out
+    assert "Missing metadata" not in out and not (workdir / "results").exists()
+
+
 def test_more_shard_parts_than_classes_is_clamped():
     cfg = _edit(lambda c: c["preprocess"].update(parts=50))
     assert _check(cfg) is None

@@ -117,6 +117,22 @@ def final_targets():
 REPORT_TABLES = ("effects", "table1", "runs", "paper_comparison", "similarity_by_layer")
 
 
+def check_report_has_a_run():
+    """`snakemake --report` before the run is finished: say which outputs are missing and the command that
+    makes them (with this run's configuration), instead of Snakemake's warning per file and a traceback.
+    """
+    if not workflow.is_main_process or not any(
+        a == "--report" or a.startswith("--report=") for a in sys.argv
+    ):
+        return
+    missing = [f for f in final_targets() if not os.path.exists(f)]
+    if missing:
+        raise WorkflowError(
+            f"--report: this run is not finished ({len(missing)} of its outputs missing, e.g. {missing[0]}); "
+            f"run it first: {advice.run_invocation(workflow.config_settings.configfiles, workflow.config_settings.config)}"
+        )
+
+
 def paper_flag():
     """Whether Figures 2 and 3 draw the paper's ImageNet means: ``figures.paper_lines``; ``auto`` draws
     them only for CaffeNet on a 1000-class dataset read from a data root (ImageNet), never on the demo's
