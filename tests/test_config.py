@@ -139,6 +139,7 @@ def test_class_range_beyond_a_data_roots_classes(tmp_path):
     msg = _check(cfg)
     assert msg and "splits.nm.halves.B.ranges" in msg and "4 classes" in msg
     cfg["splits"]["nm"]["halves"]["B"]["ranges"] = "2-3"
+    cfg["train"]["batch_size"] = 2  # one image per class: a half of 2 classes has 2
     assert _check(cfg) is None
 
 
@@ -270,3 +271,26 @@ def test_every_table_of_the_pipeline_is_read_through_the_text_aware_reader():
     allowed = {"src/transferable/atomic.py", "src/transferable/figures/paper.py", "src/transferable/smoke.py",
                "src/transferable/figures/tables.py", "src/transferable/bench.py"}  # ids typed there, or none read
     assert [d for d in direct if d.split(":")[0] not in allowed] == [], direct
+
+
+def test_a_batch_larger_than_a_folder_roots_half_is_refused_before_ingest(tmp_path):
+    """Issue 27, case 7: on an image folder the halves' training images are counted from the folders while
+    the plan is checked, so the batch is refused before ingest and shards run (it was caught by the first
+    training job)."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for subset in ("train", "val"):
+        for i, cls in enumerate(("ant", "bee", "cat", "dog")):
+            (root / subset / cls).mkdir(parents=True)
+            for j in range(3 if subset == "train" else 1):
+                Image.new("RGB", (8, 8), (i, j, 0)).save(root / subset / cls / f"{j}.png")
+    (root / "train/ant/notes.txt").write_text("not an image")
+    cfg = _edit(lambda c: c["data"].update(source="path", root=str(root)))
+    cfg["splits"] = {"rand0": {"kind": "random", "seed": 0}}
+    cfg["experiment"] = {"random_splits": {"splits": ["rand0"], "targets": ["B"], "layers": [1],
+                                           "treatments": ["BnB", "AnB"]}}
+    cfg["train"]["batch_size"] = 7  # a half: 2 classes x 3 images
+    assert "train.batch_size: 7 is larger than the smallest half's 6 training images" in _check(cfg)
+    cfg["train"]["batch_size"] = 6
+    assert _check(cfg) is None

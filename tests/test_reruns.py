@@ -181,6 +181,7 @@ def test_a_plan_made_while_ingest_runs_changes_nothing_it_consumed(tmp_path):
     _folder_dataset(root)
     cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
     cfg["data"] = {"source": "path", "root": str(root)}
+    cfg["train"]["batch_size"] = 4  # a half of this folder holds 6 training images
     (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
     target = ["results/ingest/catalog.csv", "--cores", "1", "--configfile", "configs/folder.yaml"]
     hold = tmp_path / "hold"

@@ -6,6 +6,7 @@ only the nets drawn in it (Figure 2 never plans a natural/man-made net, Figure 3
 
 from __future__ import annotations
 
+import os
 import re
 
 import functools
@@ -418,13 +419,56 @@ def _check_training(cfg: dict) -> None:
         raise ConfigError(f"train.warmup_iter: {train['warmup_iter']} warm-up iterations leave none of "
                           f"train.max_iter {max_iter}")
     demo = cfg.get("demo") if cfg["data"]["source"] == "demo" else None
+    smallest = None
     if demo is not None:  # the smallest half's training set is known before any job runs
         per_class = int(demo.get("train_per_class", 100))
         num_classes = 2 * int(demo.get("classes_per_family", 20))
         smallest = per_class * min(_half_sizes(cfg, num_classes), default=num_classes)
-        if int(train["batch_size"]) > smallest:
-            raise ConfigError(f"train.batch_size: {train['batch_size']} is larger than the smallest half's "
-                              f"{smallest} training images")
+    elif cfg["data"]["source"] == "path" and cfg["data"].get("format", "auto") in ("auto", "folder"):
+        counts = _folder_train_counts(cfg["data"]["root"])  # an image folder: count its files (cheap)
+        halves = _half_classes(cfg, len(counts)) if counts else []
+        if halves:
+            smallest = min(sum(counts[c] for c in h) for h in halves)
+    if smallest is not None and int(train["batch_size"]) > smallest:
+        raise ConfigError(f"train.batch_size: {train['batch_size']} is larger than the smallest half's "
+                          f"{smallest} training images")
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_train_counts(root: str) -> tuple[int, ...] | None:
+    """Training images per class of an image-folder root, in class order (the walk ingest makes), from
+    directory entries only; None for another layout or an unreadable root."""
+    from pathlib import Path
+
+    from .data.ilsvrc import IMAGE_EXTS, detect_format, walk_subset
+
+    try:
+        if detect_format(Path(root)) != "folder":
+            return None
+        out = []
+        for d in walk_subset(Path(root) / "train").classes:
+            with os.scandir(d) as it:
+                out.append(sum(1 for e in it if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS))
+        return tuple(out)
+    except Exception:  # noqa: BLE001 - ingest reports an unreadable root, naming it
+        return None
+
+
+def _half_classes(cfg: dict, num_classes: int) -> list[list[int]]:
+    """The class indices of every half the experiment trains on whose classes are known before ingest
+    (random, ranges, all; ancestor halves need the catalog)."""
+    from .data.splits import parse_ranges, random_halves
+
+    out = []
+    for name in used_splits(cfg):
+        spec = cfg["splits"][name]
+        if spec["kind"] == "random":
+            out += list(random_halves(num_classes, int(spec.get("seed", 0))))
+        elif spec["kind"] == "all":
+            out.append(list(range(num_classes)))
+        elif spec["kind"] == "ranges":
+            out += [parse_ranges(h["ranges"], num_classes) for h in spec["halves"].values()]
+    return out
 
 
 def _half_sizes(cfg: dict, num_classes: int) -> list[int]:
