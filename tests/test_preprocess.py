@@ -227,3 +227,48 @@ def test_micro_pipeline_runs_on_jpeg_shards(micro_done, tmp_path):
     assert shards["index"].endswith("warp20-imagemagick-jpeg90/index.json") and shards["format"] == "jpeg"
     assert shards["digest"] == index["digest"]
     assert (wd / "results/figures/fig2.pdf").stat().st_size > 0
+
+
+def test_a_part_whose_inputs_did_not_change_is_linked_not_rebuilt(tmp_path):
+    """Issue 27, case 7: one changed image reran every shard part (they share images.csv). A part whose rows,
+    source files, settings and code are unchanged is hard-linked from its kept copy; the changed part is
+    rebuilt; a damaged kept copy is rebuilt, not reused."""
+    import numpy as np
+    from PIL import Image
+
+    from transferable.data.ilsvrc import ingest
+    from transferable.data.shards import Shards, write_index, write_part
+
+    root = tmp_path / "data"
+    for subset in ("train", "val"):
+        for i, cls in enumerate(("ant", "bee", "cat", "dog")):
+            (root / subset / cls).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (10, 10), (60 * i, 30 * j, 9)).save(root / subset / cls / f"{j}.png")
+
+    def build(out):
+        _, images = ingest(root)
+        images.to_csv(tmp_path / "images.csv", index=False)
+        rs = [write_part(str(tmp_path / "images.csv"), k, 2, 8, str(out / f"part{k}"), log=lambda *a: None)
+              for k in range(2)]
+        write_index([str(out / f"part{k}") for k in range(2)], 8, str(out / "index.json"), str(out / "rejects.csv"))
+        return rs
+
+    out = tmp_path / "shards"
+    first = build(out)
+    assert not any(r.get("reused") for r in first)
+    Image.new("RGB", (10, 10), (1, 2, 3)).save(root / "train/dog/added.png")  # dog: part 1
+    again = build(out)
+    assert again[0].get("reused") and not again[1].get("reused")
+    fresh = tmp_path / "fresh"
+    build(fresh)  # (the kept copies of `fresh` are its own)
+    a, b = Shards(out / "index.json"), Shards(fresh / "index.json")
+    for c in range(4):
+        assert np.array_equal(a.array("train", c), b.array("train", c))
+    assert a.digest == b.digest
+    kept = out / ".reuse/part0/train_00000.npy"
+    data = bytearray(kept.read_bytes())
+    data[-1] ^= 1
+    kept.write_bytes(bytes(data))  # in place: the part's own file, the same inode, is damaged too
+    assert not build(out)[0].get("reused")
+    assert np.array_equal(Shards(out / "index.json").array("train", 0), b.array("train", 0))
