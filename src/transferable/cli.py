@@ -37,13 +37,14 @@ def cmd_ingest(a):
     from . import atomic
     from .data.ilsvrc import ingest
 
-    hold = os.environ.get("TRANSFERABLE_TEST_HOLD_INGEST")  # tests only: a window in which ingest runs
+    t = time.time()
+    cat, images = ingest(a.root, a.format, log=_log)
+    # tests only: a window after ingest read the data and before it writes (a change now is not in them)
+    hold = os.environ.get("TRANSFERABLE_TEST_HOLD_INGEST")
     if hold:
         Path(hold + ".waiting").touch()
         while os.path.exists(hold):
             time.sleep(0.05)
-    t = time.time()
-    cat, images = ingest(a.root, a.format, log=_log)
     atomic.write_text(a.images, images.to_csv(index=False))
     atomic.write_text(a.catalog, cat.to_csv(index=False))
     _log(f"ingested {a.root}: {len(cat)} classes, {int((images.subset == 'train').sum())} train and "
