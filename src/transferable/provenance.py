@@ -13,23 +13,58 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-# The modules each stage runs, relative to the package (cli.py only dispatches and is not listed).
-STAGE_CODE = {
+# What each stage runs, relative to the package: its entry modules (and data files), and through them every
+# module of the package they import, at any depth and inside functions too (read from the sources, not kept
+# by hand: a module a stage imports cannot be forgotten). cli.py only dispatches and is not listed.
+STAGE_ENTRIES = {
     "demo": ["data/demo.py"],
     "ingest": ["data/ilsvrc.py"],
     "splits": ["data/splits.py"],
-    "shards": ["data/shards.py", "data/ilsvrc.py"],
-    "train": ["train/loop.py", "train/devices.py", "transfer.py", "models/caffenet.py", "models/units.py",
-              "data/loader.py"],
-    "similarity": ["similarity.py", "models/caffenet.py", "data/loader.py", "data/shards.py"],
-    "figures": [
-        "figures/tables.py",
-        "figures/effects.py",
-        "figures/plots.py",
-        "figures/paper.py",
-        "figures/paper_networks.csv",
-    ],
+    "shards": ["data/shards.py"],
+    "train": ["train/loop.py"],
+    "similarity": ["similarity.py"],
+    "figures": ["figures/tables.py", "figures/effects.py", "figures/plots.py", "figures/paper.py",
+                "figures/paper_networks.csv"],
 }
+# Imported by stages but unable to change a result: writing files, messages, digests, attempt records, the
+# choice of where identical bytes are read from. Editing them reruns nothing.
+RESULT_NEUTRAL_CODE = frozenset({"atomic.py", "advice.py", "provenance.py", "attempts.py", "data/staging.py"})
+
+
+def _imports(path: Path) -> set[Path]:
+    """The package's modules that ``path`` imports (relative or absolute, anywhere in the file)."""
+    import ast
+
+    here = list(path.relative_to(PACKAGE_DIR).parent.parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)] + ([node.module] if node.module else [])
+            names = [".".join(base)] + [".".join(base + [a.name]) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transferable"):
+            base = node.module.split(".")[1:]
+            names = [".".join(base)] + [".".join(base + [a.name]) for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("transferable.")]
+        for name in filter(None, names):
+            stem = PACKAGE_DIR / name.replace(".", "/")
+            found.update(c for c in (stem.with_name(stem.name + ".py"), stem / "__init__.py") if c.is_file())
+    return found
+
+
+def _stage_code(entries: list[str]) -> list[str]:
+    seen, todo = set(), [PACKAGE_DIR / e for e in entries]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += _imports(p) if p.suffix == ".py" else []
+    rel = {p.relative_to(PACKAGE_DIR).as_posix() for p in seen}
+    return sorted(r for r in rel if r not in RESULT_NEUTRAL_CODE and not r.endswith("__init__.py"))
+
+
+STAGE_CODE = {stage: _stage_code(entries) for stage, entries in STAGE_ENTRIES.items()}
 
 
 # train settings that decide when a run is saved, not what it computes: changing them reruns no net
