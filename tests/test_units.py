@@ -68,6 +68,46 @@ def test_copy_freeze_and_reinit_units(arch, size):
 
 
 @pytest.mark.parametrize("arch, size", SMALL)
+def test_a_copy_or_a_saved_net_runs_its_own_modules(arch, size, tmp_path):
+    """Issue 23: the stem/embedding and head were closures over the original model, so a deepcopy (EMA,
+    AveragedModel, a best-model snapshot) ran the original's, and torch.save(net) could not pickle them."""
+    import copy
+
+    net = build(arch, 10, seed=3, image_size=size).eval()
+    x = torch.randn(2, 3, size, size)
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        assert torch.equal(twin(x), net(x))
+        for p in twin.parameters():
+            p.add_(torch.randn_like(p))
+        assert not torch.equal(twin(x), net(x))  # the copy's own weights (its stem and head included)
+        for name, p in twin.model.named_parameters():  # a change to the head alone shows in the copy only
+            p.copy_(dict(net.model.named_parameters())[name])
+        head = [p for n, p in twin.model.named_parameters() if twin.unit_of(n) == len(twin.units)]
+        head[-1].add_(1.0)  # the classifier's bias (a ViT's classifier starts at zero)
+        assert not torch.equal(twin(x), net(x))
+    torch.save(net, tmp_path / "net.pt")
+    back = torch.load(tmp_path / "net.pt", weights_only=False).eval()  # our own file, written just now
+    with torch.no_grad():
+        assert torch.equal(back(x), net(x))
+
+
+def test_frozen_batchnorm_stays_fixed_whoever_calls_train():
+    """Issue 23: `net.model.train()` (not the wrapper's train) put frozen BatchNorm back in train mode and
+    its running statistics moved."""
+    src = build("resnet-small", 10, seed=1, image_size=16).model.state_dict()
+    net = transfer_units(build("resnet-small", 10, seed=7, image_size=16), 2, src, freeze=True)
+    sd = net.model.state_dict()
+    before = {k: sd[k].clone() for i in range(2) for k in net.unit_keys(i)}
+    net.model.train()  # bypasses UnitNet.train
+    with torch.no_grad():
+        net(torch.randn(8, 3, 16, 16) * 5 + 3)
+    assert all(torch.equal(net.model.state_dict()[k], v) for k, v in before.items())
+    later = [k for k in net.unit_keys(3) if "running_mean" in k]
+    assert later and not torch.equal(net.model.state_dict()[later[0]], src[later[0]])  # the rest still learns
+
+
+@pytest.mark.parametrize("arch, size", SMALL)
 def test_fine_tuned_units_train_and_random_frozen_units_stay(arch, size):
     src = build(arch, 10, seed=1, image_size=size).model.state_dict()
     tuned = transfer_units(build(arch, 10, seed=7, image_size=size), 2, src, freeze=False)

@@ -18,8 +18,8 @@ block per stage at widths 16-128, a 3x3 stride-1 stem and no max-pooling, for 16
 
 Transfer (``transfer_units``): units 1..n copy the source's parameters AND buffers (BatchNorm's running
 statistics); frozen units get no gradient and keep their normalisation statistics fixed: their BatchNorm
-layers stay in eval mode whatever ``train()`` says (``UnitNet.train``); the rest, and the head, are a fresh
-draw from the net's seed.
+layers stay in eval mode whatever ``train()`` says, the wrapper's or the inner model's (a forward pre-hook,
+``UnitNet.pin_frozen_norms``); the rest, and the head, are a fresh draw from the net's seed.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class Unit:
 
 def _matches(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    module.training = False  # a frozen unit's BatchNorm: running statistics used, never updated
 
 
 class UnitNet(nn.Module):
@@ -114,6 +118,16 @@ class UnitNet(nn.Module):
                 m.eval()
         return self
 
+    def pin_frozen_norms(self) -> None:
+        """Frozen BatchNorm layers normalise with their copied statistics even when a caller puts them back
+        in train mode (``net.model.train()``, an EMA or a wrapper that calls ``train`` on the inner model):
+        a forward pre-hook sets them to eval before every forward."""
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and self._frozen_module(name):
+                m.eval()
+                if _keep_eval not in m._forward_pre_hooks.values():
+                    m.register_forward_pre_hook(_keep_eval)
+
     def _frozen_module(self, name: str) -> bool:
         return any(_matches(name, p) for u in self.units[: self.frozen_units] for p in u.prefixes)
 
@@ -151,17 +165,52 @@ def _resnet(arch: str, num_classes: int) -> ResNet:
     return m
 
 
+# The parts of a forward that are not one submodule (a ResNet's stem and head, a ViT's embedding and head)
+# are small callable objects holding the model, not closures: copy.deepcopy maps the model they hold to
+# the copy's own (a closure would keep running the original's), and torch.save can pickle them.
+
+
+class _ResNetStem:
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, x):
+        m = self.m
+        return m.maxpool(m.relu(m.bn1(m.conv1(x))))
+
+
+class _ResNetHead:
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, x):
+        return self.m.fc(torch.flatten(self.m.avgpool(x), 1))
+
+
+class _ViTEmbed:
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, x):
+        m = self.m
+        x = m._process_input(x)
+        cls = m.class_token.expand(x.shape[0], -1, -1)
+        return m.encoder.dropout(torch.cat([cls, x], dim=1) + m.encoder.pos_embedding)
+
+
+class _ViTHead:
+    def __init__(self, m):
+        self.m = m
+
+    def __call__(self, x):
+        return self.m.heads(self.m.encoder.ln(x)[:, 0])
+
+
 def _resnet_net(arch: str, num_classes: int, units: str) -> UnitNet:
     m = _resnet(arch, num_classes)
     stem = Unit("stem", ("conv1", "bn1"))
     stages = [f"layer{s}" for s in range(1, 5)]
-
-    def stem_fwd(x):
-        return m.maxpool(m.relu(m.bn1(m.conv1(x))))
-
-    def head_fwd(x):
-        return m.fc(torch.flatten(m.avgpool(x), 1))
-
+    stem_fwd, head_fwd = _ResNetStem(m), _ResNetHead(m)
     if units == "stages":
         us = [stem] + [Unit(s, (s,)) for s in stages]
         blocks = [stem_fwd] + [getattr(m, s) for s in stages]
@@ -189,15 +238,7 @@ def _vit(arch: str, num_classes: int, image_size: int):
 def _vit_net(arch: str, num_classes: int, image_size: int) -> UnitNet:
     m = _vit(arch, num_classes, image_size)
     layers = [f"encoder.layers.encoder_layer_{i}" for i in range(len(m.encoder.layers))]
-
-    def embed(x):
-        x = m._process_input(x)
-        cls = m.class_token.expand(x.shape[0], -1, -1)
-        return m.encoder.dropout(torch.cat([cls, x], dim=1) + m.encoder.pos_embedding)
-
-    def head_fwd(x):
-        return m.heads(m.encoder.ln(x)[:, 0])
-
+    embed, head_fwd = _ViTEmbed(m), _ViTHead(m)
     us = [Unit("embed", ("conv_proj", "class_token", "encoder.pos_embedding"))]
     us += [Unit(f"block{i + 1}", (name,)) for i, name in enumerate(layers)]
     blocks = [embed] + list(m.encoder.layers)
@@ -238,4 +279,5 @@ def transfer_units(net: UnitNet, n: int, source_state: dict | None, freeze: bool
                 p.requires_grad_(False)
         net.frozen_units = n
         net.train(net.training)
+        net.pin_frozen_norms()
     return net
