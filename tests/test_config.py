@@ -294,3 +294,40 @@ def test_a_batch_larger_than_a_folder_roots_half_is_refused_before_ingest(tmp_pa
     assert "train.batch_size: 7 is larger than the smallest half's 6 training images" in _check(cfg)
     cfg["train"]["batch_size"] = 6
     assert _check(cfg) is None
+
+
+def test_the_treatments_are_written_once():
+    """Issue 23: the schema's treatment enum is the package's list (paths.TRANSFER_TREATMENTS), which the plan,
+    the tables and the figures import."""
+    schema = yaml.safe_load(open(SCHEMA))
+    enum = schema["properties"]["experiment"]["properties"]["random_splits"]["properties"]["treatments"]["items"]["enum"]
+    from transferable.figures import tables
+
+    assert tuple(enum) == paths.TRANSFER_TREATMENTS == plan.TREATMENTS == tables.FIG2_TREATMENTS
+    assert tables.TREATMENTS == ("base", *paths.TRANSFER_TREATMENTS, "random")
+
+
+def test_code_defaults_of_train_keys_are_the_schemas():
+    """Issue 23: a default written in the code beside the schema's must be the schema's (checkpoint_every fell
+    back to eval_every against the schema's 10000, amp to false against true)."""
+    import ast
+
+    train = yaml.safe_load(open(SCHEMA))["properties"]["train"]["properties"]
+    found = []
+    for f in sorted((ROOT / "src/transferable").rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)):
+                continue
+            recv = ast.unparse(node.func.value)
+            key = node.args[0].value
+            if recv in ("tcfg", "train", 'cfg["train"]') and key in train and "default" in train[key]:
+                found.append((f"{f.name}:{node.lineno}", key, ast.unparse(node.args[1])))
+    def value(src):
+        try:
+            return ast.literal_eval(src)
+        except ValueError:
+            return object()  # a name or an expression (eval_every): not the schema's default
+
+    wrong = [(where, key, got) for where, key, got in found if value(got) != train[key]["default"]]
+    assert found and not wrong, wrong

@@ -30,10 +30,8 @@ from transferable.figures.tables import (
     read_runs_csv,
     relative_top1,
     table1,
-    table1_markdown,
     write_paper_comparison,
     write_runs_csv,
-    write_table1,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,10 +307,10 @@ def test_tables_on_demo_runs(tmp_path):
     assert set(rel["series"]) == set(tables.RELATIVE_SERIES)
     mn = rel[rel["series"] == "AnB m/n split"].set_index("n")
     assert np.isclose(mn.loc[0, "reference"], (0.770 + 0.734) / 2)
-    write_table1(t1, tmp_path / "t" / "table1.csv", tmp_path / "t" / "table1.md")
-    md = (tmp_path / "t" / "table1.md").read_text()
-    assert md.startswith("| layers aggregated") and "| 5–7 |" in md and "2.1" in md  # paper's value shown
-    assert pd.read_csv(tmp_path / "t" / "table1.csv").shape == t1.shape
+    from transferable.figures import effects
+
+    md = effects.table1_markdown(effects.table1_three_ways(df))  # the one Table 1 writer (rule table1)
+    assert md.startswith("# Table 1") and "| 5-7 |" in md and "2.1 / 1.7" in md  # the published values shown
     cmp = paper_comparison(df)
     write_paper_comparison(cmp, tmp_path / "t" / "paper_comparison.csv")
     back = pd.read_csv(tmp_path / "t" / "paper_comparison.csv", keep_default_na=False, na_values=[""])
@@ -339,7 +337,9 @@ def test_figures_without_finetuned_or_other_splits(tmp_path):
     assert set(lm["treatment"]) == {"base", "BnB", "AnB"}
     t1 = table1(df)
     assert t1["boost_over_base"].isna().all() and (t1["anb_plus_count"] == 0).all()
-    assert "–" in table1_markdown(t1)
+    from transferable.figures import effects
+
+    assert "| 1-7 | – | – | 0 / 0 |" in effects.table1_markdown(effects.table1_three_ways(df))  # no nets: a dash
     assert relative_top1(df)["series"].unique().tolist() == ["AnB random splits"]
     _assert_pdf_png(*fig2(df, tmp_path / "fig2.pdf"))
     _assert_pdf_png(*fig3(df, tmp_path / "fig3.pdf"))

@@ -30,6 +30,15 @@ BENCHMARKS = "benchmarks"
 # CaffeNet's transferable layers in order: n in a net's name counts them (fc8 is always re-initialised)
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
+# The treatments, written once: the transfer treatments an experiment block may ask for (the config schema's
+# enum is checked against them by a test), in the order of the paper's legend; with the base nets and the
+# random-filter control, every treatment a run can have.
+TRANSFER_TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+")
+TREATMENTS = ("base", *TRANSFER_TREATMENTS, "random")
+
+# the columns of every net's history.csv (written by training, read by the figures)
+HISTORY_COLUMNS = ("iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s")
+
 
 def _resnet_units(blocks: tuple[int, ...]) -> dict:
     return {"blocks": ("stem", *(f"layer{s + 1}.{j}" for s, b in enumerate(blocks) for j in range(b))),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import paths
 
-TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+")
+TREATMENTS = paths.TRANSFER_TREATMENTS
 
 
 class ConfigError(ValueError):

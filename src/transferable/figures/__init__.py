@@ -15,12 +15,11 @@ from .tables import (
     table1,
     write_paper_comparison,
     write_runs_csv,
-    write_table1,
 )
 
 __all__ = [
     "PAPER_TABLE1", "RUN_COLUMNS", "line_means", "load_history", "load_paper_networks", "load_runs",
     "natman_means", "paper_comparison", "paper_line_means", "paper_runs", "random_filter_means",
     "read_runs_csv", "relative_top1", "table1", "write_paper_comparison",
-    "write_runs_csv", "write_table1",
+    "write_runs_csv",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
+from ..paths import HISTORY_COLUMNS as _HISTORY, TRANSFER_TREATMENTS, TREATMENTS
 from .paper import PAPER_TABLE1, load_paper_networks
 
 RUN_COLUMNS = [
@@ -30,13 +31,12 @@ INT_COLUMNS = ["num_classes", "evals", "iters"]  # nullable: a run file may lack
 REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", "top1"]
 
 SPLIT_KINDS = ("random", "natman", "all")
-TREATMENTS = ("base", "BnB", "BnB+", "AnB", "AnB+", "random")
-FIG2_TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+")  # the order of the paper's legend is base, BnB, BnB+, AnB, AnB+
+FIG2_TREATMENTS = TRANSFER_TREATMENTS  # the paper's legend: base, BnB, BnB+, AnB, AnB+
 NATMAN_FAMILIES = ("natural", "man-made")
 RELATIVE_SERIES = ("AnB random splits", "AnB m/n split", "random features")
 TABLE1_RANGES = ((1, 7), (3, 7), (5, 7))
 
-HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
+HISTORY_COLUMNS = list(_HISTORY)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,36 +347,6 @@ def _fmt(v, digits: int) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)) or v is pd.NA:
         return "–"
     return f"{v:.{digits}f}"
-
-
-def table1_markdown(t1: pd.DataFrame) -> str:
-    """Table 1 as a Markdown table (boosts in percentage points, ± standard error, net counts)."""
-    has_paper = "paper_boost_over_base" in t1.columns
-    head = ["layers aggregated", "mean boost over baseB (pp)", "mean boost over selffer BnB+ (pp)",
-            "nets AnB+ / base / BnB+"]
-    if has_paper:
-        head[3:3] = ["paper: over baseB", "paper: over BnB+"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in t1.iterrows():
-        def boost(name):
-            s = _fmt(r[f"boost_over_{name}"], 2)
-            se = r[f"boost_over_{name}_se"]
-            return s + (f" ± {se:.2f}" if np.isfinite(se) else "")
-        cells = [f"{r['n_lo']}–{r['n_hi']}", boost("base"), boost("bnb_plus"),
-                 f"{r['anb_plus_count']} / {r['base_count']} / {r['bnb_plus_count']}"]
-        if has_paper:
-            cells[3:3] = [_fmt(r["paper_boost_over_base"], 1), _fmt(r["paper_boost_over_bnb_plus"], 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    note = ("\nPooled as in the paper: mean over all AnB+ nets with n in the range minus the mean of the "
-            "random-split base nets, or minus the mean over all BnB+ nets with n in the range. "
-            "± is the standard error of the difference (Welch); – means a group has no nets (or one, for ±).\n")
-    return "\n".join(lines) + "\n" + note
-
-
-def write_table1(t1: pd.DataFrame, csv_path: str | Path, md_path: str | Path | None = None) -> None:
-    atomic.write_csv(t1, csv_path)
-    if md_path is not None:
-        atomic.write_text(md_path, table1_markdown(t1))
 
 
 def write_paper_comparison(cmp: pd.DataFrame, csv_path: str | Path) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..data.loader import EvalSet, TrainStream
-from .. import advice, atomic, attempts
+from .. import advice, atomic, attempts, paths
 from ..data import staging
 from ..data.shards import Shards, job_cpus
 from ..paths import parse_net
@@ -32,7 +32,7 @@ from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import build_net, make_optimizer, spec_from_config
 from .devices import job_memory, pick_device
 
-HISTORY_COLUMNS = ["iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s"]
+HISTORY_COLUMNS = list(paths.HISTORY_COLUMNS)
 
 
 def stable_seed(*parts) -> int:
@@ -313,7 +313,7 @@ def kernel_settings(tcfg: dict, device: torch.device) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = autotune
-    amp = bool(tcfg.get("amp", False)) and device.type == "cuda"
+    amp = bool(tcfg.get("amp", True)) and device.type == "cuda"
     return {"tf32": tf32, "cudnn_benchmark": autotune, "bf16_autocast": amp, "device_type": device.type}
 
 
@@ -466,7 +466,7 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
 
     max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
     # checkpoints every checkpoint_every iterations and/or checkpoint_minutes of wall time (0: not by that)
-    ckpt_every = int(tcfg.get("checkpoint_every", eval_every))
+    ckpt_every = int(tcfg.get("checkpoint_every", 10000))
     ckpt_s = 60.0 * float(tcfg.get("checkpoint_minutes", 0) or 0)
     t_ckpt, ckpt_count, ckpt_time = time.time(), 0, 0.0
     clip = float(tcfg.get("grad_clip", 0) or 0)
