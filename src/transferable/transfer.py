@@ -30,29 +30,11 @@ def build_net(spec: NetSpec | UnitSpec, *, n: int = 0, source_state: dict | None
     ``freeze``, those frozen; every other layer drawn from the filler with ``seed``."""
     if isinstance(spec, UnitSpec):
         net = units.build(spec.arch, spec.outputs, seed=seed, image_size=spec.crop, units=spec.units)
-        if source_state is not None:  # a saved UnitNet's keys start with "model."
-            source_state = {k.removeprefix("model."): v for k, v in source_state.items()}
-        return units.transfer_units(net, n, source_state, freeze)
-    if not 0 <= n <= 7:
-        raise ValueError(f"n must be in 0..7 (fc8 is always new), got {n}")
-    torch.manual_seed(seed)
-    net = CaffeNet(spec)
-    net.reset_parameters(generator=torch.Generator().manual_seed(seed))
-    if source_state is not None:
-        for name in LAYERS[:n]:
-            for p in ("weight", "bias"):
-                key = f"{name}.{p}"
-                if key not in source_state:
-                    raise KeyError(f"source net has no parameter {key!r}")
-                dst = getattr(net.layer(name), p)
-                if tuple(source_state[key].shape) != tuple(dst.shape):
-                    raise ValueError(f"{key}: source shape {tuple(source_state[key].shape)} != {tuple(dst.shape)}")
-                with torch.no_grad():
-                    dst.copy_(source_state[key])
-    if freeze:
-        for name in LAYERS[:n]:
-            net.layer(name).requires_grad_(False)
-    return net
+    else:
+        torch.manual_seed(seed)
+        net = CaffeNet(spec)
+        net.reset_parameters(generator=torch.Generator().manual_seed(seed))
+    return net.transfer(n, source_state, freeze)  # one copy/freeze for every family (models/protocol.py)
 
 
 def param_groups(net: CaffeNet) -> list[dict]:
@@ -72,7 +54,7 @@ def make_optimizer(net, train: dict) -> torch.optim.Optimizer:
     """``train.optimizer``: Caffe's SGD with its multipliers (the paper, CaffeNet), torch's SGD with
     momentum (ResNets) or AdamW (ViTs). The last two decay only weight matrices and kernels: not biases,
     normalisation parameters, the class token or position embeddings (all of at most one dimension, or
-    named so). Frozen parameters are in no group."""
+    named so: each family's ``decays``). Frozen parameters are in no group."""
     kind = train.get("optimizer", "caffe_sgd")
     lr, wd = train["lr"], train["weight_decay"]
     if kind == "caffe_sgd":
@@ -83,8 +65,7 @@ def make_optimizer(net, train: dict) -> torch.optim.Optimizer:
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(("class_token", "pos_embedding"))
-        (no_decay if skip else decay).append(p)
+        (decay if net.decays(name, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if kind == "sgd":

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .protocol import TransferNet, Unit
+
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
@@ -71,10 +73,17 @@ def spec_from_config(net: dict, outputs: int) -> NetSpec:
                    init=net.get("init", "caffe"))
 
 
-class CaffeNet(nn.Module):
+class CaffeNet(TransferNet):
+    """The paper's network on the pipeline's protocol (``protocol.TransferNet``): units conv1 ... fc7,
+    head fc8."""
+
+    arch = "caffenet"
+
     def __init__(self, spec: NetSpec):
         super().__init__()
         self.spec = spec
+        self.units = [Unit(name, (name,)) for name in LAYERS[:7]]
+        self.head = Unit("fc8", ("fc8",))
         blocks = []
         cin = spec.in_channels
         for i, c in enumerate(spec.convs, start=1):
@@ -134,24 +143,6 @@ class CaffeNet(nn.Module):
         # 8-bit mantissa loses the loss's precision and ties the top classes (no-op without autocast)
         with torch.autocast(x.device.type, enabled=False):
             return self.fc8(x.float())
-
-    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from the output of layer ``start`` (1-based; 0 = the image) on."""
-        for i in range(start, 8):
-            x = self._block(i, x)
-        return x
-
-    def forward(self, x: torch.Tensor, frozen: int = 0) -> torch.Tensor:
-        """Logits. The first ``frozen`` layers run without autograd (they get no gradient anyway), which
-        saves their backward pass and activation memory."""
-        if frozen:
-            with torch.no_grad():
-                for i in range(frozen):
-                    x = self._block(i, x)
-        for i in range(frozen, 8):
-            x = self._block(i, x)
-        return x
-
 
 def param_counts(net: CaffeNet) -> dict[str, int]:
     counts = {name: sum(p.numel() for p in net.layer(name).parameters()) for name in LAYERS}

@@ -19,7 +19,8 @@ block per stage at widths 16-128, a 3x3 stride-1 stem and no max-pooling, for 16
 Transfer (``transfer_units``): units 1..n copy the source's parameters AND buffers (BatchNorm's running
 statistics); frozen units get no gradient and keep their normalisation statistics fixed: their BatchNorm
 layers stay in eval mode whatever ``train()`` says, the wrapper's or the inner model's (a forward pre-hook,
-``UnitNet.pin_frozen_norms``); the rest, and the head, are a fresh draw from the net's seed.
+``TransferNet.pin_frozen_norms`` in models/protocol.py, shared with CaffeNet); the rest, and the head,
+are a fresh draw from the net's seed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from torchvision.models.resnet import ResNet
 
 from ..paths import UNIT_NAMES, VIT_PATCH
+from .protocol import TransferNet, Unit
 
 # the unit networks: every architecture of paths.UNIT_NAMES but CaffeNet (models/caffenet.py)
 ARCHS = tuple(a for a in UNIT_NAMES if not a.startswith("caffenet"))
@@ -54,23 +56,11 @@ def spec_from_config(net: dict, outputs: int) -> UnitSpec:
     return UnitSpec(arch=net["arch"], outputs=int(outputs), crop=int(net["crop"]), units=net.get("units", "blocks"))
 
 
-@dataclass(frozen=True)
-class Unit:
-    name: str
-    prefixes: tuple[str, ...]  # parameter/buffer names that start with one of these belong to the unit
+class UnitNet(TransferNet):
+    """A torchvision network with its ordered units and head (``protocol.TransferNet``): the model's own
+    modules, cut into units by parameter prefix; ``_blocks`` runs each unit, then the head."""
 
-
-def _matches(key: str, prefix: str) -> bool:
-    return key == prefix or key.startswith(prefix + ".")
-
-
-def _keep_eval(module: nn.Module, args) -> None:
-    module.training = False  # a frozen unit's BatchNorm: running statistics used, never updated
-
-
-class UnitNet(nn.Module):
-    """A torchvision network with its ordered units, the head, and a forward that can start at any unit
-    (``forward(x, frozen=n)`` runs units 1..n without autograd, as CaffeNet's does)."""
+    key_prefix = "model."
 
     def __init__(self, arch: str, model: nn.Module, units: list[Unit], head: Unit, blocks: list):
         super().__init__()
@@ -78,58 +68,15 @@ class UnitNet(nn.Module):
         self._blocks = blocks  # one callable per unit, then the head's
         self.frozen_units = 0
 
-    def unit_of(self, key: str) -> int:
-        """Index of the unit (0-based; len(units) = the head) a parameter or buffer belongs to."""
-        hits = [i for i, u in enumerate([*self.units, self.head]) if any(_matches(key, p) for p in u.prefixes)]
-        if len(hits) != 1:
-            raise KeyError(f"{self.arch}: {key!r} belongs to {len(hits)} units (expected exactly one)")
-        return hits[0]
-
-    def unit_keys(self, i: int) -> list[str]:
-        """The state_dict keys (parameters and buffers) of unit ``i`` (0-based)."""
-        return [k for k in self.model.state_dict() if self.unit_of(k) == i]
-
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         if i == len(self.units):  # the head: logits in fp32 under bf16 autocast, as CaffeNet's fc8
             with torch.autocast(x.device.type, enabled=False):
                 return self._blocks[i](x.float())
         return self._blocks[i](x)
 
-    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits from the output of unit ``start`` (1-based; 0 = the image) on."""
-        for i in range(start, len(self._blocks)):
-            x = self._block(i, x)
-        return x
-
-    def forward(self, x: torch.Tensor, frozen: int = 0) -> torch.Tensor:
-        if frozen:
-            with torch.no_grad():
-                for i in range(frozen):
-                    x = self._block(i, x)
-        for i in range(frozen, len(self._blocks)):
-            x = self._block(i, x)
-        return x
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # frozen units keep their normalisation statistics: their BatchNorm layers never leave eval mode
-        for name, m in self.model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and self._frozen_module(name):
-                m.eval()
-        return self
-
-    def pin_frozen_norms(self) -> None:
-        """Frozen BatchNorm layers normalise with their copied statistics even when a caller puts them back
-        in train mode (``net.model.train()``, an EMA or a wrapper that calls ``train`` on the inner model):
-        a forward pre-hook sets them to eval before every forward."""
-        for name, m in self.model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and self._frozen_module(name):
-                m.eval()
-                if _keep_eval not in m._forward_pre_hooks.values():
-                    m.register_forward_pre_hook(_keep_eval)
-
-    def _frozen_module(self, name: str) -> bool:
-        return any(_matches(name, p) for u in self.units[: self.frozen_units] for p in u.prefixes)
+    def decays(self, name: str, p: torch.Tensor) -> bool:
+        # a ViT's class token and position embedding have three dimensions and are not decayed either
+        return super().decays(name, p) and not name.endswith(("class_token", "pos_embedding"))
 
 
 # ---- ResNets ------------------------------------------------------------------------------------------
@@ -258,26 +205,6 @@ def build(arch: str, num_classes: int, *, seed: int, image_size: int = 224, unit
 
 
 def transfer_units(net: UnitNet, n: int, source_state: dict | None, freeze: bool) -> UnitNet:
-    """Copy units 1..n (parameters and buffers) from ``source_state`` (a state_dict of the same arch's
-    ``model``; None leaves them random, the random-filter control) and, with ``freeze``, freeze them."""
-    k = len(net.units)
-    if not 0 <= n <= k:
-        raise ValueError(f"{net.arch}: n must be in 0..{k} (the head is always new), got {n}")
-    if source_state is not None:
-        own = net.model.state_dict()
-        for i in range(n):
-            for key in net.unit_keys(i):
-                if key not in source_state:
-                    raise KeyError(f"source net has no {key!r} (another architecture?)")
-                if tuple(source_state[key].shape) != tuple(own[key].shape):
-                    raise ValueError(f"{key}: source shape {tuple(source_state[key].shape)} != {tuple(own[key].shape)}")
-                with torch.no_grad():
-                    own[key].copy_(source_state[key])
-    if freeze:
-        for name, p in net.model.named_parameters():
-            if net.unit_of(name) < n:
-                p.requires_grad_(False)
-        net.frozen_units = n
-        net.train(net.training)
-        net.pin_frozen_norms()
-    return net
+    """``net.transfer`` (``protocol.TransferNet``): copy units 1..n from ``source_state`` and, with
+    ``freeze``, freeze them."""
+    return net.transfer(n, source_state, freeze)
