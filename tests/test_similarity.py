@@ -42,6 +42,29 @@ def test_minibatch_estimator_agrees_with_the_full_batch_one():
         assert cka(x, y, batch=b) == pytest.approx(full, abs=0.02)
 
 
+def test_minibatches_of_a_class_sorted_set_are_shuffled():
+    """Issue 24: the shards hold a half class by class; batches of a sorted sample hold few classes and bias
+    the mini-batch estimator (class structure shared by both nets is what CKA measures). The sample the
+    analysis draws is in a fixed random order: its batches agree with the full-batch value."""
+    import numpy as np
+
+    from transferable.similarity import _sample
+
+    classes, per = 20, 50
+    centres = torch.randn(classes, 30, generator=G, dtype=torch.float64) * 2
+    labels = torch.arange(classes).repeat_interleave(per)  # sorted by class, as a half is read
+    x = centres[labels] + torch.randn(len(labels), 30, generator=G, dtype=torch.float64)
+    y = (centres @ torch.randn(30, 20, generator=G, dtype=torch.float64))[labels] \
+        + 3 * torch.randn(len(labels), 20, generator=G, dtype=torch.float64)
+    full = cka(x, y)
+    assert abs(cka(x, y, batch=100) - full) > 0.05  # sorted: each batch holds 2 of the 20 classes
+    idx = torch.from_numpy(_sample(len(x), len(x), 0))
+    assert cka(x[idx], y[idx], batch=100) == pytest.approx(full, abs=0.03)
+    first = labels[torch.from_numpy(_sample(len(x), 300, 0))][:100]
+    assert len(set(first.tolist())) >= 15  # a batch of the sample spans most classes
+    assert np.array_equal(_sample(1000, 300, 0), _sample(1000, 300, 0))  # fixed
+
+
 def test_probe_is_deterministic_and_separates_what_is_separable():
     x = torch.randn(300, 10, generator=G)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
