@@ -287,7 +287,13 @@ def test_claims_for_other_depths_keep_relative_depth():
     assert five["coadaptation"] == ((2, 4),) and five["specificity_vs_selffer"] == ((5, 5),)
     assert five["specificity_grows"] == ((1, 5),) and five["boost_over_base"] == ((1, 5), (2, 5), (4, 5))
     seventeen = {c.key: c.ranges for c in claims_for(17)}  # ResNet-50's blocks
-    assert seventeen["specificity_vs_base"] == ((17, 17),) and seventeen["coadaptation"] == ((7, 15),)
+    assert seventeen["specificity_vs_base"] == ((17, 17),) and seventeen["coadaptation"] == ((6, 14),)
+    # issue 24: from 11 units on, round(n * K / 7) moved "layer 1" to unit 2; the first unit stays the first
+    for k in (11, 13, 17):
+        deep = {c.key: c.ranges for c in claims_for(k)}
+        assert deep["no_loss_low_layers"][0][0] == 1 and deep["specificity_grows"] == ((1, k),), k
+        assert deep["boost_over_base"][0] == (1, k), k
+    assert {c.key: c.ranges for c in claims_for(13)}["no_loss_low_layers"] == ((1, 3),)  # ViT-B/16
 
 
 # ---------------------------------------------------------------------------------------------------------

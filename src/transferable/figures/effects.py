@@ -274,13 +274,15 @@ CLAIMS: tuple[Claim, ...] = (
 
 def claims_for(units: int, claims: tuple[Claim, ...] = CLAIMS) -> tuple[Claim, ...]:
     """The paper's claims for a net of ``units`` transferable units: each range of CaffeNet's 7 layers at the
-    same relative depth (n -> round(n * units / 7), at least 1): "the top layer" is the top unit, "the
-    middle layers" 3-6 the units at 3/7..6/7 of the depth. CaffeNet's own claims are unchanged."""
+    same relative depth, with the ends kept: layer 1 is unit 1 and layer 7 the top unit (n -> 1 + round((n - 1)
+    (units - 1) / 6)), so "the first layers" start at the first unit on any depth (round(n * units / 7) made
+    it unit 2 from 11 units on: ViT-B/16, ResNet-50 blocks) and "the top layer" is the top unit. CaffeNet's
+    own claims are unchanged; so are those of the 5-unit demos."""
     if units == 7:
         return claims
 
     def at(n: int) -> int:
-        return max(1, min(units, round(n * units / 7)))
+        return max(1, min(units, 1 + round((n - 1) * (units - 1) / 6)))
 
     out = []
     for c in claims:
