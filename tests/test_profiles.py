@@ -245,10 +245,11 @@ def test_shared_stream_jobs_get_what_the_profile_gives_train(workdir, clean_env)
     # a setting given for the group's own rule wins over the one inherited from train (--set-resources on the
     # command line replaces the profile's whole set-resources)
     rc, out = snakemake(["-n", "--profile", "profiles/slurm", *cfg, "--set-resources", "train:cpus_per_gpu=2",
-                         "train_together_rand0_B:cpus_per_gpu=3"], workdir, env)
+                         "train:slurm_partition='gpu-x'", "train_together_rand0_B:cpus_per_gpu=3"], workdir, env)
     assert rc == 0, out
     got = {r: res for r, res in dry_run_jobs(out)}
     assert got["train_together_rand0_B"]["cpus_per_gpu"] == "3" and got["train_together_natman_A"]["cpus_per_gpu"] == "2"
+    assert got["train_together_rand0_B"]["slurm_partition"] == "gpu-x"  # the rest still inherited, key by key
 
 
 def test_cluster_scripts_are_valid_bash():

@@ -1,6 +1,8 @@
 """Where a training job reads a half too large for its memory from (issue 26): chosen by size, staged to a
 node-local folder when one has room, and said with the bytes each choice moves per epoch."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -90,3 +92,38 @@ def test_the_stage_folder_comes_from_the_rule_or_the_site(monkeypatch):
     monkeypatch.setenv("TRANSFERABLE_STAGE_DIR", "/local/scratch")
     assert _stage_dir(build_parser().parse_args(base + ["--stage-dir="])) == "/local/scratch"
     assert _stage_dir(build_parser().parse_args(base + ["--stage-dir=/nvme"])) == "/nvme"
+
+
+def test_a_damaged_staged_copy_is_dropped_not_trained_on(prepared, tmp_path, monkeypatch):
+    """A staged file of the right size but other content (a bad local disk, a previous partial copy) is found
+    by the check against the shard jobs' digests: the staged copy is removed and the job reads the shard
+    folder, training the same net."""
+    ref = _train(prepared, tmp_path / "ref", None, None, [])
+    monkeypatch.setattr(staging, "RESERVE_MAX", 0)
+    monkeypatch.setattr("transferable.train.loop.job_memory", lambda mem_mb: (1 << 10, "a test's 1 KB"))
+    stage = tmp_path / "local"
+    _train(prepared, tmp_path / "first", str(stage), None, [])
+    victim = sorted(stage.glob("transferable-shards-*/**/train_*.npy"))[0]
+    victim.write_bytes(bytes(victim.stat().st_size))  # same size, zeros
+    lines = []
+    got = _train(prepared, tmp_path / "again", str(stage), None, lines)
+    assert any("the staged copy is damaged" in x and str(victim) in x for x in lines), lines
+    assert not list(stage.glob("transferable-shards-*")) and got["provenance"]["job"]["data_policy"] == "shared storage"
+    assert got["top1"] == ref["top1"]
+
+
+def test_the_stage_folder_is_private_and_expanded(prepared, tmp_path, monkeypatch):
+    """$VARS in resources.stage_dir are expanded (the rule passes it quoted), a relative path is refused, the
+    folder is created 0700, and one this user does not own privately is refused."""
+    import os
+
+    shards = Shards(prepared / "shards" / "index.json")
+    monkeypatch.setenv("MY_SCRATCH", str(tmp_path / "scratch"))
+    staged, plan = staging.prepare(shards, [0, 1], 1 << 10, "$MY_SCRATCH/stage", log=lambda m: None)
+    root = Path(plan["stage_dir"])
+    assert root.parent == tmp_path / "scratch/stage" and (root.stat().st_mode & 0o777) == 0o700
+    with pytest.raises(ValueError, match="not an absolute path"):
+        staging.prepare(shards, [0, 1], 1 << 10, "relative/stage", log=lambda m: None)
+    os.chmod(root, 0o777)  # as another user could have made it
+    with pytest.raises(PermissionError, match="not this user's private folder"):
+        staging.prepare(shards, [0, 1], 1 << 10, str(root.parent), log=lambda m: None)

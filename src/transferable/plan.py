@@ -303,10 +303,11 @@ def _check_finite(cfg: dict, where: str = "") -> None:
 
     for k, v in cfg.items():
         key = f"{where}{k}"
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{key}: {v} is not a finite number")
-        if isinstance(v, dict):
-            _check_finite(v, key + ".")
+        for i, x in enumerate(v if isinstance(v, list) else [v]):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"{key}{f'[{i}]' if isinstance(v, list) else ''}: {x} is not a finite number")
+            if isinstance(x, dict):
+                _check_finite(x, key + ".")
 
 
 def check(cfg: dict, num_classes: int | None = None) -> None:

@@ -180,10 +180,13 @@ def train_site_settings(name):
     --gpus=<model>:0."""
     given = workflow.resource_settings.overwrite_resources
     job_rule = workflow.get_rule(name)
-    if name != "train" and "train" in given and name not in given:
+    if name != "train" and "train" in given:
+        own = set(given.get(name, {}))  # already applied by Snakemake: kept, key by key
         inherited = Resources.from_mapping(given["train"])
         job_rule.resources.update(
-            Resources({k: v for k, v in inherited.items() if k != "runtime"})
+            Resources(
+                {k: v for k, v in inherited.items() if k != "runtime" and k not in own}
+            )
         )
     if RES.get("train_gpus", 1) == 0 and job_rule.resources.get("gpu_model"):
         job_rule.resources.update(Resources.from_mapping({"gpu_model": None}))
@@ -225,8 +228,8 @@ def raw_identity_file():
     from transferable.data import rawfiles
 
     if not workflow.is_main_process:
-        found = sorted(glob.glob(paths.raw_identity("*")))
-        return found[0] if found else None
+        found = sorted(glob.glob(paths.raw_identity("*")), key=os.path.getmtime)
+        return found[-1] if found else None
     got = rawfiles.digest(
         config["data"]["root"],
         paths.raw_cache(),

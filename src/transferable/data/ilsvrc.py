@@ -248,13 +248,24 @@ class SubsetWalk:
         return out
 
 
+def _entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(folders, files) directly in ``folder``, links followed, from directory entries (the file type comes
+    with the entry: no stat per image, 1.28 M of them on ImageNet)."""
+    dirs, files = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.is_dir():
+                dirs.append(Path(e.path))
+            elif e.is_file():
+                files.append(Path(e.path))
+    return sorted(dirs), sorted(files)
+
+
 def walk_subset(folder: Path, flat_ok: bool = False) -> SubsetWalk:
-    entries = sorted(folder.iterdir())
-    classes = [p for p in entries if p.is_dir()]
-    files = [p for p in entries if p.is_file()]
+    classes, files = _entries(folder)
     flat = [p for p in files if p.suffix.lower() in IMAGE_EXTS] if flat_ok and not classes else []
-    loose = [p for p in files if p not in flat and p.suffix.lower() in IMAGE_EXTS]
-    nested = [q for d in classes for q in sorted(d.iterdir()) if q.is_dir()]
+    loose = [p for p in files if p not in set(flat) and p.suffix.lower() in IMAGE_EXTS]
+    nested = [q for d in classes for q in _entries(d)[0]]
     return SubsetWalk(classes, flat, nested, loose)
 
 

@@ -416,6 +416,9 @@ def write_part(images_csv: str, k: int, parts: int, size: int, out_dir: str, on_
     _remove_orphans(out)
     key = _inputs_key(rows, size=size, resize=resize, fmt=fmt, quality=quality, exif=exif, on_corrupt=on_corrupt)
     t0 = time.time()
+    kept = out.parent / REUSE_DIR / out.name
+    if (kept / "key.txt").is_file() and (kept / "key.txt").read_text().strip() != key:
+        shutil.rmtree(kept, ignore_errors=True)  # stale: its inodes would double the part's disk while it rebuilds
     if _reuse(out, key, log):
         counts = json.loads((out / "counts.json").read_text())["counts"]
         rejects = len(atomic.read_csv(out / "rejects.csv")) if (out / "rejects.csv").is_file() else 0
@@ -574,6 +577,7 @@ class Shards:
     def __init__(self, index_json: str | os.PathLike, root: str | os.PathLike | None = None):
         """``root``: where the parts' files are read from, when not beside the index (a staged copy)."""
         self.root = Path(root) if root is not None else Path(index_json).parent
+        self.index_dir = Path(index_json).parent  # the parts' recorded digests stay there (files.sha256)
         with open(index_json) as f:
             self.index = json.load(f)
         self.size = int(self.index["size"])
@@ -599,29 +603,33 @@ class Shards:
             names = [("train", ".npy"), ("val", ".npy")]
         return [self._file(what, c, suffix) for c in classes for what, suffix in names + [("sum", ".npy")]]
 
-    def verify(self, classes: list[int], threads: int = 1, log=print) -> dict:
+    def verify(self, classes: list[int], threads: int = 1, log=print, content: bool = True) -> dict:
         """Check every file of ``classes`` against the size and SHA-256 its shard job recorded
         (``files.sha256``), ``threads`` files at a time, before a job trains on them: a missing, truncated,
         zero-filled or flipped file raises ShardError naming the file, its part and the command that
         rebuilds the part (with the run's configuration). Reading them also brings them into the page cache
-        the first epoch reads from. Parts written before per-file digests: sizes unchecked, said once."""
-        from concurrent.futures import ThreadPoolExecutor
+        the first epoch reads from. ``content`` False: presence and sizes only (no reading). The digests
+        are read beside the index, the files from ``root`` (a staged copy is checked against the originals'
+        digests). Parts written before per-file digests: sizes unchecked, said once. The first bad file
+        stops the check at once."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         from .. import advice
 
         t0, recorded, unrecorded = time.time(), {}, set()
         for part in sorted({self.index["parts"][str(c)] for c in classes}):
-            f = self.root / part / FILE_DIGESTS
+            f = self.index_dir / part / FILE_DIGESTS
             if not f.is_file():
                 unrecorded.add(part)
                 continue
             for line in f.read_text().splitlines():
                 digest, size, name = line.split("  ", 2)
                 recorded[self.root / part / name] = (digest, int(size))
+        original = {self.root / part: self.index_dir / part for part in self.index["parts"].values()}
         files = self.files(classes)
 
         def check(path: Path) -> int:
-            part = path.parent
+            part = original.get(path.parent, path.parent)  # the part to rebuild: the original, not a staged copy
             rebuild = advice.snakemake_command("--force", str(part))
             if not path.is_file():
                 raise ShardError(f"{path}: missing from shard part {part.name}; rebuild the part with: {rebuild}")
@@ -632,14 +640,24 @@ class Shards:
             if size is None or actual != size:
                 raise ShardError(f"{path}: {actual} bytes, its shard job wrote {size}: the file of part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
-            if _sha256_file(path) != digest:
+            if content and _sha256_file(path) != digest:
                 raise ShardError(f"{path}: its content differs from what its shard job wrote (SHA-256): part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
             return actual
 
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            nbytes = sum(pool.map(check, files))
+        pool = ThreadPoolExecutor(max(1, threads))
+        try:
+            futures = [pool.submit(check, f) for f in files]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            bad = next((f for f in done if f.exception()), None)
+            if bad is not None:
+                raise bad.exception()
+            nbytes = sum(f.result() for f in futures)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         seconds = time.time() - t0
+        if not content:
+            return {"files": len(files), "bytes": nbytes, "seconds": seconds}
         if unrecorded:
             log(f"shards: part(s) {', '.join(sorted(unrecorded))} have no per-file digests (written by an "
                 "older version): their files' content is not verified")

@@ -54,21 +54,26 @@ def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str |
     """The shard set to read this half from (the original, or a staged copy) and the policy, logged."""
     files = shards.files(classes)
     set_bytes = sum(f.stat().st_size for f in files)
-    stage_root = Path(stage_dir) / f"transferable-shards-{shards.digest[:16]}" if stage_dir else None
+    stage_root = _own_stage_root(stage_dir, shards.digest) if stage_dir else None
     stage_free = None
     if stage_root is not None:
-        Path(stage_dir).mkdir(parents=True, exist_ok=True)
         there = [_staged(stage_root, shards, f) for f in files]
         staged = sum(f.stat().st_size for f in there if f.exists())  # reused: counts as free room
-        stage_free = shutil.disk_usage(stage_dir).free + staged
+        stage_free = shutil.disk_usage(stage_root).free + staged
     plan = choose(set_bytes, job_bytes, stage_free)
     plan.update(set_bytes=set_bytes, job_bytes=job_bytes, stage_dir=str(stage_root) if stage_root else None)
     msg = f"data: {_gb(set_bytes)} for {len(classes)} classes, job memory {_gb(job_bytes)} -> {plan['policy']}"
     if plan["policy"] == "stage":
-        copied = _stage(shards, files, stage_root)
+        try:
+            copied = _stage(shards, files, stage_root)
+        except OSError as e:  # the disk filled up under us (another job staging), or failed: not fatal
+            plan.update(policy="shared storage", shared_bytes_per_epoch=set_bytes, local_bytes_per_epoch=0)
+            log(f"{msg}, but copying to {stage_root} failed ({e}): every epoch reads {_gb(set_bytes)} from "
+                f"{shards.root} instead")
+            return shards, plan
         log(f"{msg}: {_gb(copied)} copied to {stage_root} ({_gb(set_bytes - copied)} there already); every epoch "
             f"reads {_gb(set_bytes)} from that local disk")
-        return Shards(shards.root / "index.json", root=stage_root), plan
+        return Shards(shards.index_dir / "index.json", root=stage_root), plan
     if plan["policy"] == "shared storage":
         log(f"{msg}: every epoch reads {_gb(set_bytes)} from {shards.root} again. To avoid it: more memory "
             f"(resources.train_mem_mb >= {set_bytes / 0.9 / 2**20:.0f}), a node-local resources.stage_dir with "
@@ -77,6 +82,24 @@ def prepare(shards: Shards, classes: list[int], job_bytes: int, stage_dir: str |
     else:
         log(f"{msg}: {_gb(set_bytes)} read once from {shards.root}, then from memory")
     return shards, plan
+
+
+def _own_stage_root(stage_dir: str, digest: str) -> Path:
+    """``<stage_dir>/transferable-shards-<digest16>``: ``$VARS`` and ``~`` expanded (the rule passes the
+    setting quoted), absolute, created private (0700) and refused unless this user owns it: another user
+    of the node cannot plant files the job would train on."""
+    base = Path(os.path.expandvars(os.path.expanduser(stage_dir)))
+    if not base.is_absolute() or "$" in str(base):
+        raise ValueError(f"resources.stage_dir: {stage_dir!r} is not an absolute path once expanded ({base}); "
+                         "give a node-local folder such as /local/scratch or $TMPDIR")
+    base.mkdir(parents=True, exist_ok=True)
+    root = base / f"transferable-shards-{digest[:16]}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{root}: the stage folder is not this user's private folder (owner uid {st.st_uid}, "
+                              f"mode {oct(st.st_mode & 0o777)}): not trusted; remove it or choose another stage_dir")
+    return root
 
 
 def _staged(stage_root: Path, shards: Shards, f: Path) -> Path:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import time
 import zlib
@@ -26,7 +27,7 @@ from .. import __version__
 from ..data.loader import EvalSet, TrainStream
 from .. import advice, atomic, attempts, paths
 from ..data import staging
-from ..data.shards import Shards, job_cpus
+from ..data.shards import ShardError, Shards, job_cpus
 from ..paths import parse_net
 from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import build_net, make_optimizer, spec_from_config
@@ -423,8 +424,22 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
         + (f" ({gpus} GPU(s) granted)" if gpus is not None else ""))
     if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
         ram_limit = job_bytes / 4
-    shards.verify(classes, threads=job_cpus(), log=lambda msg: log(f"[{tag}] {msg}"))  # before any training
-    shards, data_plan = staging.prepare(shards, classes, job_bytes, stage_dir, lambda msg: log(f"[{tag}] {msg}"))
+    # before any training: every file there and of its size (a stat), then staged if it must be, then the
+    # content of what will be read (the staged copy: local disk, not the shard folder again) against the digests
+    say = lambda msg: log(f"[{tag}] {msg}")  # noqa: E731
+    shards.verify(classes, threads=job_cpus(), log=say, content=False)
+    original = shards
+    shards, data_plan = staging.prepare(shards, classes, job_bytes, stage_dir, say)
+    try:
+        shards.verify(classes, threads=job_cpus(), log=say)
+    except ShardError as e:
+        if shards is original:
+            raise
+        say(f"the staged copy is damaged ({e}): removed; reading the shard folder instead")
+        shutil.rmtree(data_plan["stage_dir"], ignore_errors=True)
+        shards = original
+        shards.verify(classes, threads=job_cpus(), log=say)
+        data_plan["policy"] = "shared storage"
     x_train, y_train = shards.load("train", classes, ram_limit)
     val = EvalSet(*shards.load("val", classes, ram_limit), spec.crop, device)  # cropped once, for every evaluation
 
