@@ -592,3 +592,16 @@ def test_a_terminated_or_killed_shard_job_leaves_no_temporary_part(tmp_path):
     live.mkdir()
     write_part(str(tmp_path / "images.csv"), 0, 1, 8, str(out), log=lambda *a: None)
     assert out.is_dir() and not dead.exists() and live.exists()
+
+
+def test_advised_commands_keep_where_the_run_runs():
+    """Review of issue 27, case 3: a command printed by a job of a SLURM run must submit to SLURM (keep
+    --profile), not run on the login node; targets, --force and -n are not kept; a null --config value is
+    written as key= (Snakemake's null), not key=None."""
+    argv = ["--profile", "profiles/slurm", "results/x.pdf", "--force", "-n", "--configfile", "c.yaml",
+            "--use-conda", "--jobs=50", "--config", "a=1"]
+    assert advice.kept_flags(argv) == ["--profile", "profiles/slurm", "--use-conda", "--jobs=50"]
+    got = advice.run_invocation(["c.yaml"], {"data_root": None, "train": {"lr": 0.1}}, advice.kept_flags(argv))
+    assert got == ("snakemake --profile profiles/slurm --use-conda --jobs=50 --configfile c.yaml --config "
+                   "data_root= 'train={\"lr\": 0.1}'")
+    assert advice.run_invocation([], None, ["--use-conda"]) == "snakemake --cores all --use-conda"

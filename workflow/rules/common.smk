@@ -35,6 +35,15 @@ check_config()
 # checkout's src/ first on PYTHONPATH, so the jobs run the same code the workflow parsed and declares as
 # inputs, whatever is installed. The python is the one running Snakemake (its environment has the
 # third-party packages), or under --use-conda the conda environment's (envs/*.yaml: third-party only).
+# The run's own invocation, for the commands messages advise: computed from the command line of the main
+# process and inherited by every job's environment (a job's own Snakemake runs with other options).
+if workflow.is_main_process or not os.environ.get(advice.ENV):
+    os.environ[advice.ENV] = advice.run_invocation(
+        workflow.config_settings.configfiles,
+        workflow.config_settings.config,
+        advice.kept_flags(sys.argv[1:]) if workflow.is_main_process else [],
+    )
+RERUN = os.environ[advice.ENV]
 SRC = os.path.join(workflow.basedir, "src")
 _CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
 _PREFIX = (
@@ -42,8 +51,8 @@ _PREFIX = (
     f"export PYTHONPATH={shlex.quote(SRC)}${{PYTHONPATH:+:$PYTHONPATH}}; "
     f"export TRANSFERABLE_PYTHON={shlex.quote('python' if _CONDA else sys.executable)}; "
     f"export PATH={shlex.quote(os.path.join(workflow.basedir, 'workflow/bin'))}:$PATH; "
-    # the commands a job's messages advise carry this run's own --configfile/--config (advice.py)
-    f"export {advice.ENV}={shlex.quote(advice.run_invocation(workflow.config_settings.configfiles, workflow.config_settings.config))}; "
+    # the commands a job's messages advise carry this run's own --configfile/--config and placement (advice.py)
+    f"export {advice.ENV}={shlex.quote(RERUN)}; "
 )
 # shell.prefix is itself formatted by Snakemake: its literal braces are doubled once more
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
@@ -129,7 +138,7 @@ def check_report_has_a_run():
     if missing:
         raise WorkflowError(
             f"--report: this run is not finished ({len(missing)} of its outputs missing, e.g. {missing[0]}); "
-            f"run it first: {advice.run_invocation(workflow.config_settings.configfiles, workflow.config_settings.config)}"
+            f"run it first: {RERUN}"
         )
 
 
