@@ -127,22 +127,30 @@ def _folder_dataset(root, classes=("cat", "dog", "eel", "fox"), per_class=3):
                 Image.new("RGB", (24, 24), (40 * i, 20 * j, 90)).save(root / subset / cls / f"{j}.png")
 
 
+def _folder_workflow(tmp_path, root_name: str, one_split: bool = False):
+    """A copy of the workflow whose configs/folder.yaml is micro.yaml on a small image folder (batch 4: a
+    half of it holds 6 training images); ``one_split``: the random split rand0 with target B only."""
+    (tmp_path / "wf").mkdir()
+    wd = copy_workflow(tmp_path / "wf")
+    root = tmp_path / root_name
+    _folder_dataset(root)
+    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
+    cfg["data"] = {"source": "path", "root": str(root)}
+    if one_split:
+        cfg["splits"] = {"rand0": {"kind": "random", "seed": 0}}
+        cfg["experiment"] = {"random_splits": {**cfg["experiment"]["random_splits"], "targets": ["B"]}}
+    cfg["train"]["batch_size"] = 4
+    (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
+    return wd, root
+
+
 @pytest.mark.slow
 def test_image_folder_changes_rerun_ingest_and_what_follows(tmp_path):
     """Issue 16, case 3: adding, replacing or deleting an image of a folder dataset reruns ingest and the
     shards; touching one without changing it, or nothing at all, reruns nothing."""
     from PIL import Image
 
-    (tmp_path / "wf").mkdir()
-    wd = copy_workflow(tmp_path / "wf")
-    root = tmp_path / "my data"
-    _folder_dataset(root)
-    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
-    cfg["data"] = {"source": "path", "root": str(root)}
-    cfg["splits"] = {"rand0": {"kind": "random", "seed": 0}}
-    cfg["experiment"] = {"random_splits": {**cfg["experiment"]["random_splits"], "targets": ["B"]}}
-    cfg["train"]["batch_size"] = 4
-    (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
+    wd, root = _folder_workflow(tmp_path, "my data", one_split=True)
     target = ["results/shards/warp20/index.json", "--cores", "1", "--configfile", "configs/folder.yaml"]
 
     def plan():
@@ -182,14 +190,7 @@ def test_a_plan_made_while_ingest_runs_changes_nothing_it_consumed(tmp_path):
 
     from PIL import Image
 
-    (tmp_path / "wf").mkdir()
-    wd = copy_workflow(tmp_path / "wf")
-    root = tmp_path / "data"
-    _folder_dataset(root)
-    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
-    cfg["data"] = {"source": "path", "root": str(root)}
-    cfg["train"]["batch_size"] = 4  # a half of this folder holds 6 training images
-    (wd / "configs/folder.yaml").write_text(yaml.safe_dump(cfg))
+    wd, root = _folder_workflow(tmp_path, "data")
     target = ["results/ingest/catalog.csv", "--cores", "1", "--configfile", "configs/folder.yaml"]
     hold = tmp_path / "hold"
     hold.touch()

@@ -4,7 +4,7 @@ transfer mechanics on it (copy exactly units 1..n, freeze with fixed normalisati
 import pytest
 import torch
 
-from transferable.models.units import build, transfer_units
+from transferable.models.units import build
 
 # (arch, units, image size, expected unit count); the full-size nets are only built, never trained here
 ARCHS = [("resnet18", "blocks", 64, 9), ("resnet18", "stages", 64, 5), ("resnet50", "blocks", 64, 17),
@@ -49,7 +49,7 @@ def test_copy_freeze_and_reinit_units(arch, size):
     k = len(source.units)
     fresh = build(arch, 10, seed=7, image_size=size).model.state_dict()
     for n in range(1, k + 1):
-        net = transfer_units(build(arch, 10, seed=7, image_size=size), n, src, freeze=True)
+        net = build(arch, 10, seed=7, image_size=size).transfer(n, src, freeze=True)
         state = net.model.state_dict()
         for key, v in state.items():
             want = src[key] if net.unit_of(key) < n else fresh[key]
@@ -96,7 +96,7 @@ def test_frozen_batchnorm_stays_fixed_whoever_calls_train():
     """Issue 23: `net.model.train()` (not the wrapper's train) put frozen BatchNorm back in train mode and
     its running statistics moved."""
     src = build("resnet-small", 10, seed=1, image_size=16).model.state_dict()
-    net = transfer_units(build("resnet-small", 10, seed=7, image_size=16), 2, src, freeze=True)
+    net = build("resnet-small", 10, seed=7, image_size=16).transfer(2, src, freeze=True)
     sd = net.model.state_dict()
     before = {k: sd[k].clone() for i in range(2) for k in net.unit_keys(i)}
     net.model.train()  # bypasses UnitNet.train
@@ -110,11 +110,11 @@ def test_frozen_batchnorm_stays_fixed_whoever_calls_train():
 @pytest.mark.parametrize("arch, size", SMALL)
 def test_fine_tuned_units_train_and_random_frozen_units_stay(arch, size):
     src = build(arch, 10, seed=1, image_size=size).model.state_dict()
-    tuned = transfer_units(build(arch, 10, seed=7, image_size=size), 2, src, freeze=False)
+    tuned = build(arch, 10, seed=7, image_size=size).transfer(2, src, freeze=False)
     before = {k: v.clone() for k, v in tuned.model.state_dict().items()}
     _step(tuned, size, 0)
     assert any(not torch.equal(tuned.model.state_dict()[k], before[k]) for k in tuned.unit_keys(0))
-    rand = transfer_units(build(arch, 10, seed=7, image_size=size), 2, None, freeze=True)
+    rand = build(arch, 10, seed=7, image_size=size).transfer(2, None, freeze=True)
     keep = {k: v.clone() for k, v in rand.model.state_dict().items()}
     _step(rand, size, 2)
     assert all(torch.equal(rand.model.state_dict()[k], keep[k]) for i in range(2) for k in rand.unit_keys(i))
@@ -124,9 +124,9 @@ def test_impossible_transfers_are_refused():
     vit = build("vit-small", 10, seed=0, image_size=16)
     res = build("resnet-small", 10, seed=0, image_size=16)
     with pytest.raises(KeyError, match="another architecture"):
-        transfer_units(vit, 1, res.model.state_dict(), freeze=True)
+        vit.transfer(1, res.model.state_dict(), freeze=True)
     with pytest.raises(ValueError, match="n must be in 0..5"):
-        transfer_units(res, 6, res.model.state_dict(), freeze=True)
+        res.transfer(6, res.model.state_dict(), freeze=True)
     with pytest.raises(ValueError, match="net.units"):
         build("vit-small", 10, seed=0, image_size=16, units="stages")
     with pytest.raises(ValueError, match="net.arch"):
@@ -146,7 +146,7 @@ def test_optimiser_recipes_decay_only_weights_and_skip_frozen():
     from transferable.transfer import make_optimizer
 
     train = {"lr": 0.1, "weight_decay": 0.05, "momentum": 0.9}
-    vit = transfer_units(build("vit-small", 10, seed=0, image_size=16), 2, None, freeze=True)
+    vit = build("vit-small", 10, seed=0, image_size=16).transfer(2, None, freeze=True)
     opt = make_optimizer(vit, dict(train, optimizer="adamw"))
     assert isinstance(opt, torch.optim.AdamW)
     names = {id(p): n for n, p in vit.named_parameters()}

@@ -16,7 +16,7 @@ block per stage at widths 16-128, a 3x3 stride-1 stem and no max-pooling, for 16
 ``vit-small`` (4 px patches, 4 blocks, width 64). Every network is torchvision's definition, built with
 ``weights=None`` (trained from scratch; nothing is downloaded).
 
-Transfer (``transfer_units``): units 1..n copy the source's parameters AND buffers (BatchNorm's running
+Transfer (``TransferNet.transfer``, models/protocol.py): units 1..n copy the source's parameters AND buffers (BatchNorm's running
 statistics); frozen units get no gradient and keep their normalisation statistics fixed: their BatchNorm
 layers stay in eval mode whatever ``train()`` says, the wrapper's or the inner model's (a forward pre-hook,
 ``TransferNet.pin_frozen_norms`` in models/protocol.py, shared with CaffeNet); the rest, and the head,
@@ -202,9 +202,3 @@ def build(arch: str, num_classes: int, *, seed: int, image_size: int = 224, unit
     if units != "blocks":
         raise ValueError(f"net.units: {units!r}: a ViT's units are its embedding and blocks (units: blocks)")
     return _vit_net(arch, num_classes, image_size)
-
-
-def transfer_units(net: UnitNet, n: int, source_state: dict | None, freeze: bool) -> UnitNet:
-    """``net.transfer`` (``protocol.TransferNet``): copy units 1..n from ``source_state`` and, with
-    ``freeze``, freeze them."""
-    return net.transfer(n, source_state, freeze)
