@@ -297,14 +297,24 @@ def test_a_batch_larger_than_a_folder_roots_half_is_refused_before_ingest(tmp_pa
 
 
 def test_the_treatments_are_written_once():
-    """Issue 23: the schema's treatment enum is the package's list (paths.TRANSFER_TREATMENTS), which the plan,
-    the tables and the figures import."""
+    """Issue 23: the treatments are one table (paths.TREATMENT_TABLE); the schema lists none (the config check
+    reads the table), the plan, tables and figures derive their lists from it."""
     schema = yaml.safe_load(open(SCHEMA))
-    enum = schema["properties"]["experiment"]["properties"]["random_splits"]["properties"]["treatments"]["items"]["enum"]
-    from transferable.figures import tables
+    item = schema["properties"]["experiment"]["properties"]["random_splits"]["properties"]["treatments"]["items"]
+    from transferable.figures import plots, tables
 
-    assert tuple(enum) == paths.TRANSFER_TREATMENTS == plan.TREATMENTS == tables.FIG2_TREATMENTS
-    assert tables.TREATMENTS == ("base", *paths.TRANSFER_TREATMENTS, "random")
+    assert "enum" not in item
+    assert paths.TRANSFER_TREATMENTS == plan.TREATMENTS == ("BnB", "BnB+", "AnB", "AnB+", "base+")
+    assert tables.FIG2_TREATMENTS == ("BnB", "BnB+", "AnB", "AnB+")  # the paper's legend; base+ is a control
+    assert tables.TREATMENTS == tuple(t.key for t in paths.TREATMENT_TABLE)
+    assert set(plots.MARKERS) == {"base", *paths.TRANSFER_TREATMENTS}
+    assert {k: (m["color"], m["marker"]) for k, m in plots.MARKERS.items()} == {
+        k: (paths.TREATMENT[k].colour, paths.TREATMENT[k].marker) for k in plots.MARKERS}
+
+
+def test_a_treatment_outside_the_table_is_refused_naming_the_allowed_ones():
+    msg = _check(_edit(lambda c: c["experiment"]["random_splits"].update(treatments=["BnB", "AnB++"])))
+    assert "experiment.random_splits.treatments: ['AnB++'] unknown" in msg and "base+" in msg
 
 
 def test_code_defaults_of_train_keys_are_the_schemas():

@@ -97,9 +97,9 @@ def test_the_granted_gpus_reach_the_trainer(workdir):
     (workdir / "configs/gpu.yaml").write_text(yaml.safe_dump(cfg))
     out = run_snakemake(["-n", "-p", "--configfile", "configs/gpu.yaml"], workdir).stdout
     cmds = [c for c in out.splitlines() if "exec transferable train " in c]
-    assert len(cmds) == 12 and all(" --device auto --gpus 1 --mem-mb 1234 --stage-dir= " in c for c in cmds), cmds[:2]
+    assert len(cmds) == 13 and all(" --device auto --gpus 1 --mem-mb 1234 --stage-dir= " in c for c in cmds), cmds[:2]
     out = run_snakemake(["-n", "-p", "--configfile", "configs/gpu.yaml", "--resources", "gpu=0"], workdir).stdout
-    assert len(re.findall(r" --device auto --gpus 0 --mem-mb 1234 --stage-dir= ", out)) == 12
+    assert len(re.findall(r" --device auto --gpus 0 --mem-mb 1234 --stage-dir= ", out)) == 13
 
 
 def _cpu_only(monkeypatch):

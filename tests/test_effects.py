@@ -98,7 +98,7 @@ def _runs(cells: dict, natman: dict | None = None) -> pd.DataFrame:
     rows = []
     for (split, target), nets in cells.items():
         for key, acc in nets.items():
-            t, n = ("base", 0) if key == "base" else key
+            t, n = (key, 0) if key in ("base", "base+") else key
             rows.append({"split": split, "split_kind": "random", "net": f"{t}{n}{target}", "treatment": t, "n": n,
                          "target_half": target, "top1": acc})
     for (split, target), nets in (natman or {}).items():
@@ -394,6 +394,53 @@ def test_confounded_when_base_nets_have_not_plateaued():
     assert claim.loc[("boost_over_base", "1-7"), "verdict"] == "reproduced"
     assert claim.loc[("finetune_recovers", "3-6"), "verdict"] == "reproduced"
     assert fx.adequacy(df.assign(late_gain=0.0), eff).ok
+
+
+def _with_control(df: pd.DataFrame, rng, gain: float) -> pd.DataFrame:
+    """The design plus the control base+ (each cell's base net trained on) at base + ``gain``."""
+    base = df[df["treatment"] == "base"]
+    ctl = base.assign(treatment="base+", net="baseB_ft", top1=base["top1"] + gain + rng.normal(0, 0.002, len(base)))
+    return coerce_runs(pd.concat([df, ctl], ignore_index=True))
+
+
+def test_the_control_base_plus_takes_the_confound_out():
+    """Issue 22: extra training alone helps by 5 points; AnB+ is 1.5 points above BnB+. Against base, the
+    boost is confounded; against the equally trained base+ (the base net trained on), it is measured without
+    the confound: AnB+ − base+ = +1.5 (reproduced), BnB+ − base+ = 0 (equivalent within 1 point: reproduced)."""
+    rng = np.random.default_rng(4)
+    df = _with_control(_finetune_design(rng, bnb_plus_gain=0.05, late=0.0), rng, gain=0.05)
+    eff = fx.effects(df)
+    claim = eff[eff["scope"] == "claim"].set_index(["claim", "layers"])
+    ad = fx.adequacy(df, eff)
+    assert ad.control and not ad.ok and ad.extra_training == "contradicted"
+    assert "base+ − base" in ad.extra_training_text and "+5.1 points [+5.0, +5.2]" in ad.extra_training_text
+    assert claim.loc[("boost_over_base", "1-7"), "verdict"] == "confounded"
+    assert "boost_over_control" in claim.loc[("boost_over_base", "1-7"), "reason"]
+    row = claim.loc[("boost_over_control", "1-7")]
+    assert row["verdict"] == "reproduced" and row["estimate"] == pytest.approx(0.015, abs=0.003)
+    assert row["units"] == 6 and row["df"] == 5  # the split is the unit: one base+ per cell, n = 3, 5, 7 inside
+    assert claim.loc[("finetune_back_to_control", "1-7"), "verdict"] == "reproduced"
+    # the control shows a difference where there is one: base+ 3 points above BnB+ and AnB+
+    df2 = _with_control(_finetune_design(np.random.default_rng(5), bnb_plus_gain=0.05, late=0.0),
+                        np.random.default_rng(6), gain=0.08)
+    claim2 = fx.effects(df2)
+    claim2 = claim2[claim2["scope"] == "claim"].set_index(["claim", "layers"])
+    assert claim2.loc[("finetune_back_to_control", "1-7"), "verdict"] == "contradicted"
+    assert claim2.loc[("boost_over_control", "1-7"), "verdict"] == "contradicted"
+
+
+def test_without_the_control_its_claims_say_how_to_get_it():
+    df = _finetune_design(np.random.default_rng(2), bnb_plus_gain=0.05, late=0.0)
+    eff = fx.effects(df)
+    claim = eff[eff["scope"] == "claim"].set_index(["claim", "layers"])
+    for key in [("boost_over_control", "1-7"), ("finetune_back_to_control", "1-7")]:
+        assert claim.loc[key, "verdict"] == "no interval"
+        assert "add base+ to experiment.random_splits.treatments" in claim.loc[key, "reason"]
+    assert "add the control base+" in claim.loc[("boost_over_base", "1-7"), "reason"]
+    ad = fx.adequacy(df, eff)
+    assert not ad.control and "BnB+ − base" in ad.extra_training_text
+    md = fx.effects_markdown(fx.effects_with_paper(df), ad)
+    assert "Add the control base+" in md and "(the data alone: reproduced)" in md
 
 
 def test_late_gain_of_a_history():

@@ -227,6 +227,10 @@ def make_demo_runs(root: Path, finetune: bool = True, natman: bool = True, rando
             rows.append(dict(split=split, split_kind="random", net=f"base{half}", treatment="base", n=0,
                              source_half="", target_half=half, target_family="", num_classes=20,
                              top1=base + 0.004 * s))
+        if finetune:  # the control: baseB trained on
+            rows.append(dict(split=split, split_kind="random", net="baseB_ft", treatment="base+", n=0,
+                             source_half="B", target_half="B", target_family="", num_classes=20,
+                             top1=0.797 + 0.004 * s + 0.006))
         for t, means in DEMO_MEANS.items():
             if t.endswith("+") and not finetune:
                 continue
@@ -267,7 +271,7 @@ def test_load_runs_reads_metrics_and_round_trips(tmp_path):
     paths = make_demo_runs(tmp_path / "results", nmax=3)
     df = load_runs(paths)
     assert list(df.columns) == RUN_COLUMNS
-    assert len(df) == len(paths) == 2 * (2 + 4 * 3) + 2 * 4 + 4
+    assert len(df) == len(paths) == 2 * (2 + 1 + 4 * 3) + 2 * 4 + 4
     assert set(df["treatment"]) == set(tables.TREATMENTS)
     assert df["n"].dtype.kind == "i" and df["top1"].dtype.kind == "f"
     assert (df["history"] == "history.csv").all() and (df["device"] == "cpu").all()

@@ -16,11 +16,12 @@ def cfg():
 def test_net_names_round_trip():
     for name, treatment, n, src in [("baseB", "base", 0, ""), ("A3B", "AnB", 3, "A"), ("B5B_ft", "BnB+", 5, "B"),
                                     ("A7B_ft", "AnB+", 7, "A"), ("R2A", "random", 2, "R"),
-                                    ("A12B", "AnB", 12, "A"), ("B17B_ft", "BnB+", 17, "B")]:  # ResNet-50 units
+                                    ("A12B", "AnB", 12, "A"), ("B17B_ft", "BnB+", 17, "B"),  # ResNet-50 units
+                                    ("baseB_ft", "base+", 0, "B")]:  # the control: baseB trained on
         p = paths.parse_net(name)
         assert (p.treatment, p.n, p.source) == (treatment, n, src)
         assert paths.net_name(p.target, p.n, p.source, p.finetune) == name
-    for bad in ("A0B", "A012B", "A100B", "baseb", "R2A_ft", "x"):
+    for bad in ("A0B", "A012B", "A100B", "baseb", "R2A_ft", "x", "baseB_ft_ft", "baseBft"):
         with pytest.raises(ValueError):
             paths.parse_net(bad)
 
@@ -45,6 +46,23 @@ def test_demo_plan_counts(cfg):
     assert {n.name for n in fig3 if n.split == "all"} == {"baseA"} | {f"R{i}A" for i in (1, 3, 5, 7)}
     assert {n.split for n in fig3 if n.parsed.treatment == "random"} == {"all", "all.s1"}  # 2 seeds
     assert len(plan.figure_nets(cfg, "all")) == 84 + 4 * 10 + 2 * 5
+
+
+def test_the_control_base_plus_is_one_net_per_cell_copying_its_own_base(cfg):
+    """Issue 22/23: base+ (the base net trained on) comes from the treatment table alone: one net per
+    (split, target), whatever the layers, copying the target's own base net, trained in that half's group."""
+    cfg = copy.deepcopy(cfg)
+    cfg["experiment"]["random_splits"]["treatments"].append("base+")
+    plan.check(cfg)
+    ctl = [n for n in plan.figure_nets(cfg, "fig2") if n.parsed.treatment == "base+"]
+    assert sorted(n.split for n in ctl) == [f"rand{s}" for s in range(6)] and {n.name for n in ctl} == {"baseB_ft"}
+    assert plan.source_of(plan.Net("rand0", "baseB_ft")) == plan.Net("rand0", "baseB")
+    assert paths.parse_net("baseB_ft").frozen == 0 and paths.parse_net("A3B").frozen == 3
+    groups = {(s, t): nets for s, t, nets in plan.stream_groups(cfg)}
+    assert "baseB_ft" in groups[("rand0", "B")]
+    import re
+
+    assert re.fullmatch(paths.NET_WILDCARD, "baseB_ft") and not re.fullmatch(paths.BASE_NET_WILDCARD, "baseB_ft")
 
 
 def test_fig2_plans_no_natman_or_random(cfg):

@@ -143,7 +143,7 @@ def test_slurm_profile_requests(workdir, clean_env):
     assert rc == 0, out
     jobs = dry_run_jobs(out)
     assert {r for r, _ in jobs} == CPU_RULES - {"raw_identity"} | {"train", "all"}  # demo data: no folder root
-    assert sum(r == "train" for r, _ in jobs) == 12
+    assert sum(r == "train" for r, _ in jobs) == 13
     for rule, res in jobs:
         if rule == "all":
             continue

@@ -80,6 +80,24 @@ def test_finetuned_layers_train():
     assert len(param_groups(net)) == 16
 
 
+def test_the_whole_net_copied_is_the_source_and_trains_everywhere():
+    """The control base+ copies every layer, fc8 included, and freezes nothing: before a step it computes
+    exactly its source's function; after, every layer has moved."""
+    import pytest
+
+    spec = spec_from_config(SMALL, 10)
+    source = build_net(spec, seed=1)
+    _step(source, 0)
+    net = build_net(spec, n=None, source_state=source.state_dict(), seed=2)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in net.state_dict().items())
+    assert len(param_groups(net)) == 16 and net.frozen_units == 0
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _step(net, frozen=0)
+    assert all(not torch.equal(before[f"{name}.weight"], net.layer(name).weight) for name in LAYERS)
+    with pytest.raises(ValueError, match="head is copied only with every unit"):
+        net.transfer(3, source.state_dict(), False, head=True)
+
+
 def test_lr_and_decay_multipliers():
     net = build_net(spec_from_config(SMALL, 10), seed=0)
     for g in param_groups(net):

@@ -224,7 +224,7 @@ def cmd_effects(a):
     df = tables.load_runs(a.metrics)
     opts = dict(margin=a.margin, alpha=a.alpha, plateau_gain=a.plateau_gain)
     eff = effects.effects_with_paper(df, units=len(a.units.split(",")) if a.units else 7, **opts)
-    ad = effects.adequacy(df, eff, a.plateau_gain)
+    ad = effects.adequacy(df, eff, a.plateau_gain, a.margin, a.alpha)
     atomic.write_csv(eff, a.out)
     if a.markdown:
         atomic.write_text(a.markdown, effects.effects_markdown(eff, ad, a.alpha))

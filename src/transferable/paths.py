@@ -30,12 +30,8 @@ BENCHMARKS = "benchmarks"
 # CaffeNet's transferable layers in order: n in a net's name counts them (fc8 is always re-initialised)
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
-# The treatments, written once: the transfer treatments an experiment block may ask for (the config schema's
-# enum is checked against them by a test), in the order of the paper's legend; with the base nets and the
-# random-filter control, every treatment a run can have.
-TRANSFER_TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+")
-TREATMENTS = ("base", *TRANSFER_TREATMENTS, "random")
-
+# The treatments, written once (see TREATMENT_TABLE below): the order is the paper's legend, with the
+# controls after it.
 # the columns of every net's history.csv (written by training, read by the figures)
 HISTORY_COLUMNS = ("iter", "epoch", "lr", "train_loss", "val_loss", "top1", "top5", "elapsed_s")
 
@@ -72,59 +68,144 @@ def unit_names(net: dict) -> tuple[str, ...]:
     return UNIT_NAMES[arch][units]
 
 
+@dataclass(frozen=True)
+class Treatment:
+    """One treatment, defined once: what a net of it copies, from where, and what then trains. The net-name
+    grammar, the plan, the config check, the trainer, the tables and the figures' styles read this.
+
+    ``source``: where the copied weights come from: "" (nothing: trained from scratch), "self" (the target
+    half's own base net), "other" (the other half's base net), "random" (nothing copied: units 1..n keep
+    their random initialisation, frozen). ``copies``: "" (nothing), "units" (units 1..n; the head and the
+    units above n re-initialised) or "all" (every unit and the head: the net is the base net trained on).
+    ``fine_tuned``: the copied units train (the paper's "+"), or stay frozen. ``colour``/``marker``: its
+    style in every figure; ``label``: its legend text."""
+
+    key: str
+    label: str
+    source: str
+    copies: str
+    fine_tuned: bool
+    colour: str
+    marker: str
+    text: str
+    paper: bool = True  # one of the paper's treatments (False: a control this pipeline adds)
+
+    @property
+    def per_cell(self) -> bool:
+        """One net per (split, target half), not one per n: a reference for every n."""
+        return self.copies != "units"
+
+    @property
+    def has_source(self) -> bool:
+        return self.source in ("self", "other")
+
+
+TREATMENT_TABLE: tuple[Treatment, ...] = (
+    Treatment("base", "base{t}", "", "", False, "w", "o", "trained from scratch on its half"),
+    Treatment("BnB", "selffer BnB", "self", "units", False, "b", "o",
+              "units 1..n copied from its own half's base net and frozen; the rest re-initialised and trained"),
+    Treatment("BnB+", "selffer BnB$^+$", "self", "units", True, "#aaaaff", "o",
+              "as BnB, with the copied units fine-tuned"),
+    Treatment("AnB", "transfer AnB", "other", "units", False, "r", "D",
+              "units 1..n copied from the other half's base net and frozen; the rest re-initialised and trained"),
+    Treatment("AnB+", "transfer AnB$^+$", "other", "units", True, "#ffaaaa", "D",
+              "as AnB, with the copied units fine-tuned"),
+    Treatment("base+", "base{t}$^+$: base{t} trained on", "self", "all", True, "#bbbbbb", "s",
+              "the base net copied whole (every unit and the head) and trained once more with the fine-tuned "
+              "nets' schedule: extra training alone, the control of every fine-tuned treatment", paper=False),
+    Treatment("random", "random filters", "random", "units", False, "#aaaa00", "v",
+              "units 1..n left at their random initialisation and frozen; the rest trained"),
+)
+TREATMENT = {t.key: t for t in TREATMENT_TABLE}
+TREATMENTS = tuple(TREATMENT)
+# what an experiment block of random splits may ask for: every treatment that copies from a base net
+TRANSFER_TREATMENTS = tuple(t.key for t in TREATMENT_TABLE if t.has_source)
+# Figure 2's legend: the paper's transfer treatments
+PAPER_TRANSFER_TREATMENTS = tuple(t for t in TRANSFER_TREATMENTS if TREATMENT[t].paper)
+
+
 # The net-name grammar, written once: parse_net reads it, the Snakefile's wildcard constraints use it.
-# n has one or two digits (ResNet-50 has 17 units: A12B).
-NET_PATTERN = r"base(?P<base>[A-Z])|(?P<src>[A-Z])(?P<n>[1-9][0-9]?)(?P<tgt>[A-Z])(?P<ft>_ft)?"
+# ``base{T}`` and ``base{T}_ft`` (nothing copied; everything copied), ``{S}{n}{T}`` and ``{S}{n}{T}_ft``
+# (units 1..n from S's base net: S = T the selffer, S = R random filters). n has one or two digits
+# (ResNet-50 has 17 units: A12B).
+NET_PATTERN = r"base(?P<base>[A-Z])(?P<bft>_ft)?|(?P<src>[A-Z])(?P<n>[1-9][0-9]?)(?P<tgt>[A-Z])(?P<ft>_ft)?"
 NET_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", NET_PATTERN)
-BASE_NET_WILDCARD = NET_WILDCARD.split("|")[0]
+BASE_NET_WILDCARD = "base[A-Z]"  # the nets trained from scratch: the only ones that copy nothing
 _NET_RE = re.compile(f"^(?:{NET_PATTERN})$")
 
 
 @dataclass(frozen=True)
 class NetName:
-    """A parsed net name. ``source`` is "" for a base net and "R" for random frozen filters."""
+    """A parsed net name. ``source`` is the half the copied weights come from ("" for a net trained from
+    scratch, "R" for random frozen filters); ``treatment`` the key of its row in TREATMENT_TABLE."""
 
     name: str
     target: str
     n: int = 0
     source: str = ""
     finetune: bool = False
+    treatment: str = "base"
+
+    @property
+    def spec(self) -> Treatment:
+        return TREATMENT[self.treatment]
 
     @property
     def is_base(self) -> bool:
-        return self.n == 0
+        """Trained from scratch: the reference of its cell and the source of others."""
+        return self.treatment == "base"
 
     @property
     def is_random(self) -> bool:
-        return self.source == "R"
+        return self.spec.source == "random"
 
     @property
-    def treatment(self) -> str:
-        if self.is_base:
-            return "base"
-        if self.is_random:
-            return "random"
-        kind = "BnB" if self.source == self.target else "AnB"
-        return kind + ("+" if self.finetune else "")
+    def frozen(self) -> int:
+        """How many units stay frozen (the first ``frozen``)."""
+        return 0 if self.spec.fine_tuned or not self.spec.copies else self.n
+
+
+def _treatment_of(source: str, copies: str, fine_tuned: bool, name: str) -> str:
+    for t in TREATMENT_TABLE:
+        if (t.source, t.copies, t.fine_tuned) == (source, copies, fine_tuned):
+            return t.key
+    what = {"random": "random-filter nets (R)", "self": "nets copying their own half", "": "nets"}.get(source,
+                                                                                                    "nets")
+    raise ValueError(f"{name!r}: no treatment has {what} with {'every unit' if copies == 'all' else 'units 1..n'}"
+                     f" {'fine-tuned' if fine_tuned else 'frozen'} (treatments: {', '.join(TREATMENTS)})")
 
 
 def parse_net(name: str) -> NetName:
     m = _NET_RE.match(name)
     if not m:
         raise ValueError(
-            f"not a net name: {name!r} (expected baseT, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A)"
+            f"not a net name: {name!r} (expected baseT, baseT_ft, SnT, SnT_ft or RnT, e.g. baseB, A3B, A3B_ft, R2A)"
         )
     if m["base"]:
-        return NetName(name, target=m["base"])
-    if m["src"] == "R" and m["ft"]:
-        raise ValueError(f"{name!r}: random-filter nets (R) cannot be fine-tuned")
-    return NetName(name, target=m["tgt"], n=int(m["n"]), source=m["src"], finetune=bool(m["ft"]))
+        ft = bool(m["bft"])
+        t = _treatment_of("self" if ft else "", "all" if ft else "", ft, name)
+        return NetName(name, target=m["base"], source=m["base"] if ft else "", finetune=ft, treatment=t)
+    src, tgt, ft = m["src"], m["tgt"], bool(m["ft"])
+    role = "random" if src == "R" else "self" if src == tgt else "other"
+    t = _treatment_of(role, "units", ft, name)
+    return NetName(name, target=tgt, n=int(m["n"]), source=src, finetune=ft, treatment=t)
 
 
 def net_name(target: str, n: int = 0, source: str = "", finetune: bool = False) -> str:
     if n == 0:
-        return f"base{target}"
+        return f"base{target}" + ("_ft" if finetune else "")
     return f"{source}{n}{target}" + ("_ft" if finetune else "")
+
+
+def treatment_net(treatment: str, target: str, other: str, n: int = 0) -> str:
+    """The name of the net of ``treatment`` on half ``target`` (``other``: the other half), at ``n``."""
+    t = TREATMENT[treatment]
+    if t.copies == "all":
+        return net_name(target, 0, target, True)
+    if not t.copies:
+        return net_name(target)
+    source = {"self": target, "other": other, "random": "R"}[t.source]
+    return net_name(target, n, source, t.fine_tuned)
 
 
 _REPLICATE_RE = re.compile(r"^(?P<split>[A-Za-z0-9_-]+)(?:\.s(?P<r>[1-9][0-9]*))?$")

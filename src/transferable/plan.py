@@ -66,10 +66,11 @@ def random_split_nets(cfg: dict) -> list[Net]:
             other = _other(halves, target)
             nets.add(Net(split, paths.net_name(target)))
             for treatment in exp["treatments"]:
-                source = target if treatment.startswith("BnB") else other
-                layers = exp.get("finetune_layers", exp["layers"]) if treatment.endswith("+") else exp["layers"]
+                t = paths.TREATMENT[treatment]
+                layers = [0] if t.per_cell else (exp.get("finetune_layers", exp["layers"]) if t.fine_tuned
+                                                  else exp["layers"])
                 for n in layers:
-                    nets.add(Net(split, paths.net_name(target, n, source, treatment.endswith("+"))))
+                    nets.add(Net(split, paths.treatment_net(treatment, target, other, n)))
     return _with_sources(nets)
 
 
@@ -111,7 +112,7 @@ def _with_sources(nets: set[Net]) -> list[Net]:
 def source_of(net: Net) -> Net | None:
     """The base net whose final weights net copies (None for base nets and random filters)."""
     p = net.parsed
-    if p.is_base or p.is_random:
+    if not p.spec.has_source:
         return None
     return Net(net.split, paths.net_name(p.source))
 
@@ -357,6 +358,10 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
         for t in rs["targets"]:
             if t not in ("A", "B"):
                 raise ConfigError(f"experiment.random_splits.targets: {t!r} is not a half (allowed: A, B)")
+        bad = [t for t in rs["treatments"] if t not in paths.TRANSFER_TREATMENTS]
+        if bad:
+            raise ConfigError(f"experiment.random_splits.treatments: {bad} unknown (allowed: "
+                              f"{', '.join(paths.TRANSFER_TREATMENTS)}; paths.TREATMENT_TABLE defines them)")
     nm = exp.get("natman")
     if nm:
         need_split("experiment.natman.split", nm["split"], ("ranges", "ancestors"))

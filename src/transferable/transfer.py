@@ -24,16 +24,19 @@ def spec_from_config(net: dict, outputs: int) -> NetSpec | UnitSpec:
     return units.spec_from_config(net, outputs)
 
 
-def build_net(spec: NetSpec | UnitSpec, *, n: int = 0, source_state: dict | None = None, freeze: bool = False,
-              seed: int = 0) -> CaffeNet | UnitNet:
+def build_net(spec: NetSpec | UnitSpec, *, n: int | None = 0, source_state: dict | None = None,
+              freeze: bool = False, seed: int = 0) -> CaffeNet | UnitNet:
     """A net with layers (units) 1..n copied from ``source_state`` (or left random if None) and, when
-    ``freeze``, those frozen; every other layer drawn from the filler with ``seed``."""
+    ``freeze``, those frozen; every other layer drawn from the filler with ``seed``. ``n`` None: the whole
+    source net, head included (the base net trained on)."""
     if isinstance(spec, UnitSpec):
         net = units.build(spec.arch, spec.outputs, seed=seed, image_size=spec.crop, units=spec.units)
     else:
         torch.manual_seed(seed)
         net = CaffeNet(spec)
         net.reset_parameters(generator=torch.Generator().manual_seed(seed))
+    if n is None:
+        return net.transfer(len(net.units), source_state, freeze, head=True)
     return net.transfer(n, source_state, freeze)  # one copy/freeze for every family (models/protocol.py)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..paths import base_split
+from ..paths import TREATMENT, base_split
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -186,13 +186,17 @@ UNIT_NAMES = {"random": "split", "natman": "seed replicate (both directions)", "
 
 def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo: int, hi: int) -> pd.DataFrame:
     """One row per net of ``treatment`` with lo <= n <= hi on splits of ``kind``, paired with the net of
-    ``reference`` in the same cell ("base": the cell's base net; a treatment: the one with the same n).
+    ``reference`` in the same cell (a per-cell treatment such as "base": the cell's net; one with units: the
+    net with the same n). A per-cell ``treatment`` (base+) has one row per cell whatever lo and hi.
     Columns: unit, cell, n, net, value, ref, diff. Nets without a reference in their cell are left out."""
     r = df[df["split_kind"] == kind].assign(cell=lambda x: _cells(x),
                                             unit=lambda x: [unit_of(s, kind) for s in x["split"]])
-    a = r[(r["treatment"] == treatment) & r["n"].between(lo, hi)][["unit", "cell", "n", "net", "top1"]]
-    if reference == "base":
-        b = r[r["treatment"] == "base"][["cell", "top1"]].drop_duplicates("cell")
+    t_rows = r["treatment"] == treatment
+    if not TREATMENT[treatment].per_cell:
+        t_rows &= r["n"].between(lo, hi)
+    a = r[t_rows][["unit", "cell", "n", "net", "top1"]]
+    if TREATMENT[reference].per_cell:  # one net per cell (base, base+): the reference of every n
+        b = r[r["treatment"] == reference][["cell", "top1"]].drop_duplicates("cell")
         m = a.merge(b, on="cell", suffixes=("", "_ref"))
     else:
         b = r[(r["treatment"] == reference) & r["n"].between(lo, hi)][["cell", "n", "top1"]]
@@ -263,6 +267,13 @@ CLAIMS: tuple[Claim, ...] = (
           "paired", "AnB+", "base", +1, ((1, 7), (3, 7), (5, 7)), extra_training=True),
     Claim("boost_over_selffer", "5", "transfer + fine-tuning AnB+ above selffer + fine-tuning BnB+ (Table 1)",
           "paired", "AnB+", "BnB+", +1, ((1, 7), (3, 7), (5, 7))),
+    # judged against the equally trained control base+ (the base net trained on with the fine-tuned nets'
+    # schedule): the two claims above that extra training confounds, without it
+    Claim("finetune_back_to_control", "3", "fine-tuned selffer BnB+ at the level of base+, the base net trained "
+          "on as long (the selffer's loss recovered, extra training accounted for)", "paired", "BnB+", "base+", 0,
+          ((1, 7),)),
+    Claim("boost_over_control", "5", "transfer + fine-tuning AnB+ above base+, the base net trained on as long",
+          "paired", "AnB+", "base+", +1, ((1, 7), (3, 7), (5, 7))),
     Claim("dissimilar_loses_more", "fig3", "{dissimilar} transfer loses more than random-split transfer",
           "versus", "AnB", "base", -1, ((7, 7), (5, 7)), split_kind="natman"),
     Claim("random_filters_lose_more", "fig3", "random frozen filters lose more than random-split transfer",
@@ -378,11 +389,24 @@ class Adequacy:
     extra_training_text: str
     ok: bool
     reason: str
+    control: bool = False  # the design has base+ nets: the confounded claims have equally trained versions
 
 
-def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_GAIN) -> Adequacy:
+def extra_training(df: pd.DataFrame, confidence: float = CONFIDENCE, margin: float = MARGIN) -> Estimate | None:
+    """Extra training alone, measured directly: base+ − base per cell (the base net trained on with the
+    fine-tuned nets' schedule, against itself before), over units; None when the design has no base+ nets."""
+    d = paired_diffs(df, "random", "base+", "base", 0, 0)
+    if d.empty:
+        return None
+    return one_sample(unit_values(d["diff"], d["unit"], d["cell"]), len(d), "paired t over splits", confidence,
+                      margin)
+
+
+def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_GAIN,
+             margin: float = MARGIN, alpha: float = ALPHA) -> Adequacy:
     """The design's training adequacy, from the base nets' ``late_gain`` (runs.csv) and the extra-training
-    check (the ``finetune_back_to_base`` claim row of ``eff``, adjusted)."""
+    check: base+ − base where the design has the control (its own test at ``alpha``: a check, not one of
+    the claims), else the ``finetune_back_to_base`` claim row of ``eff`` (BnB+ − base, adjusted)."""
     from .tables import base_nets
 
     ref = base_nets(df)  # the random splits' reference nets (a base net trained only as a source is none)
@@ -391,23 +415,35 @@ def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_
     gains = pd.to_numeric(ref.get("late_gain", pd.Series(dtype=float)), errors="coerce").dropna()
     late = float(gains.median()) if len(gains) else np.nan
     row = eff[(eff["claim"] == "finetune_back_to_base") & (eff["scope"] == "claim")]
-    if len(row):
+    ctl = extra_training(df, margin=margin)
+    if ctl is not None:
+        what = "base+ − base"
+        est, lo, hi = ctl.estimate, ctl.ci_lo, ctl.ci_hi
+        check = _decide(ctl, 0, ctl.p_value, ctl.p_equivalence, alpha)
+        check = {"reproduced": "equivalent"}.get(check, check)
+    elif len(row):
         r = row.iloc[0]
+        what = f"BnB+ − base, n = {r['layers']}"
+        est, lo, hi = r["estimate"], r["ci_lo"], r["ci_hi"]
         check = "equivalent" if r["verdict"] == "reproduced" else r["verdict"]
-        said = {"equivalent": f"within ±{100 * r['margin']:.1f} (equivalent)",
-                "contradicted": f"a difference, not within ±{100 * r['margin']:.1f}",
-                "no interval": "fewer than two units"}.get(check, f"not shown within ±{100 * r['margin']:.1f}")
-        text = (f"extra training alone (BnB+ − base, n = {r['layers']}): {100 * r['estimate']:+.1f} points "
-                f"[{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}], {said}")
     else:
-        check, text = "no interval", "extra training alone (BnB+ − base): no BnB+ nets"
+        what, check = "", "no interval"
+    if what:
+        said = {"equivalent": f"within ±{100 * margin:.1f} (equivalent)",
+                "contradicted": f"a difference, not within ±{100 * margin:.1f}",
+                "no interval": "fewer than two units"}.get(check, f"not shown within ±{100 * margin:.1f}")
+        text = (f"extra training alone ({what}): {100 * est:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+                f"{said}")
+    else:
+        text = "extra training alone: no base+ or BnB+ nets"
     reasons = []
     if np.isfinite(late) and late > plateau_gain:
         reasons.append(f"base nets not at a plateau (median top-1 gain over the last quarter of the schedule "
                        f"{100 * late:+.1f} points > {100 * plateau_gain:.1f})")
     if check != "equivalent":
         reasons.append(text)
-    return Adequacy(late, int(len(gains)), plateau_gain, check, text, not reasons, "; ".join(reasons))
+    return Adequacy(late, int(len(gains)), plateau_gain, check, text, not reasons, "; ".join(reasons),
+                    ctl is not None)
 
 
 def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_layer: bool = True,
@@ -457,14 +493,21 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
     for i in np.flatnonzero(out["scope"].to_numpy() == "layer"):
         out.at[i, "verdict"] = "exploratory"
         out.at[i, "reason"] = f"single n, unadjusted 95% CI: {layer_direction(ests[i][1])}"
-    ad = adequacy(df, out, plateau_gain)
+    ad = adequacy(df, out, plateau_gain, margin, alpha)
     if not ad.ok:
+        instead = ("; judged against the equally trained base+: finetune_back_to_control, boost_over_control"
+                   if ad.control else "; add the control base+ to experiment.random_splits.treatments to judge "
+                   "these against an equally trained reference")
         for i in claim_rows:
             c = ests[i][0]
             if c.extra_training and out.at[i, "verdict"] != "no interval":
-                out.at[i, "reason"] = f"{ad.reason}; the data alone: {out.at[i, 'verdict']}"
+                out.at[i, "reason"] = f"{ad.reason}; the data alone: {out.at[i, 'verdict']}{instead}"
                 out.at[i, "verdict"] = "confounded"
                 out.at[i, "agrees"] = ""
+    if not ad.control:
+        for i in claim_rows:
+            if ests[i][0].reference == "base+":
+                out.at[i, "reason"] = "no base+ nets (the control: add base+ to experiment.random_splits.treatments)"
     return out
 
 
@@ -510,7 +553,7 @@ def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Data
         from .tables import paper_runs
 
         paper = paper_runs()
-    from ..paths import base_split
+    from ..paths import TREATMENT, base_split
 
     key = ["split", "target_half", "treatment", "n"]
     have = set(map(tuple, paper[paper["split_kind"] == "random"][key].astype(str).to_numpy()))
@@ -666,7 +709,11 @@ def effects_markdown(eff: pd.DataFrame, ad: Adequacy | None = None, alpha: float
                   f"- {ad.extra_training_text[:1].upper() + ad.extra_training_text[1:]}.",
                   "- " + ("Adequate: the claims that compare more training with less stand on their own." if ad.ok
                           else "**Not adequate**: the claims that compare a net trained on from a trained net with "
-                               "one trained once (fine-tuning recovers, the boost over base) are `confounded`."), ""]
+                               "one trained once (fine-tuning recovers, the boost over base) are `confounded`."
+                               + (" Their equally trained versions against base+ (`finetune_back_to_control`, "
+                                  "`boost_over_control`) are not." if ad.control else
+                                  " Add the control base+ (the base net trained on) to judge them against an "
+                                  "equally trained reference.")), ""]
     margin = eff["margin"].dropna()
     lines += [f"Verdicts at α = {alpha} after Holm–Shaffer adjustment over the {int((eff['scope'] == 'claim').sum())} "
               "claim rows (each row's difference and equivalence tests; rows of one claim on the same nets "
@@ -681,8 +728,8 @@ def effects_markdown(eff: pd.DataFrame, ad: Adequacy | None = None, alpha: float
         theirs = _ci(100 * r["paper_estimate"], 100 * r["paper_ci_lo"], 100 * r["paper_ci_hi"])
         their_units = int(r["paper_units"]) if pd.notna(r["paper_units"]) else "–"
         df = f"{r['df']:.1f}".rstrip("0").rstrip(".") if np.isfinite(r["df"]) else "–"
-        verdict = f"**{r['verdict']}**" + (f" (the data alone: {r['reason'].rsplit('the data alone: ', 1)[-1]})"
-                                           if r["verdict"] == "confounded" else "")
+        alone = r["reason"].rsplit("the data alone: ", 1)[-1].split(";")[0]
+        verdict = f"**{r['verdict']}**" + (f" (the data alone: {alone})" if r["verdict"] == "confounded" else "")
         paper_verdict = r["paper_verdict"] if pd.notna(r["paper_verdict"]) else "–"
         lines.append(f"| {r['label']} | {r['text']} ({r['expected']}) | {r['layers']} | {ours} | {r['units']} ({df}) | "
                      f"{_p(r['p_adjusted'])} / {_p(r['p_equivalence_adjusted'])} | {verdict} | {theirs} | "

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
-from ..paths import LAYER_NAMES  # noqa: E402
+from ..paths import LAYER_NAMES, TREATMENT, TREATMENT_TABLE  # noqa: E402
 from . import effects as fx  # noqa: E402
 from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
@@ -37,14 +37,13 @@ from .tables import (  # noqa: E402
     relative_top1,
 )
 
-# marker encoding of Figure 2 (paper.md section 8): colour, marker, size, x offset from n, black "+" on top
-MARKERS = {
-    "base": dict(color="w", marker="o", ms=14, dx=0.0, plus=False, label="baseB"),
-    "BnB": dict(color="b", marker="o", ms=14, dx=-0.25, plus=False, label="selffer BnB"),
-    "BnB+": dict(color="#aaaaff", marker="o", ms=14, dx=-0.09, plus=True, label="selffer BnB$^+$"),
-    "AnB": dict(color="r", marker="D", ms=12, dx=0.09, plus=False, label="transfer AnB"),
-    "AnB+": dict(color="#ffaaaa", marker="D", ms=12, dx=0.27, plus=True, label="transfer AnB$^+$"),
-}
+# marker encoding of Figure 2 (paper.md section 8): colour and marker from the treatment table; here the
+# size, the x offset from n and the legend. A black "+" on top marks a net trained on from copied weights.
+_GEOMETRY = {"base": (14, 0.0), "BnB": (14, -0.25), "BnB+": (14, -0.09), "AnB": (12, 0.09), "AnB+": (12, 0.27),
+             "base+": (11, 0.24)}
+MARKERS = {t.key: dict(color=t.colour, marker=t.marker, ms=_GEOMETRY[t.key][0], dx=_GEOMETRY[t.key][1],
+                       plus=t.fine_tuned, label=t.label.format(t="B") + ("" if t.paper else " (control)"))
+           for t in TREATMENT_TABLE if t.key in _GEOMETRY}
 # darker shades of the light colours, for error bars and the thin dashed paper lines
 DARK = {"BnB": "b", "BnB+": "#5555cc", "AnB": "r", "AnB+": "#cc5555", "natman": "#cc6600", "random": "#aaaa00"}
 NATMAN_COLOR = "#ff8800"
@@ -173,7 +172,8 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
         g = base_nets(df) if t == "base" else r[r["treatment"] == t]
         if g.empty:
             continue
-        x = np.zeros(len(g)) if t == "base" else g["n"].to_numpy(float) + st["dx"]
+        x = g["n"].to_numpy(float) * 0 if TREATMENT[t].per_cell else g["n"].to_numpy(float)
+        x = x + st["dx"]
         y = g["top1"].to_numpy(float)
         ys += list(y)
         h = ax.plot(x, y, ls="none", marker=st["marker"], mfc=st["color"], mec="k", ms=st["ms"],
@@ -774,7 +774,8 @@ def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=N
 # ---------------------------------------------------------------------------------------------------------
 # Training curves (for the report)
 
-CURVE_COLOURS = {"base": "k", "BnB": "b", "BnB+": "#8888ff", "AnB": "r", "AnB+": "#ff8888", "random": "y"}
+CURVE_COLOURS = {**{t.key: t.colour for t in TREATMENT_TABLE}, "base": "k", "BnB+": "#8888ff", "AnB+": "#ff8888",
+                 "random": "y"}
 
 
 def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..paths import HISTORY_COLUMNS as _HISTORY, TRANSFER_TREATMENTS, TREATMENTS
+from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS
 from .paper import PAPER_TABLE1, load_paper_networks
 
 RUN_COLUMNS = [
@@ -31,7 +31,7 @@ INT_COLUMNS = ["num_classes", "evals", "iters"]  # nullable: a run file may lack
 REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", "top1"]
 
 SPLIT_KINDS = ("random", "natman", "all")
-FIG2_TREATMENTS = TRANSFER_TREATMENTS  # the paper's legend: base, BnB, BnB+, AnB, AnB+
+FIG2_TREATMENTS = PAPER_TRANSFER_TREATMENTS  # the paper's legend: base, BnB, BnB+, AnB, AnB+
 NATMAN_FAMILIES = ("natural", "man-made")
 RELATIVE_SERIES = ("AnB random splits", "AnB m/n split", "random features")
 TABLE1_RANGES = ((1, 7), (3, 7), (5, 7))

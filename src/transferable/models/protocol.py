@@ -93,19 +93,23 @@ class TransferNet(nn.Module):
 
     # ---- transfer -----------------------------------------------------------------------------------
 
-    def transfer(self, n: int, source_state: dict | None, freeze: bool) -> TransferNet:
+    def transfer(self, n: int, source_state: dict | None, freeze: bool, head: bool = False) -> TransferNet:
         """Copy units 1..n (parameters and buffers) from ``source_state`` (a state_dict of a net of the
         same family and shape, with or without ``key_prefix``; None leaves them random: the random-filter
         control) and, with ``freeze``, freeze them: no gradient, and their BatchNorm layers normalise with
-        the copied statistics whoever calls ``train()``."""
+        the copied statistics whoever calls ``train()``. ``head``: copy the head too (n must then be every
+        unit: the whole net, trained on; it cannot be frozen)."""
         k = len(self.units)
         if not 0 <= n <= k:
-            raise ValueError(f"{self.arch}: n must be in 0..{k} (the head, {self.head.name}, is always new), "
-                             f"got {n}")
+            raise ValueError(f"{self.arch}: n must be in 0..{k} (the head, {self.head.name}, is new unless the "
+                             f"whole net is copied), got {n}")
+        if head and (n != k or freeze or source_state is None):
+            raise ValueError(f"{self.arch}: the head is copied only with every unit ({k}), from a source net, "
+                             f"not frozen")
         own = self.state_dict()
         if source_state is not None:
             source_state = {key.removeprefix(self.key_prefix): v for key, v in source_state.items()}
-            for i in range(n):
+            for i in range(n + int(head)):
                 for key in self.unit_keys(i):
                     if key not in source_state:
                         raise KeyError(f"source net has no {key!r} (another architecture?)")

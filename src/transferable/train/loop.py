@@ -229,17 +229,19 @@ def _build_members(nets, split, spec, tcfg, shards, classes, source_models, devi
     for net in nets:
         name = parse_net(net)
         source_state = None
-        if name.is_base or name.is_random:
+        if not name.spec.has_source:
             if own_mean is None:
                 own_mean = shards.mean_image(classes)  # the net's own training set
             mean, key = own_mean, "own"
         else:
             if net not in source_models:
-                raise KeyError(f"{split}/{net}: no source model given (it copies layers 1..{name.n} of base{name.source})")
+                raise KeyError(f"{split}/{net}: no source model given (it copies "
+                               f"{'all of' if name.spec.copies == 'all' else f'layers 1..{name.n} of'} base{name.source})")
             source_state, mean = load_source(source_models[net], split, net)  # its SOURCE's mean (reference §1)
             key = f"base{name.source}"
         try:
-            model = build_net(spec, n=name.n, source_state=source_state, freeze=not name.finetune,
+            model = build_net(spec, n=None if name.spec.copies == "all" else name.n, source_state=source_state,
+                              freeze=not name.spec.fine_tuned,
                               seed=stable_seed(seed, split, net))
         except (RuntimeError, KeyError, ValueError) as e:  # another architecture or width
             if source_state is None:
@@ -249,7 +251,7 @@ def _build_members(nets, split, spec, tcfg, shards, classes, source_models, devi
         model.to(device, memory_format=torch.channels_last)
         model.train()
         opt = make_optimizer(model, tcfg)
-        members.append(_Member(net, model, opt, mean, 0 if name.finetune else name.n, key, device))
+        members.append(_Member(net, model, opt, mean, name.frozen, key, device))
     return members
 
 
