@@ -323,8 +323,13 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         e = unit_interval(df, "base", 0)
         if np.isfinite(e.ci_lo):
             bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
+    ctl = unit_interval(df, "base+", 0) if (df["treatment"] == "base+").any() else None
+    if ctl is not None and np.isfinite(ctl.ci_lo):
+        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, "0.45", True, ctl.units))
     # the axis fits the lines and the intervals over 3 units or more; wider ones are marked where cut
     ys = list(lm["mean"]) + [v for b in bars if b[6] >= 3 for v in b[2:4]]
+    if ctl is not None and np.isfinite(ctl.estimate):
+        ys.append(ctl.estimate)
 
     # fills, in the paper's order (drawn first so the lines sit on top)
     for color, lo_t, hi_t in FILLS:
@@ -345,6 +350,10 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         h = ax.plot([0, nmax], [bm, bm], "k--", lw=1.5, zorder=2)[0]
         handles.append(h)
         labels.append("baseB mean")
+    if ctl is not None:  # the control base+: the level a net trained on as long reaches without transfer
+        h = ax.plot([0, nmax], [ctl.estimate] * 2, ls=":", color="0.45", lw=2, zorder=2)[0]
+        handles.append(h)
+        labels.append("baseB$^+$ mean (control)")
     for t in FIG2_TREATMENTS:
         g = s[t]
         if g.empty:
