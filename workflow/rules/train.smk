@@ -61,7 +61,7 @@ train_site_settings("train")
 
 # resources.shared_stream: the non-base nets of each (split, target half) train in ONE job that reads
 # and augments every batch once and shares frozen forward passes (identical results without dropout in
-# the frozen layers; see README "Performance").
+# the frozen layers; see docs/performance.md).
 for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else []:
     _src = {
         n: src
