@@ -85,8 +85,11 @@ class Treatment:
     source: str
     copies: str
     fine_tuned: bool
-    colour: str
-    marker: str
+    colour: str  # marker fill (Figure 2, top)
+    mid: str  # its lines' error bars and training curves
+    dark: str  # the paper's dashed lines
+    marker: str  # in Figure 2's top panel
+    line_marker: str  # on its line of means
     text: str
     paper: bool = True  # one of the paper's treatments (False: a control this pipeline adds)
 
@@ -101,19 +104,20 @@ class Treatment:
 
 
 TREATMENT_TABLE: tuple[Treatment, ...] = (
-    Treatment("base", "base{t}", "", "", False, "w", "o", "trained from scratch on its half"),
-    Treatment("BnB", "selffer BnB", "self", "units", False, "b", "o",
+    Treatment("base", "base{t}", "", "", False, "w", "k", "k", "o", "o", "trained from scratch on its half"),
+    Treatment("BnB", "selffer BnB", "self", "units", False, "b", "b", "b", "o", "o",
               "units 1..n copied from its own half's base net and frozen; the rest re-initialised and trained"),
-    Treatment("BnB+", "selffer BnB$^+$", "self", "units", True, "#aaaaff", "o",
+    Treatment("BnB+", "selffer BnB$^+$", "self", "units", True, "#aaaaff", "#7070ff", "#5555cc", "o", "P",
               "as BnB, with the copied units fine-tuned"),
-    Treatment("AnB", "transfer AnB", "other", "units", False, "r", "D",
+    Treatment("AnB", "transfer AnB", "other", "units", False, "r", "r", "r", "D", "D",
               "units 1..n copied from the other half's base net and frozen; the rest re-initialised and trained"),
-    Treatment("AnB+", "transfer AnB$^+$", "other", "units", True, "#ffaaaa", "D",
+    Treatment("AnB+", "transfer AnB$^+$", "other", "units", True, "#ffaaaa", "#ff6f6f", "#cc5555", "D", "P",
               "as AnB, with the copied units fine-tuned"),
-    Treatment("base+", "base{t}$^+$: base{t} trained on", "self", "all", True, "#bbbbbb", "s",
+    Treatment("base+", "base{t}$^+$: base{t} trained on", "self", "all", True, "#bbbbbb", "#737373", "#555555", "s",
+              "s",
               "the base net copied whole (every unit and the head) and trained once more with the fine-tuned "
               "nets' schedule: extra training alone, the control of every fine-tuned treatment", paper=False),
-    Treatment("random", "random filters", "random", "units", False, "#aaaa00", "v",
+    Treatment("random", "random filters", "random", "units", False, "#aaaa00", "#aaaa00", "#aaaa00", "v", "v",
               "units 1..n left at their random initialisation and frozen; the rest trained"),
 )
 TREATMENT = {t.key: t for t in TREATMENT_TABLE}

@@ -45,7 +45,7 @@ MARKERS = {t.key: dict(color=t.colour, marker=t.marker, ms=_GEOMETRY[t.key][0], 
                        plus=t.fine_tuned, label=t.label.format(t="B") + ("" if t.paper else " (control)"))
            for t in TREATMENT_TABLE if t.key in _GEOMETRY}
 # darker shades of the light colours, for error bars and the thin dashed paper lines
-DARK = {"BnB": "b", "BnB+": "#5555cc", "AnB": "r", "AnB+": "#cc5555", "natman": "#cc6600", "random": "#aaaa00"}
+DARK = {**{t.key: t.dark for t in TREATMENT_TABLE}, "natman": "#cc6600"}
 NATMAN_COLOR = "#ff8800"
 RANDOM_COLOR = "y"
 FILLS = (("#ffeeee", "base", "AnB+"), ("#eeeeff", "base", "BnB"), ("#ffcccc", "BnB", "AnB"))
@@ -303,8 +303,8 @@ def unit_interval(df: pd.DataFrame, treatment: str, n: int, confidence: float = 
 
 
 # error bars of the fine-tuned lines: their own (mid-tone) colours, dashed, never the frozen lines' dark ones
-BAR_COLOURS = {"BnB": "b", "BnB+": "#7070ff", "AnB": "r", "AnB+": "#ff6f6f"}
-LINE_MARKERS = {"BnB": "o", "BnB+": "P", "AnB": "D", "AnB+": "P"}
+BAR_COLOURS = {t.key: t.mid for t in TREATMENT_TABLE}
+LINE_MARKERS = {t.key: t.line_marker for t in TREATMENT_TABLE}
 
 
 def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame) -> None:
@@ -317,7 +317,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         for n in s[t].loc[s[t]["n"] > 0, "n"]:
             e = unit_interval(df, t, int(n))
             if np.isfinite(e.ci_lo):
-                bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t], t.endswith("+"),
+                bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t], TREATMENT[t].fine_tuned,
                              e.units))
     if np.isfinite(bm):
         e = unit_interval(df, "base", 0)
@@ -325,7 +325,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
             bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
     ctl = unit_interval(df, "base+", 0) if (df["treatment"] == "base+").any() else None
     if ctl is not None and np.isfinite(ctl.ci_lo):
-        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, "0.45", True, ctl.units))
+        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, BAR_COLOURS["base+"], True, ctl.units))
     # the axis fits the lines and the intervals over 3 units or more; wider ones are marked where cut
     ys = list(lm["mean"]) + [v for b in bars if b[6] >= 3 for v in b[2:4]]
     if ctl is not None and np.isfinite(ctl.estimate):
@@ -351,7 +351,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         handles.append(h)
         labels.append("baseB mean")
     if ctl is not None:  # the control base+: the level a net trained on as long reaches without transfer
-        h = ax.plot([0, nmax], [ctl.estimate] * 2, ls=":", color="0.45", lw=2, zorder=2)[0]
+        h = ax.plot([0, nmax], [ctl.estimate] * 2, ls=":", color=BAR_COLOURS["base+"], lw=2, zorder=2)[0]
         handles.append(h)
         labels.append("baseB$^+$ mean (control)")
     for t in FIG2_TREATMENTS:
@@ -359,7 +359,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         if g.empty:
             continue
         nz = g["n"].to_numpy() > 0
-        h = ax.plot(g["n"], g["mean"], color=MARKERS[t]["color"], lw=2.5 if t.endswith("+") else 2, zorder=3,
+        h = ax.plot(g["n"], g["mean"], color=MARKERS[t]["color"], lw=2.5 if TREATMENT[t].fine_tuned else 2, zorder=3,
                     marker=LINE_MARKERS[t], ms=9, mfc=MARKERS[t]["color"], mec="k", mew=0.8,
                     markevery=[int(i) for i in np.flatnonzero(nz)])[0]
         handles.append(h)
@@ -783,8 +783,7 @@ def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=N
 # ---------------------------------------------------------------------------------------------------------
 # Training curves (for the report)
 
-CURVE_COLOURS = {**{t.key: t.colour for t in TREATMENT_TABLE}, "base": "k", "BnB+": "#8888ff", "AnB+": "#ff8888",
-                 "random": "y"}
+CURVE_COLOURS = {t.key: t.mid for t in TREATMENT_TABLE}
 
 
 def training_curves(metrics_paths, out_pdf: str | Path, title: str = "") -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS
+from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS, treatment_net
 from .paper import PAPER_TABLE1, load_paper_networks
 
 RUN_COLUMNS = [
@@ -358,11 +358,9 @@ def write_paper_comparison(cmp: pd.DataFrame, csv_path: str | Path) -> Path:
 
 def _paper_net_name(row) -> str:
     t, n, src, tgt = row["treatment"], row["n"], row["source_half"], row["target_half"]
-    if t == "base":
-        return f"base{tgt}" if tgt else "base"
-    if t == "random":
-        return f"R{n}{tgt}"
-    return f"{src}{n}{tgt}" + ("_ft" if t.endswith("+") else "")
+    if t == "base" and not tgt:
+        return "base"
+    return treatment_net(t, tgt, src, int(n))
 
 
 def paper_runs() -> pd.DataFrame:
