@@ -402,7 +402,12 @@ def test_model_file_carries_its_spec_and_config(prepared, tmp_path):
     cfg = _cfg(max_iter=4)
     _resume(prepared, tmp_path, cfg)
     m = torch.load(tmp_path / "o/model.pt", weights_only=True)
-    assert m["net"] == "baseB" and json.loads(m["config"]) == cfg
+    # the typed settings it trained with, the schema's defaults filled (issue 23)
+    from transferable.settings import RunSettings
+
+    kept = json.loads(m["config"])
+    assert m["net"] == "baseB" and kept == RunSettings.from_dict(cfg).as_dict()
+    assert kept["train"]["eval_batch_size"] == 256 and "eval_batch_size" not in cfg["train"]
     assert json.loads(m["spec"])["crop"] == cfg["net"]["crop"]
     prov = json.loads((tmp_path / "o/metrics.json").read_text())["provenance"]
     assert len(prov["code"]["train_code"]) == 64 and "git" in prov["code"]

@@ -173,7 +173,7 @@ def test_slurm_profile_plans_without_slurm_installed(workdir, tmp_path):
     assert not shutil.which("sinfo", path=env["PATH"])
     rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml"], workdir, env)
     assert rc == 0, out
-    assert re.search(r"^train\s+12$", out, re.M), out[-2000:]
+    assert re.search(r"^train\s+13$", out, re.M), out[-2000:]
 
 
 def test_slurm_site_settings(clean_env):
@@ -221,7 +221,7 @@ def test_slurm_site_settings_reach_the_jobs(workdir, clean_env):
     rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/micro.yaml"], workdir, env)
     assert rc == 0, out
     train = [res for rule, res in dry_run_jobs(out) if rule == "train"]
-    assert len(train) == 12 and all(res["gpu"] == "0" and "gpu_model" not in res for res in train), train[0]
+    assert len(train) == 13 and all(res["gpu"] == "0" and "gpu_model" not in res for res in train), train[0]
 
 
 @pytest.mark.subprocess
@@ -241,7 +241,7 @@ def test_shared_stream_jobs_get_what_the_profile_gives_train(workdir, clean_env)
         assert res["cpus_per_gpu"] == "1" and res["slurm_extra"] == "--signal=TERM@120 --open-mode=append", rule
         assert res["slurm_partition"] == "gpu-a100" and res["gpu_model"] == "a100" and res["gpu"] == "1", rule
     runtimes = sorted(int(res["runtime"]) for _, res in together)
-    assert runtimes == [10, 10, 10, 40], runtimes  # micro: 10 min per net; rand0's half B group has 4 nets
+    assert runtimes == [10, 10, 10, 50], runtimes  # micro: 10 min per net; rand0's half B group has 5 nets
     # a setting given for the group's own rule wins over the one inherited from train (--set-resources on the
     # command line replaces the profile's whole set-resources)
     rc, out = snakemake(["-n", "--profile", "profiles/slurm", *cfg, "--set-resources", "train:cpus_per_gpu=2",

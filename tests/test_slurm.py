@@ -130,7 +130,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
                    "figures/fig2.pdf", "figures/fig3.pdf"):
         assert (wd / "results" / target).stat().st_size > 0, target
     nets = sorted(p.parent for p in (wd / "results" / "nets").glob("*/*/metrics.json"))
-    assert len(nets) == 12
+    assert len(nets) == 13
     metrics = [json.loads((n / "metrics.json").read_text()) for n in nets]
     assert all(m["device"] == "cpu" for m in metrics)
     # the job's memory (micro: resources.train_mem_mb 1000, sbatch --mem 1000) reached the trainer through

@@ -97,7 +97,7 @@ def test_best_k_mean_is_the_papers_metric():
 
 
 def test_step_schedule_is_caffes():
-    t = {"lr": 0.01, "lr_policy": "step", "lr_step": 100000, "gamma": 0.1, "max_iter": 450000}
+    t = dict(MICRO["train"], lr=0.01, lr_policy="step", lr_step=100000, gamma=0.1, max_iter=450000)
     assert [lr_at(i, t) for i in (0, 99999, 100000, 250000, 449999)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-6])
 
 
@@ -196,11 +196,11 @@ def test_kernel_settings_are_explicit():
 
 
 def _check_kernel_settings(kernel_settings, torch):
-    k = kernel_settings({"tf32": False, "cudnn_benchmark": True, "amp": False}, torch.device("cuda", 0))
+    k = kernel_settings(dict(MICRO["train"], tf32=False, cudnn_benchmark=True, amp=False), torch.device("cuda", 0))
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.benchmark and k == {"tf32": False, "cudnn_benchmark": True, "bf16_autocast": False,
                                                     "device_type": "cuda"}
-    k = kernel_settings({"tf32": True, "cudnn_benchmark": True, "deterministic": True, "amp": True},
+    k = kernel_settings(dict(MICRO["train"], tf32=True, cudnn_benchmark=True, deterministic=True, amp=True),
                         torch.device("cuda", 0))
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     assert not torch.backends.cudnn.benchmark and k["bf16_autocast"]

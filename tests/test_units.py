@@ -145,7 +145,11 @@ def test_unit_names_the_plan_uses_are_the_built_nets():
 def test_optimiser_recipes_decay_only_weights_and_skip_frozen():
     from transferable.transfer import make_optimizer
 
-    train = {"lr": 0.1, "weight_decay": 0.05, "momentum": 0.9}
+    import yaml
+    from conftest import ROOT
+
+    micro = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())["train"]
+    train = dict(micro, lr=0.1, weight_decay=0.05, momentum=0.9)  # a whole train section, as a job gets it
     vit = build("vit-small", 10, seed=0, image_size=16).transfer(2, None, freeze=True)
     opt = make_optimizer(vit, dict(train, optimizer="adamw"))
     assert isinstance(opt, torch.optim.AdamW)
@@ -185,7 +189,7 @@ def test_micro_pipeline_on_a_unit_network(tmp_path, arch, optimizer):
     (wd / "configs/unit.yaml").write_text(yaml.safe_dump(cfg))
     run_snakemake(["--cores", "2", "--configfile", "configs/unit.yaml"], wd)
     runs = pd.read_csv(wd / "results/tables/runs.csv")
-    assert set(runs["n"]) == {0, 1, 5} and len(runs) == 19  # micro.yaml's 12 nets, 7 more at n = 5
+    assert set(runs["n"]) == {0, 1, 5} and len(runs) == 20  # micro.yaml's 13 nets, 7 more at n = 5
     m = json.loads((wd / "results/nets/rand0/A5B/metrics.json").read_text())
     assert m["provenance"]["config"]["net"]["arch"] == arch and m["n"] == 5
     eff = pd.read_csv(wd / "results/tables/effects.csv")

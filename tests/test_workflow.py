@@ -128,7 +128,7 @@ def test_micro_config_runs_the_whole_dag(micro_done):
               "tables/similarity_by_layer.csv"):
         assert (workdir / "results" / f).stat().st_size > 0, f
     runs = pd.read_csv(workdir / "results/tables/runs.csv")
-    assert len(runs) == 12
+    assert len(runs) == 13
     assert set(runs.treatment) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
     assert runs.top1.between(0, 1).all() and (runs.evals == 2).all()
     assert not list((workdir / "results/ckpt").rglob("*.pt"))  # finished runs leave no checkpoint
@@ -179,7 +179,7 @@ def test_shared_stream_gives_the_same_nets(micro_done, workdir):
     ref = pd.read_csv(micro_done / "results/tables/runs.csv").set_index(["split", "net"]).sort_index()
     run_snakemake(["--cores", "2", *_micro_variant(workdir, "shared", shared_stream=True)], workdir)
     got = pd.read_csv(workdir / "results/tables/runs.csv").set_index(["split", "net"]).sort_index()
-    assert len(got) == 12
+    assert len(got) == 13
     pd.testing.assert_series_equal(ref.top1, got.top1)
     pd.testing.assert_series_equal(ref.top1_final, got.top1_final)
 

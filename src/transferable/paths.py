@@ -60,7 +60,9 @@ VIT_PATCH = {"vit_b_16": 16, "vit-small": 4}
 
 def unit_names(net: dict) -> tuple[str, ...]:
     """The transferable units of the config's ``net`` section, in order."""
-    arch, units = net.get("arch", "caffenet"), net.get("units", "blocks")
+    from .settings import setting
+
+    arch, units = net.get("arch", "caffenet"), setting({"net": net}, "net", "units")
     if arch not in UNIT_NAMES:
         raise ValueError(f"net.arch: unknown {arch!r} (allowed: {', '.join(UNIT_NAMES)})")
     if units not in UNIT_NAMES[arch]:
@@ -257,8 +259,11 @@ def prep_name(size: int, resize: str = "fast", fmt: str = "raw", quality: int = 
 
 def prep_from_config(prep: dict) -> str:
     """The preprocessing id of a config's ``preprocess`` section."""
-    return prep_name(prep["size"], prep.get("resize", "fast"), prep.get("format", "raw"),
-                     prep.get("jpeg_quality", 90))
+    from .settings import setting
+
+    c = {"preprocess": prep}
+    return prep_name(prep["size"], setting(c, "preprocess", "resize"), setting(c, "preprocess", "format"),
+                     setting(c, "preprocess", "jpeg_quality"))
 
 
 def parse_prep(name: str) -> dict:

@@ -14,6 +14,7 @@ import functools
 from dataclasses import dataclass
 
 from . import paths
+from .settings import setting  # noqa: F401  (the workflow reads schema keys through it)
 
 TREATMENTS = paths.TRANSFER_TREATMENTS
 
@@ -176,8 +177,8 @@ def known_num_classes(cfg: dict) -> int | None:
     """The number of classes, known before any job runs: the demo's from its config, a data root's from
     its devkit or train/ folders (never from an earlier run's catalog, which may be another dataset's)."""
     if cfg["data"]["source"] == "demo":
-        return 2 * cfg.get("demo", {}).get("classes_per_family", 20)
-    return _count_classes(cfg["data"]["root"], cfg["data"].get("format", "auto"))
+        return 2 * setting(cfg, "demo", "classes_per_family")
+    return _count_classes(cfg["data"]["root"], setting(cfg, "data", "format"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -397,13 +398,13 @@ def _check_arch(cfg: dict) -> None:
     if not caffe:
         if "widths" in net:  # (dropout, lrn and init have defaults: they are CaffeNet's and ignored here)
             raise ConfigError(f"net.widths: a CaffeNet setting; {arch} is torchvision's definition (remove it)")
-        if cfg["train"].get("optimizer", "caffe_sgd") == "caffe_sgd":
+        if setting(cfg, "train", "optimizer") == "caffe_sgd":
             raise ConfigError(f"train.optimizer: caffe_sgd is the paper's solver for CaffeNet; for {arch} use "
                               "sgd (ResNets) or adamw (ViTs)")
         if cfg.get("experiment", {}).get("similarity"):
             raise ConfigError("experiment.similarity: the CKA and probe analysis reads CaffeNet's 7 layers; "
                               f"turn it off for {arch}")
-    elif net.get("units", "blocks") != "blocks":
+    elif setting(cfg, "net", "units") != "blocks":
         raise ConfigError(f"net.units: CaffeNet's units are its layers (units: blocks), not {net['units']!r}")
     if arch in paths.VIT_PATCH and net["crop"] % paths.VIT_PATCH[arch]:
         raise ConfigError(f"net.crop: {net['crop']} is not a multiple of {arch}'s patch size")
@@ -417,20 +418,21 @@ def _check_training(cfg: dict) -> None:
                           f"{prep['size']}); the crop must fit inside them (paper: 227 of 256)")
     max_iter, every = int(train["max_iter"]), int(train["eval_every"])
     evals = max_iter // every + (1 if max_iter % every else 0)  # and one at the last iteration
-    best_k = int(cfg.get("metric", {}).get("best_k", 10))
+    best_k = int(setting(cfg, "metric", "best_k"))
     if evals < best_k:
         raise ConfigError(f"metric.best_k: {best_k} best evaluations asked for, but train.max_iter {max_iter} "
                           f"with train.eval_every {every} evaluates {evals} time(s); lower best_k or eval_every")
-    if int(train.get("warmup_iter", 0)) >= max_iter:
-        raise ConfigError(f"train.warmup_iter: {train['warmup_iter']} warm-up iterations leave none of "
+    warm = int(setting(cfg, "train", "warmup_iter"))
+    if warm >= max_iter:
+        raise ConfigError(f"train.warmup_iter: {warm} warm-up iterations leave none of "
                           f"train.max_iter {max_iter}")
     demo = cfg.get("demo") if cfg["data"]["source"] == "demo" else None
     smallest = None
     if demo is not None:  # the smallest half's training set is known before any job runs
-        per_class = int(demo.get("train_per_class", 100))
-        num_classes = 2 * int(demo.get("classes_per_family", 20))
+        per_class = int(setting(cfg, "demo", "train_per_class"))
+        num_classes = 2 * int(setting(cfg, "demo", "classes_per_family"))
         smallest = per_class * min(_half_sizes(cfg, num_classes), default=num_classes)
-    elif cfg["data"]["source"] == "path" and cfg["data"].get("format", "auto") in ("auto", "folder"):
+    elif cfg["data"]["source"] == "path" and setting(cfg, "data", "format") in ("auto", "folder"):
         counts = _folder_train_counts(cfg["data"]["root"])  # an image folder: count its files (cheap)
         halves = _half_classes(cfg, len(counts)) if counts else []
         if halves:
@@ -494,7 +496,7 @@ def _half_sizes(cfg: dict, num_classes: int) -> list[int]:
 
 
 def _check_outputs(cfg: dict, num_classes: int) -> None:
-    outputs = cfg["net"].get("outputs", "all")
+    outputs = setting(cfg, "net", "outputs")
     largest = max(_half_sizes(cfg, num_classes), default=0)
     if isinstance(outputs, int) and outputs < largest:
         raise ConfigError(f"net.outputs: {outputs} fc8 outputs are fewer than the {largest} classes of the "
@@ -503,5 +505,5 @@ def _check_outputs(cfg: dict, num_classes: int) -> None:
 
 def shard_parts(cfg: dict, num_classes: int | None) -> int:
     """``preprocess.parts``, clamped to the number of classes (a part is a block of whole classes)."""
-    parts = int(cfg["preprocess"].get("parts", 2))
+    parts = int(setting(cfg, "preprocess", "parts"))
     return max(1, min(parts, num_classes)) if num_classes else parts

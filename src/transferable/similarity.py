@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import advice
+from .settings import setting
 from .paths import LAYER_NAMES
 
 
@@ -140,7 +141,7 @@ def load_net(path: str):
     net = CaffeNet(spec_from_config(cfg["net"], int(m["outputs"])))
     net.load_state_dict(m["state_dict"])
     net.eval()
-    return net, m["mean"].numpy(), float(cfg["net"].get("input_scale", 1.0))
+    return net, m["mean"].numpy(), float(setting(cfg, "net", "input_scale"))
 
 
 def net_features(path: str, images: np.ndarray, pool: int, batch: int) -> list[torch.Tensor]:

@@ -15,11 +15,13 @@ import torch
 from .models import caffenet, units
 from .models.caffenet import LAYERS, CaffeNet, NetSpec
 from .models.units import UnitNet, UnitSpec
+from .settings import Net, Train
 
 
-def spec_from_config(net: dict, outputs: int) -> NetSpec | UnitSpec:
+def spec_from_config(net: Net | dict, outputs: int) -> NetSpec | UnitSpec:
     """The spec of the config's ``net``: CaffeNet's (the paper's and the demo's), or a unit network's."""
-    if net["arch"].startswith("caffenet"):
+    net = Net.from_dict(net)
+    if net.arch.startswith("caffenet"):
         return caffenet.spec_from_config(net, outputs)
     return units.spec_from_config(net, outputs)
 
@@ -53,17 +55,17 @@ def param_groups(net: CaffeNet) -> list[dict]:
     return groups
 
 
-def make_optimizer(net, train: dict) -> torch.optim.Optimizer:
+def make_optimizer(net, train: Train | dict) -> torch.optim.Optimizer:
     """``train.optimizer``: Caffe's SGD with its multipliers (the paper, CaffeNet), torch's SGD with
     momentum (ResNets) or AdamW (ViTs). The last two decay only weight matrices and kernels: not biases,
     normalisation parameters, the class token or position embeddings (all of at most one dimension, or
     named so: each family's ``decays``). Frozen parameters are in no group."""
-    kind = train.get("optimizer", "caffe_sgd")
-    lr, wd = train["lr"], train["weight_decay"]
+    train = Train.from_dict(train)
+    kind, lr, wd = train.optimizer, train.lr, train.weight_decay
     if kind == "caffe_sgd":
         if not isinstance(net, CaffeNet):
             raise ValueError("train.optimizer: caffe_sgd applies Caffe's per-layer multipliers to CaffeNet only")
-        return CaffeSGD(param_groups(net), lr=lr, momentum=train["momentum"], weight_decay=wd)
+        return CaffeSGD(param_groups(net), lr=lr, momentum=train.momentum, weight_decay=wd)
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         if not p.requires_grad:
@@ -72,7 +74,7 @@ def make_optimizer(net, train: dict) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=train["momentum"])
+        return torch.optim.SGD(groups, lr=lr, momentum=train.momentum)
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     raise ValueError(f"train.optimizer: unknown {kind!r} (allowed: caffe_sgd, sgd, adamw)")

@@ -73,6 +73,11 @@ PREP = paths.prep_from_config(config["preprocess"])
 RES = config.get("resources", {})
 
 
+def res(key):
+    """resources.<key>, or the schema's default."""
+    return plan.setting(config, "resources", key)
+
+
 wildcard_constraints:
     split=paths.SPLIT_WILDCARD,
     net=paths.NET_WILDCARD,
@@ -84,7 +89,7 @@ def train_device():
     """resources.device for the training jobs. With device auto, the trainer follows the GPUs the job is
     granted (--gpus {resources.gpu}): none, the CPU; one or more, a GPU or an error saying why not.
     """
-    return RES.get("device", "auto")
+    return res("device")
 
 
 def data_root():
@@ -147,7 +152,7 @@ def paper_flag():
     them only for CaffeNet on a 1000-class dataset read from a data root (ImageNet), never on the demo's
     classes or for another network.
     """
-    mode = config.get("figures", {}).get("paper_lines", "auto")
+    mode = plan.setting(config, "figures", "paper_lines")
     # the paper's numbers are CaffeNet's on ImageNet: never beside another net's
     if mode == "auto":
         mode = (
@@ -197,7 +202,7 @@ def train_site_settings(name):
                 {k: v for k, v in inherited.items() if k != "runtime" and k not in own}
             )
         )
-    if RES.get("train_gpus", 1) == 0 and job_rule.resources.get("gpu_model"):
+    if res("train_gpus") == 0 and job_rule.resources.get("gpu_model"):
         job_rule.resources.update(Resources.from_mapping({"gpu_model": None}))
 
 
@@ -242,7 +247,7 @@ def raw_identity_file():
     got = rawfiles.digest(
         config["data"]["root"],
         paths.raw_cache(),
-        config["data"].get("format", "auto"),
+        plan.setting(config, "data", "format"),
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     return paths.raw_identity(got[0]) if got else None

@@ -38,7 +38,7 @@ rule raw_identity:
         runtime=60,
     params:
         root=data_root(),
-        fmt=config["data"].get("format", "auto"),
+        fmt=plan.setting(config, "data", "format"),
         cache=paths.raw_cache(),
     shell:
         "transferable raw-identity --root={params.root:q} --format {params.fmt:q} --cache {params.cache:q} "
@@ -64,7 +64,7 @@ rule ingest:
         runtime=120,
     params:
         root=data_root(),
-        fmt=config["data"].get("format", "auto"),
+        fmt=plan.setting(config, "data", "format"),
     shell:
         "transferable ingest --root={params.root:q} --format {params.fmt:q} "
         "--catalog {output.catalog:q} --images {output.images:q} > {log:q} 2>&1"

@@ -5,8 +5,8 @@
 UNITS = ",".join(paths.unit_names(config["net"]))
 # how claims become verdicts (config verdicts: alpha, margin, plateau_gain), numbers only
 VERDICT_OPTIONS = " ".join(
-    f"--{k.replace('_', '-')} {float(config.get('verdicts', {}).get(k, d))!r}"
-    for k, d in (("alpha", 0.05), ("margin", 0.01), ("plateau_gain", 0.01))
+    f"--{k.replace('_', '-')} {float(plan.setting(config, 'verdicts', k))!r}"
+    for k in ("alpha", "margin", "plateau_gain")
 )
 
 

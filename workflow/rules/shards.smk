@@ -2,7 +2,7 @@
 # every split and net. Each part is a block of classes, so parts run as independent jobs.
 
 PARTS = plan.shard_parts(config, known_num_classes())
-if PARTS < config["preprocess"].get("parts", 2) and workflow.is_main_process:
+if PARTS < plan.setting(config, "preprocess", "parts") and workflow.is_main_process:
     print(
         f"config: preprocess.parts {config['preprocess']['parts']} is more than the {PARTS} classes of the "
         f"data: using {PARTS} shard jobs",
@@ -24,7 +24,7 @@ rule shard_part:
         "../../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=lambda w, attempt: RES.get("shard_mem_mb", 2000) * attempt,
+        mem_mb=lambda w, attempt: res("shard_mem_mb") * attempt,
         runtime=240,
     params:
         size=lambda w: paths.parse_prep(w.prep)["size"],
@@ -32,8 +32,8 @@ rule shard_part:
         fmt=lambda w: paths.parse_prep(w.prep)["format"],
         quality=lambda w: paths.parse_prep(w.prep)["quality"],
         parts=PARTS,
-        on_corrupt=config["data"].get("on_corrupt", "error"),
-        exif=config["preprocess"].get("exif_orientation", "ignore"),
+        on_corrupt=plan.setting(config, "data", "on_corrupt"),
+        exif=plan.setting(config, "preprocess", "exif_orientation"),
     shell:
         "transferable shard --images {input.images:q} --part {wildcards.k:q} --parts {params.parts:q} "
         "--size {params.size:q} --resize {params.resize:q} --format {params.fmt:q} --quality {params.quality:q} "

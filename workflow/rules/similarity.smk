@@ -23,10 +23,10 @@ rule similarity:
     priority: 50
     conda:
         "../../envs/train.yaml"
-    threads: max(1, RES.get("train_threads", 1))
+    threads: max(1, res("train_threads"))
     resources:
-        mem_mb=lambda w, attempt: RES.get("similarity_mem_mb", 4000) * attempt,
-        runtime=lambda w, attempt: RES.get("similarity_runtime_min", 60) * attempt,
+        mem_mb=lambda w, attempt: res("similarity_mem_mb") * attempt,
+        runtime=lambda w, attempt: res("similarity_runtime_min") * attempt,
     params:
         sim=json.dumps(config["experiment"].get("similarity") or {}, sort_keys=True),
     shell:

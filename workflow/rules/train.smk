@@ -5,7 +5,7 @@
 
 from types import SimpleNamespace
 
-SHARED_STREAM = RES.get("shared_stream", False)
+SHARED_STREAM = res("shared_stream")
 
 
 rule train:
@@ -29,19 +29,19 @@ rule train:
     priority: 100 if SHARED_STREAM else 0
     conda:
         "../../envs/train.yaml"
-    threads: max(1, RES.get("train_threads", 1))
+    threads: max(1, res("train_threads"))
     resources:
         # device, threads and compile are not params: changing them must not rerun finished nets
         train_device=train_device(),
-        train_compile=int(RES.get("compile", False)),
+        train_compile=int(res("compile")),
         train_checkpoint=train_checkpoint(),
-        train_stage_dir=RES.get("stage_dir", ""),
-        gpu=RES.get("train_gpus", 1),
+        train_stage_dir=res("stage_dir"),
+        gpu=res("train_gpus"),
         # a retry resumes from the checkpoint: the same time; more memory only after an out-of-memory end
         mem_mb=lambda w, attempt: attempts.retry_mem_mb(
-            RES.get("train_mem_mb", 4000), attempt, paths.checkpoint(w.split, w.net)
+            res("train_mem_mb"), attempt, paths.checkpoint(w.split, w.net)
         ),
-        runtime=RES.get("train_runtime_min", 60),
+        runtime=res("train_runtime_min"),
     params:
         cfg=train_params,
         ckpt=paths.checkpoint("{split}", "{net}"),
@@ -91,17 +91,17 @@ for _split, _target, _nets in plan.stream_groups(config) if SHARED_STREAM else [
         priority: len(_nets)
         conda:
             "../../envs/train.yaml"
-        threads: max(1, RES.get("train_threads", 1))
+        threads: max(1, res("train_threads"))
         resources:
             train_device=train_device(),
-            train_compile=int(RES.get("compile", False)),
+            train_compile=int(res("compile")),
             train_checkpoint=train_checkpoint(),
-            train_stage_dir=RES.get("stage_dir", ""),
-            gpu=RES.get("train_gpus", 1),
+            train_stage_dir=res("stage_dir"),
+            gpu=res("train_gpus"),
             mem_mb=lambda w, attempt, ckpt=f"{paths.RESULTS}/ckpt/{_split}/together_{_target}/last.pt": attempts.retry_mem_mb(
-                RES.get("train_mem_mb", 4000), attempt, ckpt
+                res("train_mem_mb"), attempt, ckpt
             ),
-            runtime=RES.get("train_runtime_min", 60) * len(_nets),
+            runtime=res("train_runtime_min") * len(_nets),
         params:
             cfg=train_params_of(_split),
             nets=",".join(_nets),

@@ -49,10 +49,17 @@ class NetSpec:
         "conv5": (0.01, 1.0), "fc6": (0.005, 1.0), "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)})
 
 
-def spec_from_config(net: dict, outputs: int) -> NetSpec:
-    """Build a NetSpec from the config's ``net`` section; ``outputs`` is fc8's width."""
-    arch = net["arch"]
-    w = net.get("widths") or [96, 256, 384, 384, 256, 4096, 4096]
+PAPER_WIDTHS = (96, 256, 384, 384, 256, 4096, 4096)  # conv1..conv5, fc6, fc7 (reference §1)
+
+
+def spec_from_config(net, outputs: int) -> NetSpec:
+    """Build a NetSpec from the config's ``net`` section (``settings.Net`` or its dict); ``outputs`` is
+    fc8's width."""
+    from ..settings import Net
+
+    net = Net.from_dict(net)
+    arch = net.arch
+    w = list(net.widths or PAPER_WIDTHS)
     if len(w) != 7:
         raise ValueError(f"net.widths: need 7 values (conv1..conv5, fc6, fc7), got {w}")
     if arch == "caffenet":
@@ -68,9 +75,8 @@ def spec_from_config(net: dict, outputs: int) -> NetSpec:
         ConvSpec(w[3], 3, 1, 1, 2),
         ConvSpec(w[4], 3, 1, 1, 2, pool=True),
     )
-    return NetSpec(convs=convs, fc=(w[5], w[6]), outputs=int(outputs), crop=int(net["crop"]),
-                   dropout=float(net.get("dropout", 0.5)), lrn=bool(net.get("lrn", True)),
-                   init=net.get("init", "caffe"))
+    return NetSpec(convs=convs, fc=(w[5], w[6]), outputs=int(outputs), crop=net.crop, dropout=net.dropout,
+                   lrn=net.lrn, init=net.init)
 
 
 class CaffeNet(TransferNet):

@@ -52,8 +52,12 @@ class UnitSpec:
     units: str = "blocks"
 
 
-def spec_from_config(net: dict, outputs: int) -> UnitSpec:
-    return UnitSpec(arch=net["arch"], outputs=int(outputs), crop=int(net["crop"]), units=net.get("units", "blocks"))
+def spec_from_config(net, outputs: int) -> UnitSpec:
+    """The spec of the config's ``net`` section (``settings.Net`` or its dict)."""
+    from ..settings import Net
+
+    net = Net.from_dict(net)
+    return UnitSpec(arch=net.arch, outputs=int(outputs), crop=net.crop, units=net.units)
 
 
 class UnitNet(TransferNet):

@@ -29,6 +29,7 @@ from .. import advice, atomic, attempts, paths
 from ..data import staging
 from ..data.shards import ShardError, Shards, job_cpus
 from ..paths import parse_net
+from ..settings import RunSettings, Train
 from ..provenance import code_digest, code_version, file_digest, result_train
 from ..transfer import build_net, make_optimizer, spec_from_config
 from .devices import job_memory, pick_device
@@ -40,18 +41,19 @@ def stable_seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
-def lr_at(it: int, t: dict) -> float:
+def lr_at(it: int, t: Train | dict) -> float:
     """Learning rate before iteration ``it`` (0-based). ``step``: Caffe's base_lr * gamma^floor(it/step);
     ``cosine``: cosine decay to 0 over max_iter. Both after an optional linear warm-up."""
-    warm = int(t.get("warmup_iter", 0))
+    t = Train.from_dict(t)
+    warm = t.warmup_iter
     if warm and it < warm:
-        return t["lr"] * (it + 1) / warm
-    if t["lr_policy"] == "step":
-        return t["lr"] * t["gamma"] ** (it // t["lr_step"])
-    if t["lr_policy"] == "cosine":
-        frac = (it - warm) / max(1, t["max_iter"] - warm)
-        return t["lr"] * 0.5 * (1 + math.cos(math.pi * frac))
-    raise ValueError(f"train.lr_policy: unknown {t['lr_policy']!r} (allowed: step, cosine)")
+        return t.lr * (it + 1) / warm
+    if t.lr_policy == "step":
+        return t.lr * t.gamma ** (it // t.lr_step)
+    if t.lr_policy == "cosine":
+        frac = (it - warm) / max(1, t.max_iter - warm)
+        return t.lr * 0.5 * (1 + math.cos(math.pi * frac))
+    raise ValueError(f"train.lr_policy: unknown {t.lr_policy!r} (allowed: step, cosine)")
 
 
 @torch.no_grad()
@@ -223,7 +225,7 @@ def _manifest_half(manifest: str, nets: list[str]) -> tuple[dict, str, dict]:
 
 def _build_members(nets, split, spec, tcfg, shards, classes, source_models, device) -> list[_Member]:
     """Each net's model (initialised, with its source's layers copied and frozen), optimiser and mean image."""
-    seed = int(tcfg["seed"])
+    seed = tcfg.seed
     own_mean = None
     members = []
     for net in nets:
@@ -306,17 +308,18 @@ def _check_finite(members, split: str, it: int, lr: float) -> None:
                                      "set train.grad_clip")
 
 
-def kernel_settings(tcfg: dict, device: torch.device) -> dict:
+def kernel_settings(tcfg: Train | dict, device: torch.device) -> dict:
     """Apply ``train.tf32`` and ``train.cudnn_benchmark`` explicitly, for the pipeline and ``bench gpu`` alike,
     and return them for metrics.json. torch's own defaults differ by op (TF32 on for cuDNN convolutions,
     off for matmuls), so an unset flag would make "fp32" mean TF32 convolutions and fp32 fc layers.
     cuDNN's autotuner is off under ``train.deterministic`` (it may pick different kernels per run)."""
-    tf32 = bool(tcfg.get("tf32", False))
-    autotune = bool(tcfg.get("cudnn_benchmark", True)) and not tcfg.get("deterministic", False)
+    tcfg = Train.from_dict(tcfg)
+    tf32 = tcfg.tf32
+    autotune = tcfg.cudnn_benchmark and not tcfg.deterministic
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = autotune
-    amp = bool(tcfg.get("amp", True)) and device.type == "cuda"
+    amp = tcfg.amp and device.type == "cuda"
     return {"tf32": tf32, "cudnn_benchmark": autotune, "bf16_autocast": amp, "device_type": device.type}
 
 
@@ -402,21 +405,23 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     t_start = time.time()
     device = pick_device(device, gpus, log=log)  # first: a job that cannot have its GPU fails in a second
     source_models = source_models or {}
-    tcfg, ncfg = cfg["train"], cfg["net"]
+    run = RunSettings.from_dict(cfg)
+    cfg = run.as_dict()  # the typed settings, schema defaults filled: what model.pt and the checkpoint keep
+    tcfg, ncfg = run.train, run.net
     man, target, half = _manifest_half(manifest, nets)
     classes = half["classes"]
-    outputs = {"all": man["num_classes"], "half": len(classes)}.get(ncfg["outputs"], ncfg["outputs"])
+    outputs = {"all": man["num_classes"], "half": len(classes)}.get(ncfg.outputs, ncfg.outputs)
     if int(outputs) < len(classes):
         raise ValueError(f"net.outputs: {outputs} < {len(classes)} classes of half {target}")
     spec = spec_from_config(ncfg, outputs)
     if threads:
         torch.set_num_threads(threads)
-    if tcfg.get("deterministic", False):
+    if tcfg.deterministic:
         deterministic(device, log)
     kernels = kernel_settings(tcfg, device)
     amp = kernels["bf16_autocast"]
-    scale = float(ncfg.get("input_scale", 1.0))
-    seed = int(tcfg["seed"])
+    scale = ncfg.input_scale
+    seed = tcfg.seed
     shards = Shards(shards_index)
     tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
 
@@ -450,7 +455,7 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
         own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
         # Every net that trains on the same half of the same split sees the same stream of batches, as
         # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
-        stream = TrainStream(x_train, y_train, own, spec.crop, tcfg["batch_size"],
+        stream = TrainStream(x_train, y_train, own, spec.crop, tcfg.batch_size,
                              seed=stable_seed(seed, split, target, "data"), device=device, scale=scale,
                              readers=torch.get_num_threads())  # the job's threads (resources.train_threads)
         return members, stream
@@ -481,13 +486,13 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
     shared = _shared_passes(members)
 
-    max_iter, eval_every = int(tcfg["max_iter"]), int(tcfg["eval_every"])
+    max_iter, eval_every = tcfg.max_iter, tcfg.eval_every
     # checkpoints every checkpoint_every iterations and/or checkpoint_minutes of wall time (0: not by that)
-    ckpt_every = int(tcfg.get("checkpoint_every", 10000))
-    ckpt_s = 60.0 * float(tcfg.get("checkpoint_minutes", 0) or 0)
+    ckpt_every = tcfg.checkpoint_every
+    ckpt_s = 60.0 * (tcfg.checkpoint_minutes or 0.0)
     t_ckpt, ckpt_count, ckpt_time = time.time(), 0, 0.0
-    clip = float(tcfg.get("grad_clip", 0) or 0)
-    eval_bs, bs = int(tcfg.get("eval_batch_size", 256)), tcfg["batch_size"]
+    clip = tcfg.grad_clip or 0.0
+    eval_bs, bs = tcfg.eval_batch_size, tcfg.batch_size
     t0 = time.time() - elapsed_before
     t_rate, it_rate = time.time(), it
     with _StopOnSignal() as stop:
@@ -555,7 +560,7 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
     top5 = [h["top5"] for h in m.history]
     classes = half["classes"]
     metrics = {
-        "split": split, "split_kind": cfg.get("split_kind", man["kind"]), "net": m.net,
+        "split": split, "split_kind": cfg.get("split_kind") or man["kind"], "net": m.net,
         "treatment": m.name.treatment, "n": m.name.n,
         "source_half": m.name.source, "target_half": target, "target_family": half.get("family", ""),
         "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
