@@ -129,7 +129,7 @@ def test_micro_config_runs_the_whole_dag(micro_done):
         assert (workdir / "results" / f).stat().st_size > 0, f
     runs = pd.read_csv(workdir / "results/tables/runs.csv")
     assert len(runs) == 13
-    assert set(runs.treatment) == {"base", "BnB", "BnB+", "AnB", "AnB+", "random"}
+    assert set(runs.treatment) == {"base", "BnB", "BnB+", "AnB", "AnB+", "base+", "random"}
     assert runs.top1.between(0, 1).all() and (runs.evals == 2).all()
     assert not list((workdir / "results/ckpt").rglob("*.pt"))  # finished runs leave no checkpoint
     # every panel is compared with the paper, not only Figure 2's
