@@ -158,7 +158,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
     for comment, lines in small.items():
         assert len(lines) == 1 and "--gpus" not in lines[0] and "--gres" not in lines[0], lines
         assert "--cpus-per-task=1" in lines[0] and " -p debug " in lines[0], lines[0]
-    assert len(calls) == 17
+    assert len(calls) == 18  # 13 nets, 4 groups, the similarity job
 
     # SLURM's own record: the GPU requests it accepted, and every job completed
     jobs = _jobs(micro.run_id)

@@ -172,89 +172,119 @@ def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shard
     """CKA between the pairs the pipeline asks about, and linear probes, for the nets in ``models``
     ({(run, net): model.pt}); ``manifests`` maps each configured split to its manifest. Returns the
     similarity and probe frames (columns SIM_COLUMNS, PROBE_COLUMNS)."""
-    import json
-
     import pandas as pd
 
-    from .data.shards import Shards
-    from .paths import base_split, parse_net, parse_replicate
+    a = _Analysis(models, manifests, shards_index, params, log)
+    a.pairs()
+    a.seed_floor()
+    a.probes()
+    return pd.DataFrame(a.sim_rows, columns=SIM_COLUMNS), pd.DataFrame(a.probe_rows, columns=PROBE_COLUMNS)
 
-    shards = Shards(shards_index)
-    pool, batch, k_img, k_probe = (int(params[k]) for k in ("pool", "batch", "images", "probe_images"))
-    mans = {s: json.loads(Path(p).read_text()) for s, p in manifests.items()}
-    halves = {s: m["halves"] for s, m in mans.items()}
-    random = {s for s, m in mans.items() if m.get("kind") == "random"}
-    feats: dict[tuple, list[torch.Tensor]] = {}
 
-    imgs: dict[tuple, tuple] = {}
+class _Analysis:
+    """One similarity job: fixed image samples read once while the features that use them are kept (one
+    run's at a time: ~0.5 GB per net at paper scale), the CKA rows and the probe rows."""
 
-    def images_of(split: str, subset: str, which: list[str], k: int, seed: int):
-        """A fixed sample of the images of some halves, read once while the features that use it are kept."""
+    def __init__(self, models, manifests, shards_index, params, log):
+        import json
+
+        from .data.shards import Shards
+
+        self.models, self.log = models, log
+        self.shards = Shards(shards_index)
+        self.pool, self.batch, self.k_img, self.k_probe = (int(params[k]) for k in
+                                                           ("pool", "batch", "images", "probe_images"))
+        mans = {s: json.loads(Path(p).read_text()) for s, p in manifests.items()}
+        self.halves = {s: m["halves"] for s, m in mans.items()}
+        self.random = {s for s, m in mans.items() if m.get("kind") == "random"}
+        self.runs = sorted({r for r, _ in models})
+        self.feats: dict[tuple, list[torch.Tensor]] = {}
+        self.imgs: dict[tuple, tuple] = {}
+        self.sim_rows: list[dict] = []
+        self.probe_rows: list[dict] = []
+
+    def nets_of(self, run: str) -> set[str]:
+        return {n for r, n in self.models if r == run}
+
+    def forget(self) -> None:
+        self.feats.clear()
+        self.imgs.clear()
+
+    def images_of(self, split: str, subset: str, which: list[str], k: int, seed: int):
+        """A fixed sample of the images of some halves."""
         key = (split, subset, tuple(which), k, seed)
-        if key not in imgs:
-            classes = sorted(c for h in which for c in halves[split][h]["classes"])
-            x, y = shards.load(subset, classes)
+        if key not in self.imgs:
+            classes = sorted(c for h in which for c in self.halves[split][h]["classes"])
+            x, y = self.shards.load(subset, classes)
             idx = _sample(len(x), k, seed)
-            imgs[key] = (x.take(idx), y[idx], len(classes))
-        return imgs[key]
+            self.imgs[key] = (x.take(idx), y[idx], len(classes))
+        return self.imgs[key]
 
-    def features(run, net, split, subset, which, k, seed):
+    def features(self, run, net, split, subset, which, k, seed):
         key = (run, net, split, subset, tuple(which), k)
-        if key not in feats:
-            x, _, _ = images_of(split, subset, which, k, seed)
-            feats[key] = net_features(models[(run, net)], x, pool, batch)
-        return feats[key]
+        if key not in self.feats:
+            x, _, _ = self.images_of(split, subset, which, k, seed)
+            self.feats[key] = net_features(self.models[(run, net)], x, self.pool, self.batch)
+        return self.feats[key]
 
-    def compare(kind, run, a, b, split, name_a, name_b):
-        which = sorted(halves[split])
-        fa = features(a[0], a[1], split, "val", which, k_img, 0)
-        fb = features(b[0], b[1], split, "val", which, k_img, 0)
+    def compare(self, kind, a, b, split, name_a, name_b, run):
+        which = sorted(self.halves[split])
+        fa = self.features(a[0], a[1], split, "val", which, self.k_img, 0)
+        fb = self.features(b[0], b[1], split, "val", which, self.k_img, 0)
         for i, layer in enumerate(LAYER_NAMES):
-            sim_rows.append({"kind": kind, "split": run, "net_a": name_a, "net_b": name_b, "layer": layer,
-                             "n": i + 1, "cka": cka(fa[i], fb[i], batch), "images": len(fa[i])})
-        log(f"CKA {kind} {run} {name_a} vs {name_b}: " + " ".join(f"{r['cka']:.2f}" for r in sim_rows[-7:]))
+            self.sim_rows.append({"kind": kind, "split": run, "net_a": name_a, "net_b": name_b, "layer": layer,
+                                  "n": i + 1, "cka": cka(fa[i], fb[i], self.batch), "images": len(fa[i])})
+        self.log(f"CKA {kind} {run} {name_a} vs {name_b}: " + " ".join(f"{r['cka']:.2f}" for r in self.sim_rows[-7:]))
 
-    sim_rows, probe_rows = [], []
-    runs = sorted({r for r, _ in models})
-    for run in runs:
-        split = base_split(run)
-        nets = {n for r, n in models if r == run}
-        if {"baseA", "baseB"} <= nets and halves[split].keys() >= {"A", "B"}:
-            kind = "A_vs_B" if split in random else "A_vs_B_fixed_split"  # the natural / man-made halves
-            compare(kind, run, (run, "baseA"), (run, "baseB"), split, "baseA", "baseB")
-        for net in sorted(nets):
-            p = parse_net(net)
-            if p.finetune and f"base{p.target}" in nets:
-                compare("finetuned_vs_base", run, (run, net), (run, f"base{p.target}"), split, net, f"base{p.target}")
-        feats.clear()  # one run's features and images at a time (paper scale: ~0.5 GB per net)
-        imgs.clear()
-    # the noise floor: the same half's base net trained with another seed (replicate r >= 1 vs r = 0)
-    for run in runs:
-        split, r = parse_replicate(run)
-        if r == 0:
-            continue
-        for net in sorted(n for rr, n in models if rr == run and parse_net(n).is_base):
-            if (split, net) in models:
-                compare("seed_floor", run, (split, net), (run, net), split, f"{split}/{net}", f"{run}/{net}")
-    # linear probes: each base net's layers on each half of its random split (its own half: the reference)
-    for run in runs:
-        split = base_split(run)
-        nets = {n for r, n in models if r == run}
-        if split not in random or not {"baseA", "baseB"} <= nets:
-            continue
-        for target in ("A", "B"):
-            _, ytr, n_classes = images_of(split, "train", [target], k_probe, 1)
-            _, yva, _ = images_of(split, "val", [target], k_img, 2)
-            for source in ("A", "B"):
-                ftr = features(run, f"base{source}", split, "train", [target], k_probe, 1)
-                fva = features(run, f"base{source}", split, "val", [target], k_img, 2)
-                for i, layer in enumerate(LAYER_NAMES):
-                    top1 = fit_probe(ftr[i], torch.from_numpy(ytr), fva[i], torch.from_numpy(yva), n_classes)
-                    probe_rows.append({"split": run, "target_half": target, "net": f"base{source}",
-                                       "source_half": source, "layer": layer, "n": i + 1, "top1": top1,
-                                       "train_images": len(ytr), "val_images": len(yva)})
-                log(f"probes {run} base{source} on half {target}: " +
-                    " ".join(f"{r['top1']:.2f}" for r in probe_rows[-7:]))
-            feats.clear()  # the next target's images
-            imgs.clear()
-    return pd.DataFrame(sim_rows, columns=SIM_COLUMNS), pd.DataFrame(probe_rows, columns=PROBE_COLUMNS)
+    def pairs(self) -> None:
+        """The two halves' base nets of each run, and each fine-tuned net (and base+) against its base net."""
+        from .paths import base_split, parse_net
+
+        for run in self.runs:
+            split, nets = base_split(run), self.nets_of(run)
+            if {"baseA", "baseB"} <= nets and self.halves[split].keys() >= {"A", "B"}:
+                kind = "A_vs_B" if split in self.random else "A_vs_B_fixed_split"  # natural / man-made halves
+                self.compare(kind, (run, "baseA"), (run, "baseB"), split, "baseA", "baseB", run)
+            for net in sorted(nets):
+                p = parse_net(net)
+                if p.finetune and f"base{p.target}" in nets:
+                    self.compare("finetuned_vs_base", (run, net), (run, f"base{p.target}"), split, net,
+                                 f"base{p.target}", run)
+            self.forget()
+
+    def seed_floor(self) -> None:
+        """The noise floor: the same half's base net trained with another seed (replicate r >= 1 vs r = 0)."""
+        from .paths import parse_net, parse_replicate
+
+        for run in self.runs:
+            split, r = parse_replicate(run)
+            if r == 0:
+                continue
+            for net in sorted(n for n in self.nets_of(run) if parse_net(n).is_base):
+                if (split, net) in self.models:
+                    self.compare("seed_floor", (split, net), (run, net), split, f"{split}/{net}", f"{run}/{net}",
+                                 run)
+
+    def probes(self) -> None:
+        """Linear probes: each base net's layers on each half of its random split (its own half: the
+        reference)."""
+        from .paths import base_split
+
+        for run in self.runs:
+            split = base_split(run)
+            if split not in self.random or not {"baseA", "baseB"} <= self.nets_of(run):
+                continue
+            for target in ("A", "B"):
+                _, ytr, n_classes = self.images_of(split, "train", [target], self.k_probe, 1)
+                _, yva, _ = self.images_of(split, "val", [target], self.k_img, 2)
+                for source in ("A", "B"):
+                    ftr = self.features(run, f"base{source}", split, "train", [target], self.k_probe, 1)
+                    fva = self.features(run, f"base{source}", split, "val", [target], self.k_img, 2)
+                    for i, layer in enumerate(LAYER_NAMES):
+                        top1 = fit_probe(ftr[i], torch.from_numpy(ytr), fva[i], torch.from_numpy(yva), n_classes)
+                        self.probe_rows.append({"split": run, "target_half": target, "net": f"base{source}",
+                                                "source_half": source, "layer": layer, "n": i + 1, "top1": top1,
+                                                "train_images": len(ytr), "val_images": len(yva)})
+                    self.log(f"probes {run} base{source} on half {target}: "
+                             + " ".join(f"{r['top1']:.2f}" for r in self.probe_rows[-7:]))
+                self.forget()  # the next target's images

@@ -307,25 +307,47 @@ BAR_COLOURS = {t.key: t.mid for t in TREATMENT_TABLE}
 LINE_MARKERS = {t.key: t.line_marker for t in TREATMENT_TABLE}
 
 
+def _fig2_bars(df: pd.DataFrame, s: dict, bm: float, ctl) -> list[tuple]:
+    """The 95% intervals of Figure 2's means: (x, mean, lo, hi, colour, dashed, units) per point."""
+    bars = []
+    for t in FIG2_TREATMENTS:
+        for n in s[t].loc[s[t]["n"] > 0, "n"]:
+            e = unit_interval(df, t, int(n))
+            if np.isfinite(e.ci_lo):
+                bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t],
+                             TREATMENT[t].fine_tuned, e.units))
+    if np.isfinite(bm):
+        e = unit_interval(df, "base", 0)
+        if np.isfinite(e.ci_lo):
+            bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
+    if ctl is not None and np.isfinite(ctl.ci_lo):
+        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, BAR_COLOURS["base+"], True, ctl.units))
+    return bars
+
+
+def _fig2_paper_lines(ax, ys: list, nmax: int, handles: list, labels: list) -> None:
+    """The paper's means, dashed, on this axis or (when they would squash ours) a right-hand one."""
+    p = paper_line_means()
+    p = p[(p["panel"] == "fig2") & (p["n"] <= nmax)]
+    pax = _paper_axis(ax, ys, list(p["top1"]))
+    if pax is ax:
+        lo, hi = _limits(ys + list(p["top1"]), pad=0.04)
+        dy = hi - lo
+        ax.set_ylim(lo - 0.22 * dy, hi + 0.30 * dy)
+    for t in FIG2_TREATMENTS:
+        g = p[p["series"] == t]
+        pax.plot(g["n"], g["top1"], color=DARK[t], zorder=2, **PAPER_DASH)
+    handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
+    labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
+
+
 def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame) -> None:
     lm = line_means(df)
     base = _series(lm, "base")
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
-    bars = []  # (x, mean, lo, hi, colour, dashed, units)
-    for t in FIG2_TREATMENTS:
-        for n in s[t].loc[s[t]["n"] > 0, "n"]:
-            e = unit_interval(df, t, int(n))
-            if np.isfinite(e.ci_lo):
-                bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t], TREATMENT[t].fine_tuned,
-                             e.units))
-    if np.isfinite(bm):
-        e = unit_interval(df, "base", 0)
-        if np.isfinite(e.ci_lo):
-            bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
     ctl = unit_interval(df, "base+", 0) if (df["treatment"] == "base+").any() else None
-    if ctl is not None and np.isfinite(ctl.ci_lo):
-        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, BAR_COLOURS["base+"], True, ctl.units))
+    bars = _fig2_bars(df, s, bm, ctl)
     # the axis fits the lines and the intervals over 3 units or more; wider ones are marked where cut
     ys = list(lm["mean"]) + [v for b in bars if b[6] >= 3 for v in b[2:4]]
     if ctl is not None and np.isfinite(ctl.estimate):
@@ -378,18 +400,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
     ax.set_ylim(lo - 0.22 * dy, hi + 0.30 * dy)  # foot- and headroom for the readings and their notes
 
     if paper:
-        p = paper_line_means()
-        p = p[(p["panel"] == "fig2") & (p["n"] <= nmax)]
-        pax = _paper_axis(ax, ys, list(p["top1"]))
-        if pax is ax:
-            lo, hi = _limits(ys + list(p["top1"]), pad=0.04)
-            dy = hi - lo
-            ax.set_ylim(lo - 0.22 * dy, hi + 0.30 * dy)
-        for t in FIG2_TREATMENTS:
-            g = p[p["series"] == t]
-            pax.plot(g["n"], g["top1"], color=DARK[t], zorder=2, **PAPER_DASH)
-        handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
-        labels.append("paper's means" + ("" if pax is ax else " (right axis)"))
+        _fig2_paper_lines(ax, ys, nmax, handles, labels)
 
     marked = sum(mark_clipped(ax, [b[0]], [b[2]], [b[3]], b[4]) for b in bars)
     note_clipped(ax, marked, where=(0.01, 0.83))

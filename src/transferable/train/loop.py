@@ -402,6 +402,7 @@ def train_nets(*, split: str, nets: list[str], manifest: str, shards_index: str,
 
 def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, source_models, device, threads,
                 compile_model, ram_limit, gpus, mem_mb, stage_dir, log) -> dict:
+    """Set-up (settings, device, data), then resume or start (the checkpoint), then the loop, then outputs."""
     t_start = time.time()
     device = pick_device(device, gpus, log=log)  # first: a job that cannot have its GPU fails in a second
     source_models = source_models or {}
@@ -419,21 +420,74 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     if tcfg.deterministic:
         deterministic(device, log)
     kernels = kernel_settings(tcfg, device)
-    amp = kernels["bf16_autocast"]
-    scale = ncfg.input_scale
-    seed = tcfg.seed
-    shards = Shards(shards_index)
     tag = f"{split}/{nets[0]}" if len(nets) == 1 else f"{split}/{len(nets)} nets on {target}"
+    say = lambda msg: log(f"[{tag}] {msg}")  # noqa: E731
 
     t_load = time.time()
+    data = _load_data(Shards(shards_index), classes, spec, device, mem_mb, ram_limit, gpus, stage_dir, say)
+
+    def fresh_start():
+        members = _build_members(nets, split, spec, tcfg, data.shards, classes, source_models, device)
+        own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
+        # Every net that trains on the same half of the same split sees the same stream of batches, as
+        # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
+        stream = TrainStream(data.x_train, data.y_train, own, spec.crop, tcfg.batch_size,
+                             seed=stable_seed(tcfg.seed, split, target, "data"), device=device,
+                             scale=ncfg.input_scale, readers=torch.get_num_threads())  # resources.train_threads
+        return members, stream
+
+    members, stream = fresh_start()
+    for m in members:
+        log(f"[{split}/{m.net}] {m.name.treatment} n={m.name.n} on half {target} ({len(classes)} classes, "
+            f"{len(data.x_train)} train / {len(data.val)} val images); device {device}; "
+            f"trainable tensors {len(m.opt.param_groups)}; fc8 outputs {outputs}")
+    say(f"data loaded in {time.time() - t_load:.1f} s; validation images cropped once, read from {data.val.where}")
+
+    identity = run_identity(cfg, split, nets, man, data.shards, source_models)
+    members, stream, it, elapsed_before = _resume(Path(ckpt), identity, members, stream, device, fresh_start, say)
+    loop = _Loop(members, stream, data.val, tcfg, kernels["bf16_autocast"], ncfg.input_scale, device, split,
+                 identity, Path(ckpt), compile_model, say, log)
+    it, wall = loop.run(it, elapsed_before)
+
+    run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
+                "job": {"gpus_granted": gpus, "memory_limit_mb": round(data.job_bytes / 2**20),
+                        "memory_limit_from": data.job_bytes_from, "data_policy": data.plan["policy"],
+                        "data_bytes": int(data.plan["set_bytes"])},
+                "shards": {"index": str(shards_index), "format": data.shards.format,
+                           "resize": data.shards.index.get("resize"), "quality": data.shards.index.get("quality"),
+                           "digest": data.shards.digest}}
+    results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
+                                     len(members), outputs, spec, device, source_models.get(m.net), run_info, log)
+               for m in members}
+    Path(ckpt).unlink(missing_ok=True)
+    say(f"{wall:.1f} s total ({time.time() - t_start:.1f} s with setup); {loop.ckpt_count} checkpoints written in "
+        f"{loop.ckpt_time:.1f} s ({100 * loop.ckpt_time / max(wall, 1e-9):.1f}% of the run)")
+    return results
+
+
+@dataclasses.dataclass
+class _Data:
+    """What a run reads: the (possibly staged) shards, the training images and the validation set."""
+
+    shards: Shards
+    plan: dict
+    x_train: object
+    y_train: object
+    val: EvalSet
+    job_bytes: int
+    job_bytes_from: str
+
+
+def _load_data(shards: Shards, classes, spec, device, mem_mb, ram_limit, gpus, stage_dir, say) -> _Data:
+    """The job's memory, then every shard file checked (sizes), staged if it must be (data/staging.py), the
+    content of what will be read checked against the digests, and the images loaded."""
     job_bytes, job_bytes_from = job_memory(mem_mb)
-    log(f"[{tag}] memory this job may use: {job_bytes / 2**20:.0f} MB ({job_bytes_from}); device {device}"
+    say(f"memory this job may use: {job_bytes / 2**20:.0f} MB ({job_bytes_from}); device {device}"
         + (f" ({gpus} GPU(s) granted)" if gpus is not None else ""))
     if ram_limit is None:  # a quarter of what THIS job may use, not of the node's free memory
         ram_limit = job_bytes / 4
     # before any training: every file there and of its size (a stat), then staged if it must be, then the
     # content of what will be read (the staged copy: local disk, not the shard folder again) against the digests
-    say = lambda msg: log(f"[{tag}] {msg}")  # noqa: E731
     shards.verify(classes, threads=job_cpus(), log=say, content=False)
     original = shards
     shards, data_plan = staging.prepare(shards, classes, job_bytes, stage_dir, say)
@@ -449,95 +503,89 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
         data_plan["policy"] = "shared storage"
     x_train, y_train = shards.load("train", classes, ram_limit)
     val = EvalSet(*shards.load("val", classes, ram_limit), spec.crop, device)  # cropped once, for every evaluation
+    return _Data(shards, data_plan, x_train, y_train, val, job_bytes, job_bytes_from)
 
-    def fresh_start():
-        members = _build_members(nets, split, spec, tcfg, shards, classes, source_models, device)
-        own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
-        # Every net that trains on the same half of the same split sees the same stream of batches, as
-        # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
-        stream = TrainStream(x_train, y_train, own, spec.crop, tcfg.batch_size,
-                             seed=stable_seed(seed, split, target, "data"), device=device, scale=scale,
-                             readers=torch.get_num_threads())  # the job's threads (resources.train_threads)
-        return members, stream
 
-    members, stream = fresh_start()
-    for m in members:
-        log(f"[{split}/{m.net}] {m.name.treatment} n={m.name.n} on half {target} ({len(classes)} classes, "
-            f"{len(x_train)} train / {len(val)} val images); device {device}; "
-            f"trainable tensors {len(m.opt.param_groups)}; fc8 outputs {outputs}")
-    log(f"[{tag}] data loaded in {time.time() - t_load:.1f} s; validation images cropped once, read from {val.where}")
+def _resume(ckpt_path: Path, identity: dict, members, stream, device, fresh_start, say):
+    """The run's checkpoint, when it was written for the same identity: members, stream, RNG and iteration
+    restored. One that matches but does not fit is set aside and the run starts over."""
+    state = read_checkpoint(ckpt_path, identity, say)
+    if state is None:
+        return members, stream, 0, 0.0
+    try:
+        for m in members:
+            m.load(state["members"][m.net])
+        stream.load_state_dict(state["stream"])
+        set_rng_state(state, device, say)
+        it, elapsed = int(state["iter"]), float(state["elapsed_s"])
+        say(f"resumed from {ckpt_path} at iteration {it}")
+        return members, stream, it, elapsed
+    except Exception as e:  # noqa: BLE001 - a checkpoint that matches but does not fit: start over
+        set_aside(ckpt_path, f"it does not fit the nets ({type(e).__name__}: {e})", say)
+        members, stream = fresh_start()
+        return members, stream, 0, 0.0
 
-    identity = run_identity(cfg, split, nets, man, shards, source_models)
-    ckpt_path = Path(ckpt)
-    it, elapsed_before = 0, 0.0
-    state = read_checkpoint(ckpt_path, identity, lambda msg: log(f"[{tag}] {msg}"))
-    if state is not None:
-        try:
-            for m in members:
-                m.load(state["members"][m.net])
-            stream.load_state_dict(state["stream"])
-            set_rng_state(state, device, lambda msg: log(f"[{tag}] {msg}"))
-            it, elapsed_before = int(state["iter"]), float(state["elapsed_s"])
-            log(f"[{tag}] resumed from {ckpt_path} at iteration {it}")
-        except Exception as e:  # noqa: BLE001 - a checkpoint that matches but does not fit: start over
-            set_aside(ckpt_path, f"it does not fit the nets ({type(e).__name__}: {e})", lambda msg: log(f"[{tag}] {msg}"))
-            members, stream = fresh_start()
-            it, elapsed_before = 0, 0.0
-    forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
-    shared = _shared_passes(members)
 
-    max_iter, eval_every = tcfg.max_iter, tcfg.eval_every
-    # checkpoints every checkpoint_every iterations and/or checkpoint_minutes of wall time (0: not by that)
-    ckpt_every = tcfg.checkpoint_every
-    ckpt_s = 60.0 * (tcfg.checkpoint_minutes or 0.0)
-    t_ckpt, ckpt_count, ckpt_time = time.time(), 0, 0.0
-    clip = tcfg.grad_clip or 0.0
-    eval_bs, bs = tcfg.eval_batch_size, tcfg.batch_size
-    t0 = time.time() - elapsed_before
-    t_rate, it_rate = time.time(), it
-    with _StopOnSignal() as stop:
-        while it < max_iter:
-            lr = lr_at(it, tcfg)
-            _step(members, shared, forwards, stream, lr, device, amp, clip)
-            it += 1
-            evaluate_now = it % eval_every == 0 or it == max_iter
-            due = (ckpt_every > 0 and it % ckpt_every == 0) or (ckpt_s > 0 and time.time() - t_ckpt >= ckpt_s)
-            checkpoint_now = it < max_iter and (due or stop.signal)
-            if evaluate_now or checkpoint_now:
-                _check_finite(members, split, it, lr)
-            if evaluate_now:
-                rate = (it - it_rate) * bs / max(time.time() - t_rate, 1e-9)
-                progress = f"{rate:.0f} img/s, ETA {(max_iter - it) * bs / max(rate, 1e-9):.0f} s"
-                for m in members:
-                    ev = evaluate(m.model, val, m.mean, eval_bs, m.frozen, amp, scale)
-                    _record(m, ev, it, max_iter, lr, stream.epochs_done, time.time() - t0, split, progress, log)
-                t_rate, it_rate = time.time(), it
-            if checkpoint_now:
-                t_write = time.time()
-                atomic.torch_save({"identity": identity, "members": {m.net: m.state() for m in members},
-                                   "stream": stream.state_dict(), **rng_state(device), "iter": it,
-                                   "elapsed_s": time.time() - t0}, ckpt_path)
-                t_ckpt = time.time()
-                ckpt_count, ckpt_time = ckpt_count + 1, ckpt_time + t_ckpt - t_write
-                if stop.signal:
-                    log(f"[{tag}] got signal {stop.signal}: checkpointed iteration {it} to {ckpt_path}; "
-                        "rerun to resume")
-                    raise SystemExit(128 + stop.signal)
+class _Loop:
+    """The training loop of a run's members on one stream: steps, evaluations (with rate and ETA),
+    checkpoints every ``checkpoint_every`` iterations and/or ``checkpoint_minutes``, and a checkpoint then
+    exit on SIGTERM/SIGINT."""
 
-    wall = time.time() - t0
-    run_info = {"code": code_version(), "kernels": kernels,  # the same for every net of the run: asked once
-                "job": {"gpus_granted": gpus, "memory_limit_mb": round(job_bytes / 2**20),
-                        "memory_limit_from": job_bytes_from, "data_policy": data_plan["policy"],
-                        "data_bytes": int(data_plan["set_bytes"])},
-                "shards": {"index": str(shards_index), "format": shards.format, "resize": shards.index.get("resize"),
-                           "quality": shards.index.get("quality"), "digest": shards.digest}}
-    results = {m.net: _write_outputs(m, out_dirs[m.net], cfg, split, man, half, target, it, wall / len(members),
-                                     len(members), outputs, spec, device, source_models.get(m.net), run_info, log)
-               for m in members}
-    ckpt_path.unlink(missing_ok=True)
-    log(f"[{tag}] {wall:.1f} s total ({time.time() - t_start:.1f} s with setup); {ckpt_count} checkpoints "
-        f"written in {ckpt_time:.1f} s ({100 * ckpt_time / max(wall, 1e-9):.1f}% of the run)")
-    return results
+    def __init__(self, members, stream, val, tcfg: Train, amp: bool, scale: float, device, split: str,
+                 identity: dict, ckpt_path: Path, compile_model: bool, say, log):
+        self.members, self.stream, self.val, self.t = members, stream, val, tcfg
+        self.amp, self.scale, self.device, self.split = amp, scale, device, split
+        self.identity, self.ckpt_path, self.say, self.log = identity, ckpt_path, say, log
+        self.forwards = {m.net: (torch.compile(m.model) if compile_model else m.model) for m in members}
+        self.shared = _shared_passes(members)
+        self.ckpt_count, self.ckpt_time = 0, 0.0
+
+    def run(self, it: int, elapsed_before: float) -> tuple[int, float]:
+        """Train from iteration ``it`` to max_iter; the last iteration and the wall time of the run."""
+        t = self.t
+        ckpt_s = 60.0 * (t.checkpoint_minutes or 0.0)  # 0: not by time
+        clip = t.grad_clip or 0.0
+        t0 = time.time() - elapsed_before
+        t_ckpt = t_rate = time.time()
+        it_rate = it
+        with _StopOnSignal() as stop:
+            while it < t.max_iter:
+                lr = lr_at(it, t)
+                _step(self.members, self.shared, self.forwards, self.stream, lr, self.device, self.amp, clip)
+                it += 1
+                evaluate_now = it % t.eval_every == 0 or it == t.max_iter
+                due = ((t.checkpoint_every > 0 and it % t.checkpoint_every == 0)
+                       or (ckpt_s > 0 and time.time() - t_ckpt >= ckpt_s))
+                checkpoint_now = it < t.max_iter and (due or stop.signal)
+                if evaluate_now or checkpoint_now:
+                    _check_finite(self.members, self.split, it, lr)
+                if evaluate_now:
+                    rate = (it - it_rate) * t.batch_size / max(time.time() - t_rate, 1e-9)
+                    self._evaluate(it, lr, time.time() - t0, rate)
+                    t_rate, it_rate = time.time(), it
+                if checkpoint_now:
+                    self._checkpoint(it, time.time() - t0)
+                    t_ckpt = time.time()
+                    if stop.signal:
+                        self.say(f"got signal {stop.signal}: checkpointed iteration {it} to {self.ckpt_path}; "
+                                 "rerun to resume")
+                        raise SystemExit(128 + stop.signal)
+        return it, time.time() - t0
+
+    def _evaluate(self, it: int, lr: float, elapsed: float, rate: float) -> None:
+        t = self.t
+        progress = f"{rate:.0f} img/s, ETA {(t.max_iter - it) * t.batch_size / max(rate, 1e-9):.0f} s"
+        for m in self.members:
+            ev = evaluate(m.model, self.val, m.mean, t.eval_batch_size, m.frozen, self.amp, self.scale)
+            _record(m, ev, it, t.max_iter, lr, self.stream.epochs_done, elapsed, self.split, progress, self.log)
+
+    def _checkpoint(self, it: int, elapsed: float) -> None:
+        t_write = time.time()
+        atomic.torch_save({"identity": self.identity, "members": {m.net: m.state() for m in self.members},
+                           "stream": self.stream.state_dict(), **rng_state(self.device), "iter": it,
+                           "elapsed_s": elapsed}, self.ckpt_path)
+        self.ckpt_count += 1
+        self.ckpt_time += time.time() - t_write
 
 
 def _record(m: _Member, ev: dict, it: int, max_iter: int, lr: float, epochs: float, elapsed: float, split: str,
