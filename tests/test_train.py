@@ -204,3 +204,27 @@ def _check_kernel_settings(kernel_settings, torch):
                         torch.device("cuda", 0))
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     assert not torch.backends.cudnn.benchmark and k["bf16_autocast"]
+
+
+@pytest.mark.parametrize("policy", ["recompute", "initial"])
+def test_random_resnet_units_are_normalised_on_the_target_half_unless_asked_not_to(prepared, tmp_path, policy):
+    """Issue 24: net.random_units_norm. recompute (the default): a random-filter ResNet net's frozen units
+    get BatchNorm statistics from the target half's training images before training; initial: they keep
+    mean 0 / variance 1, as before. Either way they do not move while the net trains."""
+    cfg = _cfg(optimizer="sgd", lr=0.05)
+    cfg["net"] = {"arch": "resnet-small", "crop": 16, "outputs": "all", "random_units_norm": policy}
+    logs = []
+    out = tmp_path / "R2B"
+    train_net(split="rand0", net="R2B", manifest=str(prepared / "rand0.json"),
+              shards_index=str(prepared / "shards/index.json"), out_dir=str(out), ckpt=str(tmp_path / "R2B.ckpt"),
+              cfg=cfg, device="cpu", log=logs.append)
+    sd = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    mean, var = sd["model.bn1.running_mean"], sd["model.bn1.running_var"]
+    said = [m for m in logs if "random frozen unit(s) re-estimated" in m]
+    if policy == "recompute":
+        assert len(said) == 1 and "3 BatchNorm layers of its 2 random frozen unit(s)" in said[0], logs
+        assert not torch.allclose(var, torch.ones_like(var)) and mean.abs().max() > 0
+    else:
+        assert not said and torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.ones_like(var))
+    # unit 3 (layer2.0) trains: its statistics moved from the initial ones in both cases
+    assert not torch.equal(sd["model.layer2.0.bn1.running_var"], torch.ones_like(sd["model.layer2.0.bn1.running_var"]))

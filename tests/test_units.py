@@ -107,6 +107,30 @@ def test_frozen_batchnorm_stays_fixed_whoever_calls_train():
     assert later and not torch.equal(net.model.state_dict()[later[0]], src[later[0]])  # the rest still learns
 
 
+def test_random_frozen_units_normalise_their_outputs_after_recompute():
+    """Issue 24: a random frozen ResNet unit kept BatchNorm at its initial statistics (mean 0, variance 1),
+    so it normalised nothing. recompute_norms re-estimates units 1..n's statistics on the given images (the
+    cumulative average: the stem's running mean is the mean of its conv outputs over all of them); then they
+    stay fixed while the net trains, and the units above n are untouched."""
+    net = build("resnet-small", 10, seed=7, image_size=16).transfer(2, None, freeze=True)
+    init = {k: v.clone() for k, v in net.model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 3, 16, 16, generator=g) * 3 + 2 for _ in range(3)]
+    assert net.recompute_norms(2, iter(batches)) == 3  # the stem's bn1 and layer1.0's two
+    with torch.no_grad():
+        conv = torch.cat([net.model.conv1(b) for b in batches])
+    assert torch.allclose(net.model.bn1.running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+    assert not torch.allclose(net.model.bn1.running_var, torch.ones_like(net.model.bn1.running_var))
+    assert net.model.bn1.momentum == 0.1 and not net.model.bn1.training  # left frozen, as it was
+    after = {k: v.clone() for k, v in net.model.state_dict().items()}
+    assert all(torch.equal(after[k], init[k]) for k in net.unit_keys(2))  # unit 3 untouched
+    _step(net, 16, 2)
+    assert all(torch.equal(net.model.state_dict()[k], after[k]) for i in range(2) for k in net.unit_keys(i))
+    # a net without normalisation has nothing to re-estimate
+    assert build("vit-small", 10, seed=0, image_size=16).transfer(2, None, freeze=True).recompute_norms(
+        2, iter(batches)) == 0
+
+
 @pytest.mark.parametrize("arch, size", SMALL)
 def test_fine_tuned_units_train_and_random_frozen_units_stay(arch, size):
     src = build(arch, 10, seed=1, image_size=size).model.state_dict()

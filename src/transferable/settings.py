@@ -86,6 +86,7 @@ class Net(_Section):
     input_scale: float
     lrn: bool
     init: str
+    random_units_norm: str
     widths: tuple[int, ...] | None = None  # CaffeNet's 7 widths; None: the paper's
 
 

@@ -25,7 +25,8 @@ def _matches(key: str, prefix: str) -> bool:
 
 
 def _keep_eval(module: nn.Module, args) -> None:
-    module.training = False  # a frozen unit's BatchNorm: running statistics used, never updated
+    if not getattr(module, "_recomputing", False):
+        module.training = False  # a frozen unit's BatchNorm: running statistics used, never updated
 
 
 class TransferNet(nn.Module):
@@ -127,6 +128,32 @@ class TransferNet(nn.Module):
             self.train(self.training)
             self.pin_frozen_norms()
         return self
+
+    def recompute_norms(self, n: int, batches) -> int:
+        """Re-estimate the running statistics of the BatchNorm layers in units 1..n from ``batches`` (input
+        images), as the cumulative average over all of them (as torch.optim.swa_utils.update_bn does), then
+        leave them as they were (frozen: eval). For random frozen units: at their initial statistics (mean 0,
+        variance 1) they would not normalise anything. Returns the number of layers re-estimated."""
+        bns = [m for name, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and any(_matches(name.removeprefix(self.key_prefix), p) for u in self.units[:n] for p in u.prefixes)]
+        if not bns:
+            return 0
+        saved = [(m.momentum, m.training) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum, m._recomputing = None, True
+            m.train()
+        try:
+            with torch.no_grad():
+                for xb in batches:
+                    x = xb
+                    for i in range(n):
+                        x = self._block(i, x)
+        finally:
+            for m, (momentum, training) in zip(bns, saved):
+                m.momentum, m._recomputing = momentum, False
+                m.train(training)
+        return len(bns)
 
     def _frozen_module(self, name: str) -> bool:
         name = name.removeprefix(self.key_prefix)

@@ -428,6 +428,8 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
 
     def fresh_start():
         members = _build_members(nets, split, spec, tcfg, data.shards, classes, source_models, device)
+        if ncfg.random_units_norm == "recompute":
+            _normalise_random_units(members, data, spec, run, split, target, device, say)
         own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
         # Every net that trains on the same half of the same split sees the same stream of batches, as
         # every Caffe net read the same shuffled LevelDB in the same order (performance.md §1).
@@ -463,6 +465,27 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
     say(f"{wall:.1f} s total ({time.time() - t_start:.1f} s with setup); {loop.ckpt_count} checkpoints written in "
         f"{loop.ckpt_time:.1f} s ({100 * loop.ckpt_time / max(wall, 1e-9):.1f}% of the run)")
     return results
+
+
+NORM_IMAGES = 2048  # training images of the target half that re-estimate a random unit's normalisation
+
+
+def _normalise_random_units(members, data, spec, run: RunSettings, split, target, device, say) -> None:
+    """net.random_units_norm recompute: the BatchNorm statistics of each random-filter net's frozen units,
+    re-estimated on a fixed sample of the target half's training images (centre crops, the net's own mean
+    image) before training, so that a random unit normalises its outputs as a trained one does."""
+    random = [m for m in members if m.name.is_random and m.frozen]
+    if not random:
+        return
+    order = np.random.default_rng(stable_seed(run.train.seed, split, target, "norm")).permutation(len(data.x_train))
+    idx = np.sort(order[:NORM_IMAGES])
+    sample = EvalSet(data.x_train.take(idx), data.y_train[idx], spec.crop, device)
+    for m in random:
+        batches = (xb for xb, _ in sample.batches(m.mean, run.train.eval_batch_size, run.net.input_scale))
+        k = m.model.recompute_norms(m.frozen, batches)
+        if k:
+            say(f"{m.net}: the running statistics of the {k} BatchNorm layers of its {m.frozen} random frozen "
+                f"unit(s) re-estimated on {len(idx)} training images of half {target} (net.random_units_norm)")
 
 
 @dataclasses.dataclass
