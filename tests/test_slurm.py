@@ -162,7 +162,7 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
 
     # SLURM's own record: the GPU requests it accepted, and every job completed
     jobs = _jobs(micro.run_id)
-    assert len(jobs) == 17 and {_state(j) for j in jobs} == {"COMPLETED"}
+    assert len(jobs) == 18 and {_state(j) for j in jobs} == {"COMPLETED"}
     assert sorted(j["comment"] for j in jobs if j["tres_per_job"] == "gres:gpu:1") == sorted(train)
 
 
