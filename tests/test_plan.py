@@ -65,6 +65,23 @@ def test_the_control_base_plus_is_one_net_per_cell_copying_its_own_base(cfg):
     assert re.fullmatch(paths.NET_WILDCARD, "baseB_ft") and not re.fullmatch(paths.BASE_NET_WILDCARD, "baseB_ft")
 
 
+def test_every_similarity_analysis_has_a_random_split_seed_floor(cfg):
+    """Issue 24: the noise floor of CKA between random-split nets: rand0's two base nets once more with
+    another seed (rand0.s1), by default (experiment.similarity.seed_floor: 1) in every design that runs
+    the analysis, the paper's included; 0 turns it off; they are not figure nets (no table changes)."""
+    floor = {(n.split, n.name) for n in plan.seed_floor_nets(cfg)}
+    assert floor == {("rand0", "baseA"), ("rand0", "baseB"), ("rand0.s1", "baseA"), ("rand0.s1", "baseB")}
+    assert floor <= {(n.split, n.name) for n in plan.similarity_nets(cfg)}
+    assert not {n.split for n in plan.figure_nets(cfg, "all")} & {"rand0.s1"}
+    paper = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
+    assert {("rand0.s1", "baseA"), ("rand0.s1", "baseB")} <= {(n.split, n.name) for n in plan.similarity_nets(paper)}
+    cfg = copy.deepcopy(cfg)
+    cfg["experiment"]["similarity"]["seed_floor"] = 2
+    assert {n.split for n in plan.seed_floor_nets(cfg)} == {"rand0", "rand0.s1", "rand1", "rand1.s1"}
+    cfg["experiment"]["similarity"]["seed_floor"] = 0
+    assert plan.seed_floor_nets(cfg) == []
+
+
 def test_fig2_plans_no_natman_or_random(cfg):
     assert {n.split for n in plan.figure_nets(cfg, "fig2")} == {f"rand{s}" for s in range(6)}
 

@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 
 from . import paths
-from .settings import setting  # noqa: F401  (the workflow reads schema keys through it)
+from .settings import schema_default, setting  # noqa: F401  (the workflow reads schema keys through setting)
 
 TREATMENTS = paths.TRANSFER_TREATMENTS
 
@@ -143,7 +143,22 @@ def similarity_nets(cfg: dict) -> list[Net]:
         block = cfg["experiment"].get(key)
         if block and int(block.get("replicates", 1)) > 1:
             nets |= {n for n in fn(cfg) if n.parsed.is_base}
-    return sorted(nets)
+    return sorted(nets | set(seed_floor_nets(cfg)))
+
+
+def seed_floor_nets(cfg: dict) -> list[Net]:
+    """``experiment.similarity.seed_floor``: the first k random splits' base nets, trained once more with
+    another seed (replicate 1), so that CKA between random-split nets has its noise floor in every design.
+    Nets the design already trains (``replicates: 2``) are not added twice."""
+    sim, rs = cfg["experiment"].get("similarity"), cfg["experiment"].get("random_splits")
+    if not sim or not rs:
+        return []
+    k = int(sim["seed_floor"] if "seed_floor" in sim else schema_default("experiment.similarity.seed_floor"))
+    out = []
+    for split in rs["splits"][:k]:
+        for half in halves_of(cfg, split):
+            out += [Net(split, paths.net_name(half)), Net(paths.replicate_split(split, 1), paths.net_name(half))]
+    return out
 
 
 def stream_groups(cfg: dict) -> list[tuple[str, str, list[str]]]:

@@ -31,6 +31,15 @@ def schema_defaults(section: str) -> dict:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
+def schema_default(key: str):
+    """The schema's default of a nested key, written as the config spells it
+    (``experiment.similarity.seed_floor``)."""
+    node = schema()
+    for part in key.split("."):
+        node = node["properties"][part]
+    return node["default"]
+
+
 def _coerce(value, kind: str):
     if value is None:
         return None
