@@ -33,12 +33,13 @@ def _demo_one_job_per_net(workdir):
 @pytest.mark.subprocess
 def test_default_config_plans_the_replicated_design(workdir):
     jobs = planned(run_snakemake(["-n", "--cores", "2"], workdir))
-    # base nets alone (6 random splits x 2, natman x 4 seeds x 2, all x 2 seeds), the rest in one job per
-    # (split or replicate, target half): 6 random (target B) + 8 natman + 2 all
-    assert jobs["train"] == 22 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 16
+    # base nets alone (6 random splits x 2, natman x 4 seeds x 2, all x 2 seeds, and the similarity
+    # analysis's seed floor: rand0.s1's 2), the rest in one job per (split or replicate, target half):
+    # 6 random (target B) + 8 natman + 2 all
+    assert jobs["train"] == 24 and sum(v for k, v in jobs.items() if k.startswith("train_together_")) == 16
     assert jobs["shard_part"] == 2 and jobs["split_manifest"] == 8 and jobs["effects"] == 1
     alone = planned(run_snakemake(["-n", "--cores", "2", *_demo_one_job_per_net(workdir)], workdir))
-    assert alone["train"] == 84 + 4 * 10 + 2 * 5
+    assert alone["train"] == 84 + 4 * 10 + 2 * 5 + 2
 
 
 @pytest.mark.subprocess
@@ -70,7 +71,8 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
     root.mkdir()
     jobs = planned(run_snakemake(["-n", "--configfile", "configs/paper.yaml", "--config", f"data_root={root}"], workdir))
     # 4 splits x (2 base + 2 targets x 4 treatments x 7) + natman (2 + 14) + random filters (1 + 7)
-    assert jobs["train"] == 4 * 58 + 16 + 8 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
+    # + rand0.s1's two base nets: the similarity analysis's seed floor
+    assert jobs["train"] == 4 * 58 + 16 + 8 + 2 and jobs["shard_part"] == 100 and jobs["split_manifest"] == 6
     # experiment.similarity at paper scale: one job, with its resources, planned with the rest
     assert jobs["similarity"] == 1 and jobs["similarity_figure"] == 1
 
