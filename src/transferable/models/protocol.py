@@ -135,7 +135,7 @@ class TransferNet(nn.Module):
         leave them as they were (frozen: eval). For random frozen units: at their initial statistics (mean 0,
         variance 1) they would not normalise anything. Returns the number of layers re-estimated."""
         bns = [m for name, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and any(_matches(name.removeprefix(self.key_prefix), p) for u in self.units[:n] for p in u.prefixes)]
+               and self._in_units(name, n)]
         if not bns:
             return 0
         saved = [(m.momentum, m.training) for m in bns]
@@ -155,9 +155,13 @@ class TransferNet(nn.Module):
                 m.train(training)
         return len(bns)
 
-    def _frozen_module(self, name: str) -> bool:
+    def _in_units(self, name: str, n: int) -> bool:
+        """Whether module ``name`` (of this net) belongs to units 1..n."""
         name = name.removeprefix(self.key_prefix)
-        return any(_matches(name, p) for u in self.units[: self.frozen_units] for p in u.prefixes)
+        return any(_matches(name, p) for u in self.units[:n] for p in u.prefixes)
+
+    def _frozen_module(self, name: str) -> bool:
+        return self._in_units(name, self.frozen_units)
 
     def train(self, mode: bool = True):
         super().train(mode)
