@@ -38,7 +38,6 @@ def _resnet(c):
     """The micro config on resnet-small (a valid unit-network config, before each case's one change)."""
     c["net"] = {"arch": "resnet-small", "crop": 16, "outputs": "all"}
     c["train"]["optimizer"] = "sgd"
-    c["experiment"].pop("similarity", None)
 
 
 CASES = [
@@ -79,8 +78,6 @@ CASES = [
     ("n beyond the architecture's units", lambda c: (_resnet(c), c["experiment"]["random_splits"].update(layers=[6])),
      "outside the allowed 1..5 (resnet-small has 5 transferable units)"),
     ("Caffe's solver on a ResNet", lambda c: (_resnet(c), c["train"].update(optimizer="caffe_sgd")), "train.optimizer"),
-    ("similarity on a ResNet", lambda c: (_resnet(c), c["experiment"].update(similarity={"images": 8})),
-     "experiment.similarity"),
     ("CaffeNet widths on a ResNet", lambda c: (_resnet(c), c["net"].update(widths=[4] * 7)), "net.widths"),
     ("stages of a ViT", lambda c: (_resnet(c), c["net"].update(arch="vit-small", units="stages")), "net.units"),
     ("ViT crop not a multiple of its patch", lambda c: (_resnet(c), c["net"].update(arch="vit-small", crop=14)),

@@ -555,7 +555,10 @@ def test_fig3_relative_legend_is_off_the_data_and_names_the_split(tmp_path, draw
         assert not lb.overlaps(t.get_window_extent())
 
 
-def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn):
+@pytest.mark.parametrize("taps", [("output",), ("class token", "patch mean")])
+def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn, taps):
+    """CaffeNet's one kind of features per layer, and a ViT's two (class token, patch mean: one line
+    style each, one by-layer row each, labelled)."""
     from transferable.figures.plots import similarity_figure
     from transferable.paths import LAYER_NAMES
 
@@ -564,16 +567,22 @@ def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn):
     sim, probes = [], []
     for split in ("rand0", "rand1"):
         for n, layer in enumerate(LAYER_NAMES, start=1):
-            for kind, level in (("A_vs_B", 0.95 - 0.1 * n), ("seed_floor", 0.97 - 0.05 * n)):
-                for net_b in ("baseA", "baseB"):
-                    sim.append(dict(kind=kind, split=split, net_a="baseA", net_b=net_b, layer=layer, n=n,
-                                    cka=level + rng.normal(0, 0.02), images=64))
-            for tgt in ("A", "B"):
-                for src in ("A", "B"):
-                    probes.append(dict(split=split, target_half=tgt, net=f"base{src}", source_half=src,
-                                       layer=layer, n=n, top1=0.3 + 0.05 * n - 0.02 * n * (src != tgt),
-                                       train_images=64, val_images=32))
-    similarity_figure(pd.DataFrame(sim), pd.DataFrame(probes), runs, tmp_path / "similarity.pdf")
+            for j, feat in enumerate(taps):
+                for kind, level in (("A_vs_B", 0.95 - 0.1 * n), ("seed_floor", 0.97 - 0.05 * n)):
+                    for net_b in ("baseA", "baseB"):
+                        sim.append(dict(kind=kind, split=split, net_a="baseA", net_b=net_b, layer=layer,
+                                        features=feat, n=n, cka=level - 0.1 * j + rng.normal(0, 0.02), images=64))
+                for tgt in ("A", "B"):
+                    for src in ("A", "B"):
+                        probes.append(dict(split=split, target_half=tgt, net=f"base{src}", source_half=src,
+                                           layer=layer, features=feat, n=n,
+                                           top1=0.3 + 0.05 * n - 0.02 * n * (src != tgt), train_images=64,
+                                           val_images=32))
+    by = similarity_figure(pd.DataFrame(sim), pd.DataFrame(probes), runs, tmp_path / "similarity.pdf")
+    assert len(by) == 7 * len(taps) and list(by["features"].unique()) == sorted(taps)
+    assert by.groupby("features")["r_cka_vs_anb_loss"].nunique().eq(1).all()
+    labels = [t.get_text() for ax in drawn[0].axes for t in ax.get_xticklabels()]
+    assert "conv1" in labels and "fc7" in labels
     fig = drawn[0]
     fig.canvas.draw()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]

@@ -79,15 +79,17 @@ def test_paper_config_plans_every_net(workdir, tmp_path):
 
 @pytest.mark.subprocess
 def test_unit_network_configs_plan(workdir, tmp_path):
-    """Issue 12: configs/imagenet-resnet50.yaml (5 stages) plans its 132 nets on a data root; the demo
+    """Issue 12: configs/imagenet-resnet50.yaml (5 stages) plans its 134 nets on a data root; the demo
     configurations on a ResNet and a ViT plan the demo's design at n = 1..5 (the CaffeNet demo's 202 nets
     had n = 1..7: 142 here)."""
     root = tmp_path / "imagenet"
     root.mkdir()
     jobs = planned(run_snakemake(["-n", "--configfile", "configs/imagenet-resnet50.yaml", "--config",
                                   f"data_root={root}"], workdir))
-    # 2 splits x (2 base + 2 targets x 4 treatments x 5) + natman 3 seeds x (2 + 10) + random 2 seeds x (1 + 5)
-    assert jobs["train"] == 2 * 42 + 3 * 12 + 2 * 6
+    # 2 splits x (2 base + 2 targets x 4 treatments x 5) + natman 3 seeds x (2 + 10) + random 2 seeds x (1 + 5),
+    # and the similarity analysis's noise floor: rand0's base nets once more (issue 24)
+    assert jobs["train"] == 2 * 42 + 3 * 12 + 2 * 6 + 2
+    assert jobs["similarity"] == 1
     from transferable.data import demo
 
     inet = tmp_path / "inet1000"  # a 1000-class data root in the official layout: "ImageNet" to the plan

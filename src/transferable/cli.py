@@ -510,8 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The thread pools of numpy's BLAS and OpenMP, as Snakemake sets them for a job's shell command: a verb run
+# by hand with --threads N gets the same (an explicit setting wins). Unset, OpenBLAS starts one thread per
+# core beside torch's, and the similarity job's probes ran 30 times slower on 2 cores.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        for var in THREAD_VARS:  # before numpy is imported: the commands import it
+            os.environ.setdefault(var, str(args.threads))
     try:
         args.func(args)
     except (ValueError, KeyError, OSError, RuntimeError) as e:

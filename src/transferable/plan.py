@@ -406,8 +406,7 @@ def check(cfg: dict, num_classes: int | None = None) -> None:
 
 
 def _check_arch(cfg: dict) -> None:
-    """What only some architectures have: CaffeNet's widths, LRN and fillers; the similarity analysis
-    (CaffeNet's 7 layers); the image size a ViT's position embedding is built for."""
+    """What only some architectures have: CaffeNet's widths, LRN and fillers; the image size a ViT's position embedding is built for."""
     net, arch = cfg["net"], cfg["net"]["arch"]
     caffe = arch.startswith("caffenet")
     if not caffe:
@@ -416,9 +415,6 @@ def _check_arch(cfg: dict) -> None:
         if setting(cfg, "train", "optimizer") == "caffe_sgd":
             raise ConfigError(f"train.optimizer: caffe_sgd is the paper's solver for CaffeNet; for {arch} use "
                               "sgd (ResNets) or adamw (ViTs)")
-        if cfg.get("experiment", {}).get("similarity"):
-            raise ConfigError("experiment.similarity: the CKA and probe analysis reads CaffeNet's 7 layers; "
-                              f"turn it off for {arch}")
     elif setting(cfg, "net", "units") != "blocks":
         raise ConfigError(f"net.units: CaffeNet's units are its layers (units: blocks), not {net['units']!r}")
     if arch in paths.VIT_PATCH and net["crop"] % paths.VIT_PATCH[arch]:

@@ -26,9 +26,12 @@ def schema() -> dict:
 
 
 def schema_defaults(section: str) -> dict:
-    """The schema's default of every key of ``section`` that has one."""
-    props = schema()["properties"][section].get("properties", {})
-    return {k: v["default"] for k, v in props.items() if "default" in v}
+    """The schema's default of every key of ``section`` (a top-level section, or a nested one written as the
+    config spells it: ``experiment.similarity``) that has one."""
+    node = schema()
+    for part in section.split("."):
+        node = node["properties"][part]
+    return {k: v["default"] for k, v in node.get("properties", {}).items() if "default" in v}
 
 
 def schema_default(key: str):

@@ -8,18 +8,22 @@ have to be held at once:
 
     CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))
 
-A linear probe fits a multinomial logistic regression on a frozen layer's features of one half's training
-images and scores it on that half's validation images: how much of the target task a layer already
-separates.
+A linear probe fits a multinomial logistic regression on a frozen unit's features of one half's training
+images (its ridge penalty chosen by cross-validation on them) and scores it on that half's validation
+images: how much of the target task a unit already separates.
 
-Feature maps are average-pooled to at most ``pool`` x ``pool`` positions and flattened (CaffeNet's conv5
-is 6 x 6, so with the default 6 it is kept whole; conv1's 55 x 55 becomes 6 x 6): global pooling would
-discard the spatial layout that CKA on flattened maps sees, and full conv1 maps (290,400 values per
-image) would make the Gram products of a batch cost more than the forward pass.
+Every architecture is read through its feature taps (``TransferNet.taps``), one set per transferable unit:
+a CaffeNet layer's or a ResNet block's output; a ViT block's class token and the mean of its patch tokens,
+both, labelled in the ``features`` column. Feature maps are average-pooled to at most ``pool`` x ``pool``
+positions and flattened (CaffeNet's conv5 is 6 x 6, so with the default 6 it is kept whole; conv1's
+55 x 55 becomes 6 x 6): global pooling would discard the spatial layout that CKA on flattened maps sees,
+and full conv1 maps (290,400 values per image) would make the Gram products of a batch cost more than the
+forward pass.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import advice
-from .settings import setting
-from .paths import LAYER_NAMES
+from .settings import schema_default, schema_defaults, setting
 
 
 def _unbiased_hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
@@ -51,12 +54,16 @@ class MinibatchCKA:
     def __init__(self):
         self.xy = self.xx = self.yy = 0.0
         self.batches = 0
+        self.constant = False  # a side with no variance across images: CKA is undefined (NaN)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x = x.reshape(len(x), -1).double()
         y = y.reshape(len(y), -1).double()
         if len(x) != len(y) or len(x) < 4:
             raise ValueError(f"CKA batches need the same >= 4 images on both sides, got {len(x)} and {len(y)}")
+        for z in (x, y):
+            if float(z.var(0).sum()) <= 1e-10 * float(z.pow(2).mean(0).sum()):
+                self.constant = True
         k, l_ = x @ x.T, y @ y.T
         self.xy += float(_unbiased_hsic(k, l_))
         self.xx += float(_unbiased_hsic(k, k))
@@ -64,7 +71,7 @@ class MinibatchCKA:
         self.batches += 1
 
     def value(self) -> float:
-        if not self.batches or self.xx <= 0 or self.yy <= 0:
+        if not self.batches or self.constant or self.xx <= 0 or self.yy <= 0:
             return float("nan")
         return self.xy / np.sqrt(self.xx * self.yy)
 
@@ -86,76 +93,159 @@ def pooled(x: torch.Tensor, pool: int) -> torch.Tensor:
     return x.reshape(len(x), -1).float()
 
 
-@torch.no_grad()
-def layer_features(model, images: torch.Tensor, layers: int, pool: int) -> list[torch.Tensor]:
-    """The pooled outputs of layers 1..``layers`` of a CaffeNet (conv1 ... fc7) for a batch of inputs."""
-    model.eval()
-    out, x = [], images
-    for i in range(layers):
-        x = model._block(i, x)
-        out.append(pooled(x, pool))
+# A probe's ridge penalty is chosen per layer by cross-validation on its training sample, from a grid
+# (experiment.similarity.probe_lambdas and probe_folds, defaults in the schema; the loss is the mean
+# cross-entropy + lambda * |W|^2 on standardised features): with lambda fixed at 1e-4 every conv layer
+# fitted its training images perfectly and a larger lambda moved held-out top-1 by up to +7.4 points
+# (issue 24).
+# Probes whose feature matrix holds more values than this train on mini-batches (Adam, a fixed number of
+# steps) instead of full-batch L-BFGS: ImageNet-scale features (10,000 images x 9,216 values: 92 M) stay
+# within reach of a 4 GB job either way, but a larger sample or wider layers need not fit twice over.
+FULL_BATCH_MAX = 100_000_000
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    top1: float  # held-out (the half's validation images)
+    train_top1: float  # on the images it was fitted to
+    lam: float  # the ridge penalty cross-validation chose
+    cv_top1: float  # its mean top-1 over the folds
+
+
+def _linear(x: torch.Tensor, y: torch.Tensor, classes: int, lam: float, steps: int,
+            full_batch_max: int = FULL_BATCH_MAX, start: torch.nn.Linear | None = None) -> torch.nn.Linear:
+    """A multinomial logistic regression fitted to standardised features from zero weights (deterministic):
+    full-batch L-BFGS (scipy's; at most ``steps`` iterations), or, above ``full_batch_max`` feature values,
+    ``20 * steps`` steps of mini-batch Adam in a fixed order. ``start``: warm-start from that fit (a
+    regularisation path: each penalty starts where the next larger one ended)."""
+    lin = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        lin.weight.copy_(start.weight if start is not None else torch.zeros_like(lin.weight))
+        lin.bias.copy_(start.bias if start is not None else torch.zeros_like(lin.bias))
+    if x.numel() <= full_batch_max:
+        # scipy's L-BFGS-B on the exact loss and gradient in float64 (numpy): torch's L-BFGS spent ~0.8 ms
+        # of Python per evaluation on the demo's probes, ten times the arithmetic
+        from scipy.optimize import minimize
+
+        xn, yn, n, d = x.double().numpy(), y.numpy(), len(x), x.shape[1]
+        onehot = np.eye(classes)[yn]
+
+        def loss_grad(w):
+            wm, b = w[: classes * d].reshape(classes, d), w[classes * d :]
+            z = xn @ wm.T + b
+            z -= z.max(1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            g = (np.exp(logp) - onehot) / n
+            loss = -logp[np.arange(n), yn].mean() + lam * (wm * wm).sum()
+            return loss, np.concatenate([(g.T @ xn + 2 * lam * wm).ravel(), g.sum(0)])
+
+        w0 = np.concatenate([lin.weight.detach().double().numpy().ravel(), lin.bias.detach().double().numpy()])
+        w = minimize(loss_grad, w0, jac=True, method="L-BFGS-B", options={"maxiter": steps, "ftol": 1e-6}).x
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(w[: classes * d].reshape(classes, d)))
+            lin.bias.copy_(torch.from_numpy(w[classes * d :]))
+        return lin
+
+    def loss_of(xb, yb):
+        return F.cross_entropy(lin(xb), yb) + lam * lin.weight.pow(2).sum()
+
+    batch = min(len(x), max(256, full_batch_max // x.shape[1]))
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    for i in range(20 * steps):  # mini-batch steps in a fixed order, cycling through the sample
+        idx = order[(i * batch + torch.arange(batch)) % len(x)]
+        opt.zero_grad()
+        loss_of(x[idx], y[idx]).backward()
+        opt.step()
+    return lin
+
+
+def _top1(lin: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((lin(x).argmax(1) == y).float().mean())
+
+
+def _standardised(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """The sets standardised by the first one's mean and std; with fewer images than features, expressed
+    in the basis of the first one's row space (its right singular vectors): an L2-penalised linear model's
+    optimum lies in that span (the representer theorem), so the probe is the same function, fitted on
+    min(images, features) columns instead of all of them (CaffeNet's conv maps: 300 images x up to 3,456
+    values in the demo, a tenth of the work)."""
+    mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    out = [((t - mu) / sd).float() for t in (train_x, *others)]
+    if len(train_x) < train_x.shape[1]:
+        v = torch.linalg.svd(out[0].double(), full_matrices=False).Vh.T.float()
+        out = [t @ v for t in out]
     return out
 
 
 def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-              classes: int, steps: int = 100, weight_decay: float = 1e-4) -> float:
-    """Top-1 of a multinomial logistic regression on standardised features (full-batch L-BFGS, at most
-    ``steps`` iterations from zero weights: deterministic), trained on (train_x, train_y), scored on
-    (val_x, val_y)."""
-    mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    tx, vx = (train_x - mu) / sd, (val_x - mu) / sd
-    lin = torch.nn.Linear(tx.shape[1], classes)
-    torch.nn.init.zeros_(lin.weight)
-    torch.nn.init.zeros_(lin.bias)
-    tx, vx = tx.float(), vx.float()
-    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(lin(tx), train_y) + weight_decay * lin.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float((lin(vx).argmax(1) == val_y).float().mean())
+              classes: int, steps: int = 100, lambdas=None, folds: int | None = None,
+              full_batch_max: int = FULL_BATCH_MAX) -> ProbeFit:
+    """A linear probe: ``lambdas`` compared by ``folds``-fold cross-validation on (train_x, train_y) (fixed
+    folds; each fold standardised by its own training part; ``steps // 2`` iterations, enough to rank the
+    penalties; ties go to the larger penalty), then refitted on all of it and scored on (val_x, val_y).
+    ``lambdas``, ``folds``: the schema's defaults of ``experiment.similarity.probe_lambdas``, ``probe_folds``."""
+    lambdas = lambdas or schema_default("experiment.similarity.probe_lambdas")
+    folds = folds or schema_default("experiment.similarity.probe_folds")
+    lam, cv = float(lambdas[0]), float("nan")
+    if len(lambdas) > 1:
+        fold = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0)) % folds
+        accs: dict[float, list[float]] = {float(lam_): [] for lam_ in lambdas}
+        for f in range(folds):
+            fit, held = fold != f, fold == f
+            tx, hx = _standardised(train_x[fit], train_x[held])
+            prev = None
+            for lam_ in sorted(accs, reverse=True):  # the path from the largest penalty down, warm-started
+                prev = _linear(tx, train_y[fit], classes, lam_, steps // 2, full_batch_max, start=prev)
+                accs[lam_].append(_top1(prev, hx, train_y[held]))
+        scores = {lam_: float(np.mean(a)) for lam_, a in accs.items()}
+        cv = max(scores.values())
+        lam = max(k for k, v in scores.items() if v == cv)
+    tx, vx = _standardised(train_x, val_x)
+    lin = _linear(tx, train_y, classes, lam, steps, full_batch_max)
+    return ProbeFit(top1=_top1(lin, vx, val_y), train_top1=_top1(lin, tx, train_y), lam=lam, cv_top1=cv)
 
 
 # ------------------------------------------------------------------------------------- the pipeline's step
-SIM_COLUMNS = ["kind", "split", "net_a", "net_b", "layer", "n", "cka", "images"]
-PROBE_COLUMNS = ["split", "target_half", "net", "source_half", "layer", "n", "top1", "train_images", "val_images"]
+SIM_COLUMNS = ["kind", "split", "net_a", "net_b", "layer", "features", "n", "cka", "images"]
+PROBE_COLUMNS = ["split", "target_half", "net", "source_half", "layer", "features", "n", "top1", "train_top1",
+                 "lambda", "cv_top1", "train_images", "val_images"]
 
 
 def load_net(path: str):
-    """(model, mean image, input scale) of a trained net's model.pt (it carries its config and outputs)."""
+    """(model, mean image, input scale, crop) of a trained net's model.pt, of any architecture (it carries
+    its config and outputs)."""
     import json
 
-    from .models.caffenet import CaffeNet, spec_from_config
+    from .transfer import build_net, spec_from_config
 
     try:
         m = torch.load(path, map_location="cpu", weights_only=True)
         cfg = json.loads(m["config"])
+        net = build_net(spec_from_config(cfg["net"], int(m["outputs"])))
+        net.load_state_dict(m["state_dict"])
     except Exception as e:  # noqa: BLE001 - any damage: name the file
         raise RuntimeError(f"{path}: not a model.pt of this version of transferable ({type(e).__name__}: {e}); "
                            f"rebuild it with: {advice.snakemake_command('--force', path)}") from e
-    net = CaffeNet(spec_from_config(cfg["net"], int(m["outputs"])))
-    net.load_state_dict(m["state_dict"])
     net.eval()
-    return net, m["mean"].numpy(), float(setting(cfg, "net", "input_scale"))
+    return net, m["mean"].numpy(), float(setting(cfg, "net", "input_scale")), int(setting(cfg, "net", "crop"))
 
 
-def net_features(path: str, images: np.ndarray, pool: int, batch: int) -> list[torch.Tensor]:
-    """Pooled features of layers 1..7 of the net at ``path`` for uint8 images (N, 3, S, S), centre-cropped
-    and minus the net's own mean image, as in its evaluation."""
+def net_features(path: str, images: np.ndarray, pool: int, batch: int) -> dict[tuple[int, str, str], torch.Tensor]:
+    """The net at ``path``'s feature taps at every transferable unit, for uint8 images (N, 3, S, S)
+    centre-cropped and minus the net's own mean image, as in its evaluation: {(n, unit, features):
+    (N, d)}, in unit order, maps average-pooled to at most ``pool`` x ``pool``."""
     from .data.loader import eval_batches
 
-    net, mean, scale = load_net(path)
-    per_layer: list[list[torch.Tensor]] = [[] for _ in LAYER_NAMES]
+    net, mean, scale, crop = load_net(path)
+    out: dict[tuple[int, str, str], list[torch.Tensor]] = {}
     labels = np.zeros(len(images), dtype=np.int64)
-    for xb, _ in eval_batches(images, labels, mean, net.spec.crop, batch, "cpu", scale):
-        for i, f in enumerate(layer_features(net, xb, len(LAYER_NAMES), pool)):
-            per_layer[i].append(f)
-    return [torch.cat(f) for f in per_layer]
+    for xb, _ in eval_batches(images, labels, mean, crop, batch, "cpu", scale):
+        for i, taps in enumerate(net.features(xb, len(net.units))):
+            for label, f in taps.items():
+                out.setdefault((i + 1, net.units[i].name, label), []).append(pooled(f, pool))
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 def _sample(n: int, k: int, seed: int) -> np.ndarray:
@@ -174,7 +264,7 @@ def analyse(models: dict[tuple[str, str], str], manifests: dict[str, str], shard
     similarity and probe frames (columns SIM_COLUMNS, PROBE_COLUMNS)."""
     import pandas as pd
 
-    a = _Analysis(models, manifests, shards_index, params, log)
+    a = _Analysis(models, manifests, shards_index, {**schema_defaults("experiment.similarity"), **params}, log)
     a.pairs()
     a.seed_floor()
     a.probes()
@@ -194,6 +284,8 @@ class _Analysis:
         self.shards = Shards(shards_index)
         self.pool, self.batch, self.k_img, self.k_probe = (int(params[k]) for k in
                                                            ("pool", "batch", "images", "probe_images"))
+        self.lambdas = tuple(float(v) for v in params["probe_lambdas"])
+        self.folds = int(params["probe_folds"])
         mans = {s: json.loads(Path(p).read_text()) for s, p in manifests.items()}
         self.halves = {s: m["halves"] for s, m in mans.items()}
         self.random = {s for s, m in mans.items() if m.get("kind") == "random"}
@@ -231,10 +323,12 @@ class _Analysis:
         which = sorted(self.halves[split])
         fa = self.features(a[0], a[1], split, "val", which, self.k_img, 0)
         fb = self.features(b[0], b[1], split, "val", which, self.k_img, 0)
-        for i, layer in enumerate(LAYER_NAMES):
+        for (n, layer, label), x in fa.items():
             self.sim_rows.append({"kind": kind, "split": run, "net_a": name_a, "net_b": name_b, "layer": layer,
-                                  "n": i + 1, "cka": cka(fa[i], fb[i], self.batch), "images": len(fa[i])})
-        self.log(f"CKA {kind} {run} {name_a} vs {name_b}: " + " ".join(f"{r['cka']:.2f}" for r in self.sim_rows[-7:]))
+                                  "features": label, "n": n, "cka": cka(x, fb[(n, layer, label)], self.batch),
+                                  "images": len(x)})
+        self.log(f"CKA {kind} {run} {name_a} vs {name_b}: "
+                 + " ".join(f"{r['cka']:.2f}" for r in self.sim_rows[-len(fa):]))
 
     def pairs(self) -> None:
         """The two halves' base nets of each run, and each fine-tuned net (and base+) against its base net."""
@@ -280,11 +374,15 @@ class _Analysis:
                 for source in ("A", "B"):
                     ftr = self.features(run, f"base{source}", split, "train", [target], self.k_probe, 1)
                     fva = self.features(run, f"base{source}", split, "val", [target], self.k_img, 2)
-                    for i, layer in enumerate(LAYER_NAMES):
-                        top1 = fit_probe(ftr[i], torch.from_numpy(ytr), fva[i], torch.from_numpy(yva), n_classes)
+                    for (n, layer, label), x in ftr.items():
+                        fit = fit_probe(x, torch.from_numpy(ytr), fva[(n, layer, label)], torch.from_numpy(yva),
+                                        n_classes, lambdas=self.lambdas, folds=self.folds)
                         self.probe_rows.append({"split": run, "target_half": target, "net": f"base{source}",
-                                                "source_half": source, "layer": layer, "n": i + 1, "top1": top1,
-                                                "train_images": len(ytr), "val_images": len(yva)})
-                    self.log(f"probes {run} base{source} on half {target}: "
-                             + " ".join(f"{r['top1']:.2f}" for r in self.probe_rows[-7:]))
+                                                "source_half": source, "layer": layer, "features": label, "n": n,
+                                                "top1": fit.top1, "train_top1": fit.train_top1, "lambda": fit.lam,
+                                                "cv_top1": fit.cv_top1, "train_images": len(ytr),
+                                                "val_images": len(yva)})
+                    self.log(f"probes {run} base{source} on half {target}: " + " ".join(
+                        f"{r['top1']:.2f} (train {r['train_top1']:.2f}, lambda {r['lambda']:g})"
+                        for r in self.probe_rows[-len(ftr):]))
                 self.forget()  # the next target's images

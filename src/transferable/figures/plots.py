@@ -901,19 +901,29 @@ def _mean_ci(values: pd.Series, cells: pd.Series) -> tuple[float, float]:
     return est.estimate, (est.ci_hi - est.ci_lo) / 2
 
 
+def _with_features(df: pd.DataFrame) -> pd.DataFrame:
+    """A similarity or probe table with its ``features`` column (tables written before ViT taps had one
+    kind of feature per layer: the layer's output)."""
+    return df if "features" in df else df.assign(features="output")
+
+
 def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per layer: mean CKA of each kind of pair (95% CI over cells: a run and a reference net), the
-    probes' top-1 (the other half's base net and the target's own; cells: split and target half), the AnB transfer
-    loss at n = layer (base − AnB, paired per cell as effects.csv pairs it), and across layers the Pearson
-    correlation of CKA(baseA, baseB) with that loss (the same r and p on every row)."""
+    """One row per unit and kind of features (a ViT block has two: its class token and its patch-token mean):
+    mean CKA of each kind of pair (95% CI over cells: a run and a reference net), the probes' top-1 (the
+    other half's base net and the target's own; cells: split and target half), the AnB transfer loss at
+    n = the unit (base − AnB, paired per cell as effects.csv pairs it), and across units the Pearson
+    correlation of CKA(baseA, baseB) with that loss (per kind of features)."""
+    sim, probes = _with_features(sim), _with_features(probes)
+    taps = pd.concat([sim[["n", "layer", "features"]], probes[["n", "layer", "features"]]]).drop_duplicates()
     rows = []
-    for n, layer in enumerate(LAYER_NAMES, start=1):
-        row = {"n": n, "layer": layer}
+    for n, layer, features in taps.sort_values(["n", "features"]).itertuples(index=False):
+        row = {"n": n, "layer": layer, "features": features}
         for kind in SIM_KINDS:
-            k = sim[(sim["kind"] == kind) & (sim["n"] == n)]
+            k = sim[(sim["kind"] == kind) & (sim["n"] == n) & (sim["features"] == features)]
             # a cell: one run and one reference net (the fine-tuned nets of a target share its base net)
             row[f"cka_{kind}"], row[f"cka_{kind}_ci"] = _mean_ci(k["cka"], k["split"] + "/" + k["net_b"])
-        p = probes[probes["n"] == n].assign(cell=lambda x: x["split"] + "/" + x["target_half"])
+        p = probes[(probes["n"] == n) & (probes["features"] == features)]
+        p = p.assign(cell=p["split"] + "/" + p["target_half"])
         for name, same in (("probe_other_half", False), ("probe_own_half", True)):
             q = p[(p["source_half"] == p["target_half"]) == same]
             row[name], row[f"{name}_ci"] = _mean_ci(q["top1"], q["cell"])
@@ -921,9 +931,11 @@ def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFr
         row["anb_loss"], row["anb_loss_ci"] = _mean_ci(-d["diff"], d["cell"])
         rows.append(row)
     df = pd.DataFrame(rows)
-    ok = df[["cka_A_vs_B", "anb_loss"]].dropna()
-    r, pval = stats.pearsonr(ok["cka_A_vs_B"], ok["anb_loss"]) if len(ok) >= 3 else (np.nan, np.nan)
-    df["r_cka_vs_anb_loss"], df["p_cka_vs_anb_loss"], df["layers_correlated"] = r, pval, len(ok)
+    df[["r_cka_vs_anb_loss", "p_cka_vs_anb_loss", "layers_correlated"]] = np.nan
+    for _, g in df.groupby("features", sort=False):
+        ok = g[["cka_A_vs_B", "anb_loss"]].dropna()
+        r, pval = stats.pearsonr(ok["cka_A_vs_B"], ok["anb_loss"]) if len(ok) >= 3 else (np.nan, np.nan)
+        df.loc[g.index, ["r_cka_vs_anb_loss", "p_cka_vs_anb_loss", "layers_correlated"]] = r, pval, len(ok)
     return df
 
 
@@ -946,30 +958,37 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     import seaborn as sns
 
     by = similarity_by_layer(sim, probes, runs)
+    sim, probes = _with_features(sim), _with_features(probes)
+    kinds = list(dict.fromkeys(by["features"]))  # [output], or a ViT's [class token, patch mean]
+    style = dict(style="features", style_order=kinds) if len(kinds) > 1 else {}
     fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 6.8))
     if len(sim):
         s = sim.assign(pair=sim["kind"].map(lambda k: SIM_KINDS.get(k, (k,))[0]))
         sns.lineplot(data=s, x="n", y="cka", hue="pair", errorbar=("ci", 95), marker="o", ax=ax1,
-                     palette={v[0]: v[1] for v in SIM_KINDS.values()})
+                     palette={v[0]: v[1] for v in SIM_KINDS.values()}, **style)
     ax1.set_ylabel("linear CKA (mini-batch, unbiased HSIC)")
     ax1.set_ylim(0, 1.05)
     ax2 = ax1.twinx()
-    ax2.errorbar(by["n"], 100 * by["anb_loss"], yerr=100 * by["anb_loss_ci"], color="k", ls="--", marker="s",
-                 capsize=3, label="AnB transfer loss (base − AnB, points)")
+    loss = by.drop_duplicates("n")
+    ax2.errorbar(loss["n"], 100 * loss["anb_loss"], yerr=100 * loss["anb_loss_ci"], color="k", ls="--",
+                 marker="s", capsize=3, label="AnB transfer loss (base − AnB, points)")
     ax2.set_ylabel("AnB transfer loss, points of top-1")
-    r = by["r_cka_vs_anb_loss"].iloc[0]
-    ax1.set_title(f"Similarity vs transfer loss by layer: Pearson r = {r:.2f} over {by['layers_correlated'].iloc[0]} layers")
+    r = by.drop_duplicates("features").set_index("features")
+    ax1.set_title("Similarity vs transfer loss by unit: Pearson r = " + ", ".join(
+        f"{r.loc[k, 'r_cka_vs_anb_loss']:.2f}" + (f" ({k})" if len(kinds) > 1 else "") for k in kinds)
+        + f" over {int(r['layers_correlated'].iloc[0])} units")
     if len(probes):
-        p = probes.assign(features=np.where(probes["source_half"] == probes["target_half"],
-                                            "own half's base net (reference)", "other half's base net"))
-        sns.lineplot(data=p, x="n", y="top1", hue="features", errorbar=("ci", 95), marker="o", ax=ax3,
-                     palette={"own half's base net (reference)": "k", "other half's base net": "#d7191c"})
-    ax3.set_ylabel("linear probe top-1 on the target half")
-    ax3.set_title("How much of the target task each frozen layer separates")
+        p = probes.assign(source=np.where(probes["source_half"] == probes["target_half"],
+                                          "own half's base net (reference)", "other half's base net"))
+        sns.lineplot(data=p, x="n", y="top1", hue="source", errorbar=("ci", 95), marker="o", ax=ax3,
+                     palette={"own half's base net (reference)": "k", "other half's base net": "#d7191c"}, **style)
+    ax3.set_ylabel("linear probe top-1 on the target half (held out)")
+    ax3.set_title("How much of the target task each frozen unit separates")
+    units = by.drop_duplicates("n")
     for ax in (ax1, ax3):
-        ax.set_xticks(range(1, 8))
-        ax.set_xticklabels(LAYER_NAMES)
-        ax.set_xlabel("layer n")
+        ax.set_xticks(list(units["n"]))
+        ax.set_xticklabels(list(units["layer"]), rotation=30 if len(units) > 9 else 0)
+        ax.set_xlabel("unit n")
     sns.despine(fig, right=False)
     fig.tight_layout()  # the axes' near-final sizes, which the legends are placed under
     # both legends under their axes (the CKA pairs and the twin axis's transfer loss in one), off the data

@@ -62,14 +62,21 @@ class TransferNet(nn.Module):
             x = self._block(i, x)
         return x
 
-    def features(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        """The outputs of units 1..``upto`` (what the similarity analysis compares), without autograd."""
+    def features(self, x: torch.Tensor, upto: int) -> list[dict[str, torch.Tensor]]:
+        """The named feature taps of units 1..``upto`` (what the similarity analysis compares), one dict
+        per unit (``taps``), without autograd."""
         out = []
         with torch.no_grad():
             for i in range(upto):
                 x = self._block(i, x)
-                out.append(x)
+                out.append(self.taps(i, x))
         return out
+
+    def taps(self, i: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The features of unit ``i``'s output ``x`` (0-based) that the similarity analysis reads, by label:
+        the output itself for a convolutional or fully connected unit; a family whose units output tokens
+        says which summaries of them count (a ViT: its class token and the mean of its patch tokens)."""
+        return {"output": x}
 
     # ---- units --------------------------------------------------------------------------------------
 

@@ -186,6 +186,17 @@ def _vit(arch: str, num_classes: int, image_size: int):
                                                hidden_dim=64, mlp_dim=128, num_classes=num_classes)
 
 
+class ViTNet(UnitNet):
+    """A ViT's units output tokens (class token first, then the patches): the similarity analysis reads both
+    summaries a ViT's features are known by, labelled: the class token (what the head reads) and the mean of
+    the patch tokens (what most probing work on ViTs reads). At the embedding the class token is the same
+    learnt vector for every image (nothing has attended to the patches yet): only the patch mean is read."""
+
+    def taps(self, i: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        patches = {"patch mean": x[:, 1:].mean(1)}
+        return patches if i == 0 else {"class token": x[:, 0], **patches}
+
+
 def _vit_net(arch: str, num_classes: int, image_size: int) -> UnitNet:
     m = _vit(arch, num_classes, image_size)
     layers = [f"encoder.layers.encoder_layer_{i}" for i in range(len(m.encoder.layers))]
@@ -193,7 +204,7 @@ def _vit_net(arch: str, num_classes: int, image_size: int) -> UnitNet:
     us = [Unit("embed", ("conv_proj", "class_token", "encoder.pos_embedding"))]
     us += [Unit(f"block{i + 1}", (name,)) for i, name in enumerate(layers)]
     blocks = [embed] + list(m.encoder.layers)
-    return UnitNet(arch, m, us, Unit("head", ("encoder.ln", "heads")), blocks + [head_fwd])
+    return ViTNet(arch, m, us, Unit("head", ("encoder.ln", "heads")), blocks + [head_fwd])
 
 
 def build(arch: str, num_classes: int, *, seed: int, image_size: int = 224, units: str = "blocks") -> UnitNet:
