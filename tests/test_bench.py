@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from transferable import bench
+from transferable.tools import bench
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,8 @@ def test_cpu_benchmarks_report_ours_beside_a_baseline(tmp_path, capsys):
     for key in ("shards", "mmap"):
         r = results[key]
         assert r["ours_img_s"] > 0 and r["baseline_img_s"] > 0
-        assert r["ratio"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"], rel=0.01)
+        # the ratio is printed to 2 decimals: a slow run (0.215 -> 0.22) is within rounding, not 1%
+        assert r["ratio"] == pytest.approx(r["ours_img_s"] / r["baseline_img_s"], rel=0.01, abs=0.006)
     assert results["loader"]["ratio_at_equal_cores"] > 0
     assert [r["frozen"] for r in results["step"]["runs"]] == [0, 7]
     for r in results["step"]["runs"]:

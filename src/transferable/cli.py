@@ -246,21 +246,21 @@ def cmd_compare(a):
 
 
 def cmd_bench(a):
-    from . import bench
+    from .tools import bench
 
     bench.run(a.which, a.workdir, small=a.small, device=a.device, shared_stream=a.shared_stream,
               compile_model=not a.no_compile)
 
 
 def cmd_smoke(a):
-    from . import smoke
+    from .tools import smoke
 
     if not smoke.run(a.device, a.workdir):
         raise SystemExit(1)
 
 
 def cmd_job_resources(a):
-    from .bench import job_resources
+    from .tools.bench import job_resources
 
     for row in job_resources(a.benchmarks):
         print(json.dumps(row))

@@ -32,7 +32,7 @@ import numpy as np
 
 
 _T0 = time.perf_counter()
-_REPO = Path(__file__).resolve().parents[2]  # the checkout (an editable install): its config files
+_REPO = Path(__file__).resolve().parents[3]  # the checkout (an editable install): its config files
 
 
 def _note(msg: str) -> None:
@@ -61,7 +61,7 @@ def _timeit(fn, min_time: float = 2.0, warmup: int = 2, sync=None, block: int = 
 
 
 def _demo(root: Path, classes_per_family: int, per_class: int) -> Path:
-    from .data import demo
+    from ..data import demo
 
     raw = root / "raw"
     if not (raw / "ILSVRC2012_img_train.tar").exists():
@@ -75,8 +75,8 @@ def bench_shards(root: Path, size: int = 36, per_class: int = 100) -> dict:
     that decodes each extracted JPEG with Pillow, warps it and saves it as a JPEG file."""
     from PIL import Image
 
-    from .data.ilsvrc import ingest, read_image_bytes
-    from .data.shards import write_part
+    from ..data.ilsvrc import ingest, read_image_bytes
+    from ..data.shards import write_part
 
     raw = _demo(root, 10, per_class)
     _, images = ingest(raw)
@@ -110,7 +110,7 @@ PAPER_TRAIN, PAPER_VAL = 1_281_167, 50_000  # ILSVRC2012's images (reference/pap
 
 def _realistic(root: Path, classes_per_family: int, per_class: int) -> Path:
     """An ILSVRC2012-format dataset with ImageNet's image sizes and JPEG weights (demo sizes="imagenet")."""
-    from .data import demo
+    from ..data import demo
 
     raw = root / f"real{classes_per_family}x{per_class}"
     if not (raw / demo.DEVKIT_TGZ).exists():
@@ -182,7 +182,7 @@ def bench_ingest(root: Path, classes_per_family: int = 5, per_class: int = 100, 
 
     from PIL import Image
 
-    from .data.ilsvrc import ingest
+    from ..data.ilsvrc import ingest
 
     raw = _realistic(root, classes_per_family, per_class)
     train_tar = raw / "ILSVRC2012_img_train.tar"
@@ -259,9 +259,9 @@ def bench_jpeg(root: Path, classes_per_family: int = 5, per_class: int = 100, si
     import torch
     from PIL import Image
 
-    from .data.ilsvrc import ingest
-    from .data.loader import TrainStream
-    from .data.shards import Shards, decode_jpegs, write_index, write_part
+    from ..data.ilsvrc import ingest
+    from ..data.loader import TrainStream
+    from ..data.shards import Shards, decode_jpegs, write_index, write_part
 
     raw = _realistic(root, classes_per_family, per_class)
     if not (root / "images.csv").exists():
@@ -333,7 +333,7 @@ def bench_loader(root: Path, size: int = 36, crop: int = 32, batch: int = 128, p
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from .data.loader import TrainStream
+    from ..data.loader import TrainStream
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -384,8 +384,8 @@ def bench_step(arch: str = "caffenet-small", crop: int = 32, batch: int = 128, t
     import torch
     import torch.nn.functional as F
 
-    from .models.caffenet import spec_from_config
-    from .transfer import CaffeSGD, build_net, param_groups
+    from ..models.caffenet import spec_from_config
+    from ..transfer import CaffeSGD, build_net, param_groups
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -492,10 +492,10 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
     import pandas as pd
     import torch
 
-    from .data.shards import Shards, seal_part, write_index
-    from .data.splits import make_manifest
-    from .models.caffenet import spec_from_config
-    from .transfer import build_net
+    from ..data.shards import Shards, seal_part, write_index
+    from ..data.splits import make_manifest
+    from ..models.caffenet import spec_from_config
+    from ..transfer import build_net
 
     part = root / "shards" / "part0"
     index = root / "shards" / "index.json"
@@ -528,8 +528,8 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
 def _train_timed(exp: Path, nets: list[str], cfg: dict, together: bool, tag: str, **kw) -> tuple[float, dict]:
     """Wall seconds (data loading included, as one pipeline job has it) and metrics of training ``nets`` on
     the synthetic experiment ``exp``: in one shared-stream job, or one job after the other."""
-    from .paths import parse_net
-    from .train.loop import train_nets
+    from ..paths import parse_net
+    from ..train.loop import train_nets
 
     def job(group):
         srcs = {n: str(exp / f"base{parse_net(n).source}.pt") for n in group if parse_net(n).source}
@@ -560,8 +560,8 @@ def bench_stream(root: Path, iters: int = 64, small: bool = False, threads: int 
     n_cls, per_class, val = (8, 32, 8) if small else (40, 200, 50)
     exp = _synthetic_experiment(root / f"stream{n_cls}", n_cls, per_class, val, base["preprocess"]["size"],
                                 base["net"])
-    from .paths import parse_net
-    from .plan import stream_groups
+    from ..paths import parse_net
+    from ..plan import stream_groups
 
     # the group the pipeline itself would train on one stream (resources.shared_stream): rand0, half B
     (nets,) = [g for split, half, g in stream_groups(base) if (split, half) == ("rand0", "B")]
@@ -612,8 +612,8 @@ def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, i
     import torch
     from torch.utils.data import DataLoader
 
-    from .data.loader import TrainStream
-    from .data.shards import ImageSet
+    from ..data.loader import TrainStream
+    from ..data.shards import ImageSet
 
     d = root / f"mmap{size}"
     n_cls = 16
@@ -666,7 +666,7 @@ def bench_eval(size: int = 256, crop: int = 227, batch: int = 256, images: int =
     itself is not run."""
     import torch
 
-    from .data.loader import EvalSet
+    from ..data.loader import EvalSet
 
     dev = torch.device(device or "cpu")
     rng = np.random.default_rng(0)
@@ -717,7 +717,7 @@ def bench_gpu(root: Path, device: str = "cuda", small: bool = False, compile_mod
 
     if device == "cuda" and not torch.cuda.is_available():
         return {"bench": "gpu", "skipped": "no CUDA device visible"}
-    from .train.loop import kernel_settings
+    from ..train.loop import kernel_settings
 
     dev = torch.device(device)
     base = _repo_config("configs/paper-fast.yaml")
@@ -772,7 +772,7 @@ def bench_rawfiles(root: Path, files: int = 1_281_167, classes: int = 1000, hash
     the first fingerprint, an unchanged re-plan, and one after an image was added. Beside it, the plain
     baseline of listing the tree with os.walk, and SHA-256 throughput on ``hash_mb`` MB of ~110 KB files,
     from which the first fingerprint of the real 140 GB train set is extrapolated."""
-    from .data import rawfiles
+    from ..data import rawfiles
 
     tree = root / "rawtree"
     per = files // classes

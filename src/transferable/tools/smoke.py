@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 _HOLD = """
 import json, sys, time
 from pathlib import Path
@@ -252,8 +252,8 @@ def check_feed(root: Path, device: str, batches: int | None = None) -> dict:
     import numpy as np
     import torch
 
-    from .data.loader import EvalSet, TrainStream
-    from .data.shards import ImageSet, JpegSet, decode_jpegs, encode_jpeg
+    from ..data.loader import EvalSet, TrainStream
+    from ..data.shards import ImageSet, JpegSet, decode_jpegs, encode_jpeg
 
     batches = batches or (200 if device.startswith("cuda") else 6)
     rng = np.random.default_rng(0)
@@ -311,7 +311,7 @@ def check_step(root: Path) -> dict:
     import yaml
 
     from .bench import bench_step
-    from .train.loop import kernel_settings
+    from ..train.loop import kernel_settings
 
     if not torch.cuda.is_available():
         return {"check": "step", "ok": True, "skipped": "no CUDA device visible"}
@@ -343,7 +343,7 @@ def check_device(device: str, env=None) -> dict:
     from (``devices.job_memory``)."""
     import torch
 
-    from .train.devices import cuda_unusable_reason, job_memory
+    from ..train.devices import cuda_unusable_reason, job_memory
 
     allocated = gpus_allocated(env)
     usable = torch.cuda.is_available()
