@@ -169,7 +169,7 @@ def test_a_training_job_granted_a_gpu_fails_before_loading_anything(tmp_path):
 def test_memory_decisions_follow_the_job_not_the_node(tmp_path):
     """Issue 17, case 2: a job that asked SLURM for 64 GB on a node with far more free memory gets 64 GB as
     its budget (from SLURM's variables, or from its cgroup's limit), not the node's MemAvailable."""
-    from transferable.data.shards import available_memory
+    from transferable.data.host import available_memory
 
     none = tmp_path / "none"
     proc = tmp_path / "cgroup"
@@ -281,7 +281,7 @@ def test_worker_threads_take_the_jobs_device_and_decode_on_their_own_stream(tmp_
     import numpy as np
     import torch
 
-    from transferable.data import loader, shards
+    from transferable.data import loader, pixels, reader
 
     bound = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: bound.append((threading.get_ident(), torch.device(d))))
@@ -293,13 +293,13 @@ def test_worker_threads_take_the_jobs_device_and_decode_on_their_own_stream(tmp_
 
     # the stream's own read-ahead pool is made that way (a memory-mapped set reads ahead on the CPU too)
     np.save(tmp_path / "a.npy", np.zeros((8, 3, 12, 12), np.uint8))
-    images = shards.ImageSet([np.load(tmp_path / "a.npy", mmap_mode="r")], ram_limit=0)
+    images = reader.ImageSet([np.load(tmp_path / "a.npy", mmap_mode="r")], ram_limit=0)
     s = loader.TrainStream(images, np.zeros(8, np.int64), np.zeros((3, 12, 12), np.float32), 8, 4, seed=0)
     assert s._pool._initializer is loader.bind_device and s._pool._initargs == (torch.device("cpu"),)
 
-    monkeypatch.setattr(shards, "_DECODE_STREAMS", {})
+    monkeypatch.setattr(pixels, "_DECODE_STREAMS", {})
     monkeypatch.setattr(torch.cuda, "Stream", lambda dev: object())
-    main = shards.decode_stream("cuda:0")
-    assert shards.decode_stream(torch.device("cuda", 0)) is main
-    other = pool.submit(shards.decode_stream, "cuda:0").result()
-    assert other is not main and shards.decode_stream("cuda:1") is not main
+    main = pixels.decode_stream("cuda:0")
+    assert pixels.decode_stream(torch.device("cuda", 0)) is main
+    other = pool.submit(pixels.decode_stream, "cuda:0").result()
+    assert other is not main and pixels.decode_stream("cuda:1") is not main

@@ -209,7 +209,7 @@ def test_corrupt_images_skipped_and_recorded_oddities_converted(injected, tmp_pa
     assert sum(c[0] for c in idx["counts"].values()) == 4 * 8 - 2
     assert len(pd.read_csv(tmp_path / "rejects.csv")) == 2
     # the arrays of the classes that lost images hold exactly the images kept (their headers rewritten)
-    from transferable.data.shards import Shards
+    from transferable.data.reader import Shards
 
     sh = Shards(tmp_path / "index.json")
     assert [len(sh.array("train", c)) for c in range(4)] == [c[0] for c in idx["counts"].values()]
@@ -423,7 +423,7 @@ def _encoded(arr, mode, fmt):
 
 
 def test_16bit_png_is_scaled_not_clipped():
-    from transferable.data.shards import decode
+    from transferable.data.pixels import decode
 
     data = _encoded(np.full((8, 8), 30000, dtype=np.uint16), "I;16", "PNG")
     out = decode(data, 8, "grey16.png")
@@ -434,7 +434,7 @@ def test_32bit_and_signed_integer_images_are_refused_not_made_black():
     """Issue 27, case 7: a 32-bit integer TIFF scaled by 2^32 - 1 came out black; signedness was ignored."""
     from PIL import Image
 
-    from transferable.data.shards import decode
+    from transferable.data.pixels import decode
 
     with pytest.raises(IngestError, match=r"deep.tif: signed 32-bit integer image: .*convert it to 8 bits yourself"):
         decode(_encoded(np.full((8, 8), 30000, dtype=np.int32), "I", "TIFF"), 8, "deep.tif")
@@ -447,7 +447,7 @@ def test_32bit_and_signed_integer_images_are_refused_not_made_black():
 
 
 def test_float_tiff_is_scaled_and_out_of_range_refused():
-    from transferable.data.shards import decode
+    from transferable.data.pixels import decode
 
     out = decode(_encoded(np.full((8, 8), 0.5, dtype=np.float32), "F", "TIFF"), 8, "half.tif")
     assert (out == 128).all()  # not 0
@@ -458,7 +458,7 @@ def test_float_tiff_is_scaled_and_out_of_range_refused():
 def test_exif_orientation_is_a_choice():
     from PIL import Image
 
-    from transferable.data.shards import decode
+    from transferable.data.pixels import decode
 
     im = Image.new("RGB", (16, 8), (0, 0, 0))
     im.paste((255, 255, 255), (0, 0, 8, 8))  # left half white

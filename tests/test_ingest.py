@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from transferable.data.ilsvrc import IngestError, ingest, read_image_bytes
-from transferable.data.shards import Shards, decode, write_index, write_part
+from transferable.data.pixels import decode
+from transferable.data.reader import Shards
+from transferable.data.shards import write_index, write_part
 
 
 def _extract_tree(demo, dest, val_by_class=False):

@@ -48,7 +48,7 @@ def test_reader_threads_read_what_one_thread_reads(tmp_path):
     """Issue 17 case 3: a batch gathered by several reader threads (straight into a given buffer, as into
     a pinned one for a GPU) equals the one-thread read, from memory and from memory maps; a stream over
     a memory-mapped set with 3 readers gives the in-memory stream's batches."""
-    from transferable.data.shards import ImageSet
+    from transferable.data.reader import ImageSet
 
     rng = np.random.default_rng(0)
     arrays = []
@@ -75,7 +75,7 @@ def test_reader_threads_read_what_one_thread_reads(tmp_path):
 
 
 def test_job_cpus_follow_affinity_and_slurm():
-    from transferable.data.shards import job_cpus
+    from transferable.data.host import job_cpus
 
     n = len(os.sched_getaffinity(0))
     assert job_cpus({}) == n

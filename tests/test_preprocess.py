@@ -13,7 +13,9 @@ from transferable import paths
 from transferable.data import demo
 from transferable.data.ilsvrc import ingest
 from transferable.data.loader import TrainStream, eval_batches
-from transferable.data.shards import JpegSet, Shards, decode, decode_jpegs, mitchell_resize, write_index, write_part
+from transferable.data.pixels import decode, decode_jpegs, mitchell_resize
+from transferable.data.reader import JpegSet, Shards
+from transferable.data.shards import write_index, write_part
 
 
 def test_imagenet_size_model_matches_ilsvrc2012():
@@ -237,7 +239,8 @@ def test_a_part_whose_inputs_did_not_change_is_linked_not_rebuilt(tmp_path):
     from PIL import Image
 
     from transferable.data.ilsvrc import ingest
-    from transferable.data.shards import Shards, write_index, write_part
+    from transferable.data.reader import Shards
+    from transferable.data.shards import write_index, write_part
 
     root = tmp_path / "data"
     for subset in ("train", "val"):

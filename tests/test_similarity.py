@@ -156,7 +156,8 @@ def test_two_seeds_are_most_similar_at_corresponding_layers(tmp_path):
 
     from transferable.data import demo
     from transferable.data.ilsvrc import ingest
-    from transferable.data.shards import Shards, write_index, write_part
+    from transferable.data.reader import Shards
+    from transferable.data.shards import write_index, write_part
     from transferable.data.splits import make_manifest
     from transferable.train.loop import train_net
 

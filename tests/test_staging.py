@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT
 from transferable.data import staging
-from transferable.data.shards import Shards
+from transferable.data.reader import Shards
 from transferable.train.loop import train_net
 
 GB = 10**9

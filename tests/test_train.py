@@ -9,7 +9,7 @@ import torch
 import yaml
 from conftest import ROOT
 
-from transferable.data.shards import Shards
+from transferable.data.reader import Shards
 from transferable.train.loop import best_k_mean, lr_at, train_net
 
 MICRO = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())

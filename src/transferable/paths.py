@@ -238,7 +238,7 @@ def base_split(run: str) -> str:
     return parse_replicate(run)[0]
 
 
-RESIZES = ("fast", "bicubic", "imagemagick")  # data/shards.py::decode says what each does
+RESIZES = ("fast", "bicubic", "imagemagick")  # data/pixels.py::decode says what each does
 SHARD_FORMATS = ("raw", "jpeg")
 PREP_PATTERN = r"warp(?P<size>\d+)(?:-(?P<resize>bicubic|imagemagick))?(?:-jpeg(?P<quality>\d+))?"
 PREP_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", PREP_PATTERN)

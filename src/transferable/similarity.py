@@ -278,7 +278,7 @@ class _Analysis:
     def __init__(self, models, manifests, shards_index, params, log):
         import json
 
-        from .data.shards import Shards
+        from .data.reader import Shards
 
         self.models, self.log = models, log
         self.shards = Shards(shards_index)

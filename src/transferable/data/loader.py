@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .shards import ImageSet, JpegSet, job_cpus
+from .host import job_cpus
+
+from .reader import ImageSet, JpegSet
 
 
 def _gather_crops(x: torch.Tensor, mean: torch.Tensor, oy, ox, crop: int, flip, scale: float) -> torch.Tensor:

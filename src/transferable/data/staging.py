@@ -25,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .shards import Shards
+from .reader import Shards
 
 # room kept free in the job's memory beside a page-cached set: the process, its buffers, the nets
 RESERVE_FRACTION, RESERVE_MAX = 0.10, 8 << 30

@@ -261,7 +261,9 @@ def bench_jpeg(root: Path, classes_per_family: int = 5, per_class: int = 100, si
 
     from ..data.ilsvrc import ingest
     from ..data.loader import TrainStream
-    from ..data.shards import Shards, decode_jpegs, write_index, write_part
+    from ..data.pixels import decode_jpegs
+    from ..data.reader import Shards
+    from ..data.shards import write_index, write_part
 
     raw = _realistic(root, classes_per_family, per_class)
     if not (root / "images.csv").exists():
@@ -492,7 +494,9 @@ def _synthetic_experiment(root: Path, num_classes: int, train_per_class: int, va
     import pandas as pd
     import torch
 
-    from ..data.shards import Shards, seal_part, write_index
+    from ..data.reader import Shards
+
+    from ..data.shards import seal_part, write_index
     from ..data.splits import make_manifest
     from ..models.caffenet import spec_from_config
     from ..transfer import build_net
@@ -613,7 +617,7 @@ def bench_mmap(root: Path, size: int = 256, crop: int = 227, batch: int = 256, i
     from torch.utils.data import DataLoader
 
     from ..data.loader import TrainStream
-    from ..data.shards import ImageSet
+    from ..data.reader import ImageSet
 
     d = root / f"mmap{size}"
     n_cls = 16

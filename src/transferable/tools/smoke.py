@@ -253,7 +253,8 @@ def check_feed(root: Path, device: str, batches: int | None = None) -> dict:
     import torch
 
     from ..data.loader import EvalSet, TrainStream
-    from ..data.shards import ImageSet, JpegSet, decode_jpegs, encode_jpeg
+    from ..data.pixels import decode_jpegs, encode_jpeg
+    from ..data.reader import ImageSet, JpegSet
 
     batches = batches or (200 if device.startswith("cuda") else 6)
     rng = np.random.default_rng(0)

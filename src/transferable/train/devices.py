@@ -218,7 +218,7 @@ def job_memory(declared_mb: int | None = None, env=None, cgroup_root: str = "/sy
       limit), ``SLURM_MEM_PER_CPU`` x ``SLURM_CPUS_ON_NODE``, ``SLURM_MEM_PER_GPU`` x the job's GPUs (MB);
     - the node's available memory.
     A job on a 2 TB node that asked for 64 GB must not load a 127 GB half because the node has room."""
-    from ..data.shards import available_memory
+    from ..data.host import available_memory
 
     env = os.environ if env is None else env
     limits = [(available_memory(), "the node's available memory")]

@@ -27,7 +27,9 @@ from .. import __version__
 from ..data.loader import EvalSet, TrainStream
 from .. import advice, atomic, attempts, paths
 from ..data import staging
-from ..data.shards import ShardError, Shards, job_cpus
+from ..data.host import job_cpus
+from ..data.reader import Shards
+from ..data.shards import ShardError
 from ..paths import parse_net
 from ..settings import RunSettings, Train
 from ..provenance import code_digest, code_version, file_digest, result_train
