@@ -478,3 +478,24 @@ def test_claim_texts_use_the_dissimilar_splits_own_families():
     eff = fx.effects(df)
     text = eff.loc[eff["claim"] == "dissimilar_loses_more", "text"].iloc[0]
     assert text.startswith("indoor/outdoor transfer") and "natural" not in text
+
+
+def test_the_random_filter_claims_name_the_normalisation_of_their_nets():
+    """Issue 24: random frozen ResNet units are "random features" only with their BatchNorm statistics
+    re-estimated (net.random_units_norm: recompute); the claim's text says which variant its nets used, and
+    nothing for nets without BatchNorm in their random units."""
+    from transferable.figures.effects import random_norm_text
+
+    runs = pd.DataFrame({"treatment": ["base", "random", "random"], "random_norm": ["", "recompute", "recompute"]})
+    assert random_norm_text(runs) == " (their BatchNorm statistics re-estimated on the target half)"
+    assert "initial statistics" in random_norm_text(runs.assign(random_norm=["", "initial", "initial"]))
+    assert "mixed" in random_norm_text(runs.assign(random_norm=["", "initial", "recompute"]))
+    assert random_norm_text(runs.assign(random_norm=["", "none", "none"])) == ""  # CaffeNet, ViTs
+    assert random_norm_text(runs.drop(columns="random_norm")) == ""  # a runs table from before the column
+    nets = pd.DataFrame([{"split": "all", "split_kind": "all", "net": net, "treatment": t, "n": n, "target_half": "A",
+                          "top1": 0.5, "random_norm": norm}
+                         for net, t, n, norm in (("baseA", "base", 0, ""), ("R1A", "random", 1, "initial"))])
+    eff = fx.effects(coerce_runs(nets))
+    texts = set(eff.loc[eff["claim"] == "random_filters_lose_more", "text"])
+    assert texts == {"random frozen filters (BatchNorm at its initial statistics: not normalising) lose more than "
+                     "random-split transfer"}

@@ -226,5 +226,7 @@ def test_random_resnet_units_are_normalised_on_the_target_half_unless_asked_not_
         assert not torch.allclose(var, torch.ones_like(var)) and mean.abs().max() > 0
     else:
         assert not said and torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.ones_like(var))
+    # the net says which it was (runs.csv's random_norm; the random-filter claims' texts name it)
+    assert json.loads((out / "metrics.json").read_text())["random_norm"] == policy
     # unit 3 (layer2.0) trains: its statistics moved from the initial ones in both cases
     assert not torch.equal(sd["model.layer2.0.bn1.running_var"], torch.ones_like(sd["model.layer2.0.bn1.running_var"]))

@@ -276,10 +276,10 @@ CLAIMS: tuple[Claim, ...] = (
           "paired", "AnB+", "base+", +1, ((1, 7), (3, 7), (5, 7))),
     Claim("dissimilar_loses_more", "fig3", "{dissimilar} transfer loses more than random-split transfer",
           "versus", "AnB", "base", -1, ((7, 7), (5, 7)), split_kind="natman"),
-    Claim("random_filters_lose_more", "fig3", "random frozen filters lose more than random-split transfer",
-          "versus", "random", "base", -1, ((1, 7), (1, 2)), split_kind="all"),
-    Claim("random_filters_lose_more_than_distant", "fig3", "random frozen filters lose more than transfer "
-          "from a distant task ({dissimilar})", "versus", "random", "base", -1, ((1, 7), (1, 2)),
+    Claim("random_filters_lose_more", "fig3", "random frozen filters{random_norm} lose more than random-split "
+          "transfer", "versus", "random", "base", -1, ((1, 7), (1, 2)), split_kind="all"),
+    Claim("random_filters_lose_more_than_distant", "fig3", "random frozen filters{random_norm} lose more than "
+          "transfer from a distant task ({dissimilar})", "versus", "random", "base", -1, ((1, 7), (1, 2)),
           split_kind="all", versus=("natman", "AnB")),
 )
 
@@ -464,7 +464,8 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
         for scope, lo, hi in spans:
             e = _estimate(df, c, lo, hi, confidence, margin)
             ests.append((c, e))
-            rows.append({"claim": c.key, "label": c.label, "text": c.text.format(dissimilar=dissimilar),
+            rows.append({"claim": c.key, "label": c.label,
+                         "text": c.text.format(dissimilar=dissimilar, random_norm=random_norm_text(df)),
                          "scope": scope, "layers": f"{lo}" if lo == hi else f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
                          "expected": {1: "+", -1: "-", 0: "="}[c.expected], "estimate": e.estimate,
                          "ci_lo": e.ci_lo, "ci_hi": e.ci_hi, "unit": _units_label(c), "units": e.units,
@@ -509,6 +510,21 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
             if ests[i][0].reference == "base+":
                 out.at[i, "reason"] = "no base+ nets (the control: add base+ to experiment.random_splits.treatments)"
     return out
+
+
+RANDOM_NORM_TEXT = {"": "", "none": "", "recompute": " (their BatchNorm statistics re-estimated on the target half)",
+                    "initial": " (BatchNorm at its initial statistics: not normalising)"}
+
+
+def random_norm_text(df: pd.DataFrame) -> str:
+    """What the random-filter claims say of their nets' normalisation (net.random_units_norm, as the nets
+    recorded it): nothing for nets without BatchNorm in their random units (CaffeNet, ViTs)."""
+    if "random_norm" not in df:
+        return ""
+    kinds = sorted(set(df.loc[df["treatment"] == "random", "random_norm"].fillna("")) - {"", "none"})
+    if len(kinds) > 1:
+        return " (mixed: some nets' BatchNorm statistics re-estimated, some at their initial values)"
+    return RANDOM_NORM_TEXT[kinds[0]] if kinds else ""
 
 
 def dissimilar_name(df: pd.DataFrame) -> str:

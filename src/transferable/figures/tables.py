@@ -22,10 +22,10 @@ from .paper import PAPER_TABLE1, load_paper_networks
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
     "num_classes", "top1", "top1_final", "top5", "top5_final", "top1_max", "late_gain", "evals", "iters",
-    "wall_s", "device", "history",
+    "wall_s", "device", "random_norm", "history",
 ]
 STR_COLUMNS = ["split", "split_kind", "net", "treatment", "source_half", "target_half", "target_family",
-               "device", "history"]
+               "device", "random_norm", "history"]
 FLOAT_COLUMNS = ["top1", "top1_final", "top5", "top5_final", "top1_max", "late_gain", "wall_s"]
 INT_COLUMNS = ["num_classes", "evals", "iters"]  # nullable: a run file may lack them
 REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", "top1"]
@@ -372,7 +372,7 @@ def paper_runs() -> pd.DataFrame:
     df = p.assign(
         net=p.apply(_paper_net_name, axis=1),
         top5=float("nan"), top5_final=float("nan"), iters=450000, wall_s=float("nan"), late_gain=float("nan"),
-        device="paper (K20 GPU, Caffe)", history="",
+        device="paper (K20 GPU, Caffe)", random_norm="", history="",
     )
     return coerce_runs(df[RUN_COLUMNS])
 

@@ -141,8 +141,7 @@ class TransferNet(nn.Module):
         images), as the cumulative average over all of them (as torch.optim.swa_utils.update_bn does), then
         leave them as they were (frozen: eval). For random frozen units: at their initial statistics (mean 0,
         variance 1) they would not normalise anything. Returns the number of layers re-estimated."""
-        bns = [m for name, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               and self._in_units(name, n)]
+        bns = self.norm_layers(n)
         if not bns:
             return 0
         saved = [(m.momentum, m.training) for m in bns]
@@ -161,6 +160,11 @@ class TransferNet(nn.Module):
                 m.momentum, m._recomputing = momentum, False
                 m.train(training)
         return len(bns)
+
+    def norm_layers(self, n: int) -> list[nn.Module]:
+        """The BatchNorm layers of units 1..n (none in CaffeNet or a ViT)."""
+        return [m for name, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                and self._in_units(name, n)]
 
     def _in_units(self, name: str, n: int) -> bool:
         """Whether module ``name`` (of this net) belongs to units 1..n."""

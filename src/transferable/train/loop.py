@@ -108,6 +108,9 @@ class _Member:
         self.model, self.opt, self.mean, self.frozen = model, opt, mean, frozen
         self.mean_t = torch.from_numpy(mean).to(device)
         self.source_key = source_key  # nets with the same key subtract the same mean image
+        # random frozen units' normalisation (net.random_units_norm): recompute, initial, or none (no
+        # BatchNorm in them: CaffeNet, ViTs); "" for every other treatment. The claims' texts name it.
+        self.random_norm = ""
         self.history: list[dict] = []
         # Train losses since the last evaluation, summed ON the device: reading a loss back every
         # iteration (loss.item()) would make the host wait for the GPU at every step.
@@ -430,6 +433,9 @@ def _train_nets(*, split, nets, manifest, shards_index, out_dirs, ckpt, cfg, sou
 
     def fresh_start():
         members = _build_members(nets, split, spec, tcfg, data.shards, classes, source_models, device)
+        for m in members:
+            if m.name.is_random and m.frozen:
+                m.random_norm = ncfg.random_units_norm if m.model.norm_layers(m.frozen) else "none"
         if ncfg.random_units_norm == "recompute":
             _normalise_random_units(members, data, spec, run, split, target, device, say)
         own = next((m.mean for m in members if m.source_key == "own"), members[0].mean)
@@ -638,7 +644,7 @@ def _write_outputs(m: _Member, out_dir, cfg, split, man, half, target, iters, wa
         "source_half": m.name.source, "target_half": target, "target_family": half.get("family", ""),
         "num_classes": len(classes), "top1": best_k_mean(top1, k), "top1_final": top1[-1],
         "top5": best_k_mean(top5, k), "top5_final": top5[-1], "top1_max": max(top1), "evals": len(m.history),
-        "best_k": k, "iters": iters, "wall_s": round(wall_s, 2), "device": str(device),
+        "best_k": k, "iters": iters, "wall_s": round(wall_s, 2), "device": str(device), "random_norm": m.random_norm,
         "trained_with": together, "history": "history.csv",
         "provenance": {"transferable": __version__, "code": run_info["code"], "torch": torch.__version__,
                        "python": platform.python_version(), "host": platform.node(),
