@@ -94,6 +94,7 @@ class Treatment:
     line_marker: str  # on its line of means
     text: str
     paper: bool = True  # one of the paper's treatments (False: a control this pipeline adds)
+    fig2: tuple[float, float] | None = None  # Figure 2's top panel: marker size, x offset from n (None: not in it)
 
     @property
     def per_cell(self) -> bool:
@@ -106,19 +107,23 @@ class Treatment:
 
 
 TREATMENT_TABLE: tuple[Treatment, ...] = (
-    Treatment("base", "base{t}", "", "", False, "w", "k", "k", "o", "o", "trained from scratch on its half"),
+    Treatment("base", "base{t}", "", "", False, "w", "k", "k", "o", "o", "trained from scratch on its half",
+              fig2=(14, 0.0)),
     Treatment("BnB", "selffer BnB", "self", "units", False, "b", "b", "b", "o", "o",
-              "units 1..n copied from its own half's base net and frozen; the rest re-initialised and trained"),
+              "units 1..n copied from its own half's base net and frozen; the rest re-initialised and trained",
+              fig2=(14, -0.25)),
     Treatment("BnB+", "selffer BnB$^+$", "self", "units", True, "#aaaaff", "#7070ff", "#5555cc", "o", "P",
-              "as BnB, with the copied units fine-tuned"),
+              "as BnB, with the copied units fine-tuned", fig2=(14, -0.09)),
     Treatment("AnB", "transfer AnB", "other", "units", False, "r", "r", "r", "D", "D",
-              "units 1..n copied from the other half's base net and frozen; the rest re-initialised and trained"),
+              "units 1..n copied from the other half's base net and frozen; the rest re-initialised and trained",
+              fig2=(12, 0.09)),
     Treatment("AnB+", "transfer AnB$^+$", "other", "units", True, "#ffaaaa", "#ff6f6f", "#cc5555", "D", "P",
-              "as AnB, with the copied units fine-tuned"),
+              "as AnB, with the copied units fine-tuned", fig2=(12, 0.27)),
     Treatment("base+", "base{t}$^+$: base{t} trained on", "self", "all", True, "#bbbbbb", "#737373", "#555555", "s",
               "s",
               "the base net copied whole (every unit and the head) and trained once more with the fine-tuned "
-              "nets' schedule: extra training alone, the control of every fine-tuned treatment", paper=False),
+              "nets' schedule: extra training alone, the control of every fine-tuned treatment", paper=False,
+              fig2=(11, 0.24)),
     Treatment("random", "random filters", "random", "units", False, "#aaaa00", "#aaaa00", "#aaaa00", "v", "v",
               "units 1..n left at their random initialisation and frozen; the rest trained"),
 )

@@ -122,11 +122,12 @@ def figure_nets(cfg: dict, figure: str) -> list[Net]:
     rand = random_split_nets(cfg)
     if figure == "fig2":
         return rand
-    if figure == "table1":
-        return [n for n in rand if n.parsed.treatment in ("base", "BnB+", "AnB+")]
+    if figure == "table1":  # the base nets and the paper's fine-tuned treatments (BnB+, AnB+)
+        return [n for n in rand if n.parsed.is_base or (n.parsed.spec.fine_tuned and n.parsed.spec.paper
+                                                        and n.parsed.spec.copies == "units")]
     if figure == "fig3":
-        # The relative panel compares against the random-split frozen transfers: base and AnB only.
-        rel = [n for n in rand if n.parsed.treatment in ("base", "AnB")]
+        # The relative panel compares against the random-split frozen transfers from the other half (AnB)
+        rel = [n for n in rand if n.parsed.is_base or (n.parsed.spec.source == "other" and n.parsed.frozen)]
         return sorted(set(rel) | set(natman_nets(cfg)) | set(random_filter_nets(cfg)))
     if figure == "all":
         return sorted(set(rand) | set(natman_nets(cfg)) | set(random_filter_nets(cfg)))

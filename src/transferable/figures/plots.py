@@ -37,13 +37,11 @@ from .tables import (  # noqa: E402
     relative_top1,
 )
 
-# marker encoding of Figure 2 (paper.md section 8): colour and marker from the treatment table; here the
-# size, the x offset from n and the legend. A black "+" on top marks a net trained on from copied weights.
-_GEOMETRY = {"base": (14, 0.0), "BnB": (14, -0.25), "BnB+": (14, -0.09), "AnB": (12, 0.09), "AnB+": (12, 0.27),
-             "base+": (11, 0.24)}
-MARKERS = {t.key: dict(color=t.colour, marker=t.marker, ms=_GEOMETRY[t.key][0], dx=_GEOMETRY[t.key][1],
+# marker encoding of Figure 2 (paper.md section 8): colour, marker, size and x offset from the treatment
+# table; here the legend. A black "+" on top marks a net trained on from copied weights.
+MARKERS = {t.key: dict(color=t.colour, marker=t.marker, ms=t.fig2[0], dx=t.fig2[1],
                        plus=t.fine_tuned, label=t.label.format(t="B") + ("" if t.paper else " (control)"))
-           for t in TREATMENT_TABLE if t.key in _GEOMETRY}
+           for t in TREATMENT_TABLE if t.fig2}
 # darker shades of the light colours, for error bars and the thin dashed paper lines
 DARK = {**{t.key: t.dark for t in TREATMENT_TABLE}, "natman": "#cc6600"}
 NATMAN_COLOR = "#ff8800"
