@@ -562,6 +562,67 @@ def _check_args(seed: int, classes_per_family: int, train_per_class: int, val_pe
     return tuple(dict.fromkeys(names))
 
 
+def _fault_slots(faults, by_wnid, seed: int, train_per_class: int):
+    """Where the injected faults go: distinct train images; with a truncated tar, only in classes before the
+    cut so they stay reachable. The cut falls inside the class tar in the middle of the archive. Returns
+    ({fault: member}, {(class index, k): fault}, the position of the class tar that is cut, or None)."""
+    injected: dict[str, str] = {}
+    slot_fault: dict[tuple[int, int], str] = {}
+    cut_pos = len(by_wnid) // 2 if "truncated_tar" in faults else None
+    jpeg_faults = [f for f in faults if f in _JPEG_FAULTS]
+    if jpeg_faults:
+        eligible = by_wnid[:cut_pos] if cut_pos is not None else by_wnid
+        n_slots = len(eligible) * train_per_class
+        if n_slots < len(jpeg_faults):
+            raise ValueError(f"too few train images ({n_slots}) to hold the injections {jpeg_faults}")
+        picks = np.random.default_rng([seed, _S_INJECT]).choice(n_slots, len(jpeg_faults), replace=False)
+        for fault, slot in zip(jpeg_faults, picks):
+            c, k = eligible[int(slot) // train_per_class], int(slot) % train_per_class + 1
+            slot_fault[(c.index, k)] = fault
+            injected[fault] = f"{c.wnid}_{k}.JPEG"
+    return injected, slot_fault, cut_pos
+
+
+def _write_train_tar(path: Path, by_wnid, seed, train_per_class, min_side, max_side, sizes, slot_fault, cut_pos,
+                     injected: dict) -> None:
+    """The train archive: one in-memory tar per class, appended to the outer tar in sorted-WNID order (cut in
+    the middle of the class tar at ``cut_pos``, recorded in ``injected``)."""
+    with _atomic(path) as f:
+        cut = None
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as outer:
+            for pos, c in enumerate(by_wnid):
+                inner_buf = io.BytesIO()
+                with tarfile.open(fileobj=inner_buf, mode="w", format=tarfile.USTAR_FORMAT) as inner:
+                    for k in range(1, train_per_class + 1):
+                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side, sizes)
+                        _add(inner, f"{c.wnid}_{k}.JPEG", _encode(img, slot_fault.get((c.index, k))))
+                data = inner_buf.getvalue()
+                _add(outer, f"{c.wnid}.tar", data)
+                if pos == cut_pos:
+                    data_start = outer.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                    cut = data_start + len(data) // 2
+                    injected["truncated_tar"] = f"{c.wnid}.tar"
+        if cut is not None:
+            f.flush()
+            f.truncate(cut)
+
+
+def _write_val_tar(path: Path, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes) -> list[int]:
+    """The validation archive: all classes shuffled; image i of the tar is line i of the ground truth
+    (returned: the ground truth's ILSVRC2012 ids)."""
+    order = [(c, k) for c in classes for k in range(1, val_per_class + 1)]
+    perm = np.random.default_rng([seed, _S_VAL]).permutation(len(order))
+    val_ids = []
+    with _atomic(path) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for i, j in enumerate(perm, start=1):
+                c, k = order[int(j)]
+                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side, sizes)
+                _add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", _encode(img, None))
+                val_ids.append(leaf_id[c.wnid])
+    return val_ids
+
+
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: int = 20,
              train_per_class: int = 200, val_per_class: int = 50, min_side: int = 32, max_side: int = 64,
              inject: Sequence[str] = (), sizes: str = "uniform") -> dict:
@@ -589,56 +650,10 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
     by_wnid = sorted(classes, key=lambda c: c.wnid)  # the outer train tar's member order
     n_classes = len(classes)
 
-    # Fault targets: distinct train images; with a truncated tar, only in classes before the cut so they stay
-    # reachable. The cut falls inside the class tar in the middle of the archive.
-    injected: dict[str, str] = {}
-    slot_fault: dict[tuple[int, int], str] = {}
-    cut_pos = n_classes // 2 if "truncated_tar" in faults else None
-    jpeg_faults = [f for f in faults if f in _JPEG_FAULTS]
-    if jpeg_faults:
-        eligible = by_wnid[:cut_pos] if cut_pos is not None else by_wnid
-        n_slots = len(eligible) * train_per_class
-        if n_slots < len(jpeg_faults):
-            raise ValueError(f"too few train images ({n_slots}) to hold the injections {jpeg_faults}")
-        picks = np.random.default_rng([seed, _S_INJECT]).choice(n_slots, len(jpeg_faults), replace=False)
-        for fault, slot in zip(jpeg_faults, picks):
-            c, k = eligible[int(slot) // train_per_class], int(slot) % train_per_class + 1
-            slot_fault[(c.index, k)] = fault
-            injected[fault] = f"{c.wnid}_{k}.JPEG"
-
-    # Train: one in-memory tar per class, appended to the outer tar in sorted-WNID order.
-    train_path = out / TRAIN_TAR
-    with _atomic(train_path) as f:
-        cut = None
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as outer:
-            for pos, c in enumerate(by_wnid):
-                inner_buf = io.BytesIO()
-                with tarfile.open(fileobj=inner_buf, mode="w", format=tarfile.USTAR_FORMAT) as inner:
-                    for k in range(1, train_per_class + 1):
-                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side, sizes)
-                        _add(inner, f"{c.wnid}_{k}.JPEG", _encode(img, slot_fault.get((c.index, k))))
-                data = inner_buf.getvalue()
-                _add(outer, f"{c.wnid}.tar", data)
-                if pos == cut_pos:
-                    data_start = outer.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                    cut = data_start + len(data) // 2
-                    injected["truncated_tar"] = f"{c.wnid}.tar"
-        if cut is not None:
-            f.flush()
-            f.truncate(cut)
-
-    # Val: all classes shuffled; image i of the tar is line i of the ground truth.
-    order = [(c, k) for c in classes for k in range(1, val_per_class + 1)]
-    perm = np.random.default_rng([seed, _S_VAL]).permutation(len(order))
-    val_ids = []
-    with _atomic(out / VAL_TAR) as f:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for i, j in enumerate(perm, start=1):
-                c, k = order[int(j)]
-                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side, sizes)
-                _add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", _encode(img, None))
-                val_ids.append(leaf_id[c.wnid])
-
+    injected, slot_fault, cut_pos = _fault_slots(faults, by_wnid, seed, train_per_class)
+    _write_train_tar(out / TRAIN_TAR, by_wnid, seed, train_per_class, min_side, max_side, sizes, slot_fault, cut_pos,
+                     injected)
+    val_ids = _write_val_tar(out / VAL_TAR, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes)
     _write_devkit(out / DEVKIT_TGZ, nodes, val_ids)
 
     return {
