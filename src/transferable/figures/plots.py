@@ -972,9 +972,9 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
                  marker="s", capsize=3, label="AnB transfer loss (base − AnB, points)")
     ax2.set_ylabel("AnB transfer loss, points of top-1")
     r = by.drop_duplicates("features").set_index("features")
-    ax1.set_title("Similarity vs transfer loss by unit: Pearson r = " + ", ".join(
-        f"{r.loc[k, 'r_cka_vs_anb_loss']:.2f}" + (f" ({k})" if len(kinds) > 1 else "") for k in kinds)
-        + f" over {int(r['layers_correlated'].iloc[0])} units")
+    ax1.set_title("CKA of the random splits' base nets vs AnB transfer loss by unit\nPearson r = " + ", ".join(
+        f"{r.loc[k, 'r_cka_vs_anb_loss']:.2f} " + (f"({k}, " if len(kinds) > 1 else "(")
+        + f"{int(r.loc[k, 'layers_correlated'])} units)" for k in kinds), fontsize=10)
     if len(probes):
         p = probes.assign(source=np.where(probes["source_half"] == probes["target_half"],
                                           "own half's base net (reference)", "other half's base net"))
