@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .data.formats import RESIZES, SHARD_FORMATS
+
 RESULTS = "results"
 LOGS = "logs"
 BENCHMARKS = "benchmarks"
@@ -243,8 +245,6 @@ def base_split(run: str) -> str:
     return parse_replicate(run)[0]
 
 
-RESIZES = ("fast", "bicubic", "imagemagick")  # data/pixels.py::decode says what each does
-SHARD_FORMATS = ("raw", "jpeg")
 PREP_PATTERN = r"warp(?P<size>\d+)(?:-(?P<resize>bicubic|imagemagick))?(?:-jpeg(?P<quality>\d+))?"
 PREP_WILDCARD = re.sub(r"\(\?P<\w+>", "(?:", PREP_PATTERN)
 

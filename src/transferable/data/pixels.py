@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..paths import RESIZES
+from .formats import RESIZES
 from .ilsvrc import IngestError
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here); they

@@ -41,7 +41,7 @@ from PIL import Image
 
 from .. import advice, atomic
 from .ilsvrc import IngestError, read_image_bytes
-from ..paths import RESIZES, SHARD_FORMATS as FORMATS
+from .formats import RESIZES, SHARD_FORMATS as FORMATS
 from .pixels import decode, encode_jpeg
 
 def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
