@@ -36,7 +36,7 @@ lint: setup
 
 ## Every test, the end-to-end, report (headless Chromium) and live-cluster ones included (slow: minutes).
 test: lint
-	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q
 
 ## Unit tests in-process, and one Snakemake smoke test (under a minute on 2 cores).
 test-fast: setup

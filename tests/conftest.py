@@ -10,19 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-# make test runs the suite on 2 pytest-xdist workers, a test file per worker at a time (--dist loadfile: a
-# file's module and session fixtures, the SLURM cluster and the micro runs, stay on one worker). Files are
-# handed out in collection order, so the longest start first: the live SLURM file alone took 340 s of the
-# 826 s suite, and collected last (alphabetically) it ran after every other file had finished.
-LONGEST_FIRST = ("test_slurm.py", "test_units.py", "test_preprocess.py", "test_workflow.py", "test_reruns.py",
-                 "test_smoke.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: order within a file
-
-
 def run_snakemake(args, cwd, timeout=900, check=True, env=None, python=None):
     """Run snakemake from the project's environment (its bin/ first on PATH), or ``python -m snakemake``
     with another ``python``."""
