@@ -576,7 +576,9 @@ def test_a_terminated_or_killed_shard_job_leaves_no_temporary_part(tmp_path):
     import socket
 
     raw = tmp_path / "raw"
-    demo.generate(raw, seed=0, classes_per_family=2, train_per_class=300, val_per_class=5, min_side=60, max_side=80)
+    # images large enough that the job lasts about a second: at 60-80 px its 1,220 images took 0.28 s (4,346
+    # img/s) and a fast run could finish before the signal arrived
+    demo.generate(raw, seed=0, classes_per_family=2, train_per_class=300, val_per_class=5, min_side=200, max_side=260)
     cat, images = ingest(raw)
     images.to_csv(tmp_path / "images.csv", index=False)
     out = tmp_path / "shards/part0"
@@ -586,7 +588,8 @@ def test_a_terminated_or_killed_shard_job_leaves_no_temporary_part(tmp_path):
     deadline = time.time() + 60
     while not list(out.parent.glob("part0.tmp-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)
+    time.sleep(0.1)
+    assert proc.poll() is None, "the shard job ended before it could be signalled: give it more work"
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=60)[0]
     assert proc.returncode == 143, log[-2000:]
