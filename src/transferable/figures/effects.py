@@ -456,6 +456,7 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
     design confounds. ``family``: the dissimilar split's name in the claim texts. Columns :data:`EFFECT_COLUMNS`."""
     claims = claims_for(nmax) if claims is None else claims
     dissimilar = family or dissimilar_name(df)
+    random_norm = random_norm_text(df)
     rows, ests = [], []
     for c in claims:
         spans = [("claim", lo, hi) for lo, hi in c.ranges]
@@ -465,7 +466,7 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
             e = _estimate(df, c, lo, hi, confidence, margin)
             ests.append((c, e))
             rows.append({"claim": c.key, "label": c.label,
-                         "text": c.text.format(dissimilar=dissimilar, random_norm=random_norm_text(df)),
+                         "text": c.text.format(dissimilar=dissimilar, random_norm=random_norm),
                          "scope": scope, "layers": f"{lo}" if lo == hi else f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
                          "expected": {1: "+", -1: "-", 0: "="}[c.expected], "estimate": e.estimate,
                          "ci_lo": e.ci_lo, "ci_hi": e.ci_hi, "unit": _units_label(c), "units": e.units,
