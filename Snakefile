@@ -35,6 +35,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/similarity.smk"
+include: "workflow/rules/cross.smk"
 
 
 check_report_has_a_run()

@@ -251,3 +251,30 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         demo.generate(tmp_path, **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def _first_train_images(path, k=3):
+    with tarfile.open(path / demo.TRAIN_TAR) as outer:
+        m = next(x for x in outer.getmembers() if x.name.endswith(".tar"))
+        with tarfile.open(fileobj=outer.extractfile(m)) as inner:
+            names = sorted(x.name for x in inner.getmembers())[:k]
+            return names, [np.asarray(Image.open(io.BytesIO(inner.extractfile(n).read())).convert("RGB"), dtype=float)
+                           for n in names]
+
+
+def test_negative_style_is_the_same_dataset_in_negative(tmp_path):
+    """style negative (issue 25: a second dataset of another kind): the same classes, names and layout, each
+    image the photographic negative of the plain one (up to JPEG's rounding), not a different picture."""
+    args = dict(seed=3, classes_per_family=1, train_per_class=3, val_per_class=1, min_side=24, max_side=32)
+    plain = demo.generate(tmp_path / "plain", **args)
+    neg = demo.generate(tmp_path / "neg", **args, style="negative")
+    assert plain["families"] == neg["families"]
+    names_p, imgs_p = _first_train_images(tmp_path / "plain")
+    names_n, imgs_n = _first_train_images(tmp_path / "neg")
+    assert names_p == names_n
+    for a, b in zip(imgs_p, imgs_n):
+        assert a.shape == b.shape
+        assert np.abs(a + b - 255).mean() < 4  # b = 255 - a, up to the two JPEG encodings
+        assert np.abs(a - b).mean() > 30  # and not the same picture
+    with pytest.raises(ValueError, match="style"):
+        demo.generate(tmp_path / "bad", **args, style="sepia")

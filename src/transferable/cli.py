@@ -189,6 +189,91 @@ def cmd_similarity_figure(a):
     _log(f"wrote {a.out} and {a.table}")
 
 
+def cmd_import_source(a):
+    from .sources import import_source
+
+    mean = tuple(float(v) for v in a.mean.split(","))
+    info = import_source(a.checkpoint, _json(a.net), a.size, a.out, mean_rgb=mean)
+    _log(f"{a.checkpoint} -> {a.out}: {info}")
+
+
+def cmd_cross_similarity(a):
+    import torch
+
+    from . import atomic
+    from .similarity import cross_profile
+
+    torch.set_num_threads(max(1, a.threads))
+    source, target = a.names
+    df = cross_profile(a.source, a.bases, a.manifest, a.half, a.shards, _json(a.params), log=_log)
+    df.insert(0, "target", target)
+    df.insert(0, "source", source)
+    atomic.write_csv(df, a.out)
+    _log(f"wrote {a.out} ({len(df)} rows)")
+
+
+def cmd_cross_report(a):
+    import pandas as pd
+
+    from . import atomic
+    from .figures import cross, tables
+
+    runs = tables.cross_runs(a.metrics)
+    atomic.write_csv(runs, a.runs)
+    sim = pd.concat([atomic.read_csv(f) for f in a.similarity]) if a.similarity else None
+    v = {**{"alpha": cross.ALPHA, "margin": cross.MARGIN, "plateau_gain": cross.PLATEAU_GAIN}, **_json(a.verdicts)}
+    eff = cross.cross_effects(runs, alpha=v["alpha"], margin=v["margin"], plateau_gain=v["plateau_gain"])
+    summary = cross.cross_summary(eff)
+    atomic.write_csv(eff, a.effects)
+    atomic.write_csv(summary, a.summary)
+    atomic.write_text(a.markdown, cross.cross_markdown(eff, summary, v["alpha"]))
+    pairs = summary[["source", "target"]].itertuples(index=False)
+    for source, target in pairs:
+        cross.profile_figure(runs, eff, sim, source, target, os.path.join(a.figures, f"{source}_to_{target}.pdf"))
+    if len(summary) > 1:
+        cross.grid_figure(runs, eff, os.path.join(a.figures, "grid.pdf"))
+    for line in summary["answer"]:
+        _log(line)
+
+
+def _cross_parsers(sub) -> None:
+    """The cross experiment's verbs (experiment.cross, docs/cross.md)."""
+    s = sub.add_parser("import-source", help="map a checkpoint file (a torchvision state_dict, or a model.pt of this "
+                                             "pipeline) onto the config's net: a cross source")
+    s.add_argument("--checkpoint", required=True, help="the file (read with weights_only: no code runs)")
+    s.add_argument("--net", required=True, help="JSON: the config's net section")
+    s.add_argument("--size", type=int, required=True, help="preprocess.size: the side of the mean image")
+    s.add_argument("--mean", default="123.675,116.28,103.53", help="the checkpoint's per-channel input mean, 0..255")
+    s.add_argument("--out", required=True, help="output: results/sources/<name>/model.pt")
+    s.set_defaults(func=cmd_import_source)
+
+    s = sub.add_parser("cross-similarity", help="per-unit CKA (source vs the target's base nets) and linear probes "
+                                                "of the source's features on the target")
+    s.add_argument("--source", required=True, help="the source's model.pt")
+    s.add_argument("--bases", nargs="+", required=True, help="the target's base nets (model.pt, one per replicate)")
+    s.add_argument("--manifest", required=True, help="the target split's manifest")
+    s.add_argument("--half", required=True, help="the target half")
+    s.add_argument("--shards", required=True, help="the target dataset's shard index.json")
+    s.add_argument("--params", required=True, help="JSON: the config's experiment.similarity section")
+    s.add_argument("--names", nargs=2, required=True, metavar=("SOURCE", "TARGET"), help="the pair's names")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    s.add_argument("--out", required=True, help="output CSV")
+    s.set_defaults(func=cmd_cross_similarity)
+
+    s = sub.add_parser("cross-report", help="the cross experiment's runs, paired effects with verdicts, the deepest "
+                                            "n without loss, and one profile figure per (source, target)")
+    s.add_argument("--metrics", nargs="+", required=True,
+                   help="metrics.json of every target net (results/datasets/<t>/{nets,transfer/<s>}/RUN/NET/)")
+    s.add_argument("--similarity", nargs="*", default=[], help="the cross-similarity CSVs")
+    s.add_argument("--verdicts", default="{}", help="JSON: the config's verdicts section (alpha, margin, plateau_gain)")
+    s.add_argument("--runs", required=True, help="output: runs.csv")
+    s.add_argument("--effects", required=True, help="output: effects.csv")
+    s.add_argument("--summary", required=True, help="output: summary.csv")
+    s.add_argument("--markdown", required=True, help="output: effects.md")
+    s.add_argument("--figures", required=True, help="output folder of the profile figures")
+    s.set_defaults(func=cmd_cross_report)
+
+
 def cmd_curves(a):
     from .figures import plots
 
@@ -458,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output PDF (a PNG is written beside it)")
     s.add_argument("--table", required=True, help="output: the by-layer summary with the correlation, CSV")
     s.set_defaults(func=cmd_similarity_figure)
+
+    _cross_parsers(sub)
 
     s = sub.add_parser("curves", help="training curves of a set of nets (PDF and a PNG copy)")
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files (their history.csv is read)")

@@ -9,13 +9,24 @@
     results/nets/{split}/{net}/                model.pt, history.csv, metrics.json of one trained net
     results/nets/{split}.s{r}/{net}/           the same net, training-seed replicate r >= 1 (same classes)
     results/ckpt/{split}/{net}/last.pt         in-progress checkpoint (NOT a declared output: survives failures)
+    results/datasets/{dataset}/...             a further data root (``datasets``): its own demo_data/, ingest/,
+                                               splits/, shards/, nets/ and ckpt/, laid out as above
+    results/datasets/{dataset}/transfer/{source}/{run}/{net}/
+                                               a cross-dataset net: units 1..n from source ``{source}``
+                                               (``experiment.cross``), trained on that dataset
+    results/sources/{source}/model.pt          a checkpoint file brought as a source, mapped onto the units
     results/tables/*.csv, results/figures/*    aggregates
     logs/<same path as the output>.log         one log per job
     benchmarks/<same path as the output>.tsv   its wall time and peak memory (Snakemake's benchmark:)
 
+Every function that names a data-dependent path takes ``dataset`` ("" for the config's own data root, the
+tree above; a name of ``datasets`` for a further one) and, for nets, ``via`` (the cross source a net copies
+from), so that two data roots' results never share a path.
+
 Net names: ``base{T}`` (from scratch on half T), ``{S}{n}{T}`` (layers 1..n from the base net of half S,
 frozen, trained on half T), ``{S}{n}{T}_ft`` (the same, fine-tuned: the paper's "+"), ``R{n}{T}`` (first n
-layers random and frozen: the random-filter control).
+layers random and frozen: the random-filter control), ``X{n}{T}`` and ``X{n}{T}_ft`` (units 1..n from a
+cross source, another dataset's net or a checkpoint: the directory names it).
 """
 
 from __future__ import annotations
@@ -281,69 +292,121 @@ def parse_prep(name: str) -> dict:
             "quality": int(q) if q else 90}
 
 
-def demo_dir() -> str:
-    return f"{RESULTS}/demo_data"
+# how sources and targets name the config's own data root (the others: their ``datasets`` key)
+MAIN_DATASET = "main"
+
+
+def tree(dataset: str = "") -> str:
+    """Where one data root's results live: results/ for the config's own, results/datasets/{dataset}/ for
+    a further one (``dataset`` may be the wildcard "{dataset}")."""
+    return f"{RESULTS}/datasets/{dataset}" if dataset else RESULTS
+
+
+def demo_dir(dataset: str = "") -> str:
+    return f"{tree(dataset)}/demo_data"
 
 
 DEMO_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz")
 
 
-def demo_files() -> list[str]:
-    return [f"{demo_dir()}/{f}" for f in DEMO_FILES]
+def demo_files(dataset: str = "") -> list[str]:
+    return [f"{demo_dir(dataset)}/{f}" for f in DEMO_FILES]
 
 
-def catalog() -> str:
-    return f"{RESULTS}/ingest/catalog.csv"
+def catalog(dataset: str = "") -> str:
+    return f"{tree(dataset)}/ingest/catalog.csv"
 
 
-def images() -> str:
-    return f"{RESULTS}/ingest/images.csv"
+def images(dataset: str = "") -> str:
+    return f"{tree(dataset)}/ingest/images.csv"
 
 
-def raw_identity(digest: str) -> str:
+def raw_identity(digest: str, dataset: str = "") -> str:
     """The file named by the content digest of an image-folder or extracted-tree data root: an input of
     ingest, so that a change of the data's content reruns it (data/rawfiles.py)."""
-    return f"{RESULTS}/ingest/raw/{digest}.sha256"
+    return f"{tree(dataset)}/ingest/raw/{digest}.sha256"
 
 
-def raw_cache() -> str:
+def raw_cache(dataset: str = "") -> str:
     """The stat cache of that digest (read and written while planning; no job reads it)."""
-    return f"{RESULTS}/ingest/raw/.raw_files.cache.json"
+    return f"{tree(dataset)}/ingest/raw/.raw_files.cache.json"
 
 
-def split_manifest(split: str) -> str:
-    return f"{RESULTS}/splits/{split}.json"
+def split_manifest(split: str, dataset: str = "") -> str:
+    return f"{tree(dataset)}/splits/{split}.json"
 
 
-def shard_part(prep: str, k: int | str) -> str:
-    return f"{RESULTS}/shards/{prep}/part{k}"
+def shard_part(prep: str, k: int | str, dataset: str = "") -> str:
+    return f"{tree(dataset)}/shards/{prep}/part{k}"
 
 
-def shard_index(prep: str) -> str:
-    return f"{RESULTS}/shards/{prep}/index.json"
+def shard_index(prep: str, dataset: str = "") -> str:
+    return f"{tree(dataset)}/shards/{prep}/index.json"
 
 
-def net_dir(split: str, net: str) -> str:
-    return f"{RESULTS}/nets/{split}/{net}"
+def shard_rejects(prep: str, dataset: str = "") -> str:
+    return f"{tree(dataset)}/shards/{prep}/rejects.csv"
 
 
-def net_file(split: str, net: str, what: str) -> str:
-    return f"{net_dir(split, net)}/{what}"
+def _runs(dataset: str, via: str) -> str:
+    """The folder of a dataset's runs: its own nets, or those copying from cross source ``via``."""
+    return f"{tree(dataset)}/transfer/{via}" if via else f"{tree(dataset)}/nets"
 
 
-def parse_net_file(path: str) -> tuple[str, str]:
-    """(run, net) of a file ``.../nets/{run}/{net}/{what}``: the inverse of ``net_file``."""
+def net_dir(split: str, net: str, dataset: str = "", via: str = "") -> str:
+    return f"{_runs(dataset, via)}/{split}/{net}"
+
+
+def net_file(split: str, net: str, what: str, dataset: str = "", via: str = "") -> str:
+    return f"{net_dir(split, net, dataset, via)}/{what}"
+
+
+@dataclass(frozen=True)
+class NetLocation:
+    """Where a net's files sit: its dataset ("" the config's own), its cross source ("" none), run, name."""
+
+    dataset: str
+    via: str
+    run: str
+    net: str
+
+
+def locate_net_file(path: str) -> NetLocation:
+    """The inverse of ``net_file``: results/[datasets/{d}/](nets|transfer/{source})/{run}/{net}/{what}."""
     parts = str(path).replace("\\", "/").split("/")
     if len(parts) < 3:
         raise ValueError(f"not a net's file: {path!r} (expected .../nets/RUN/NET/FILE)")
     run, net = parts[-3], parts[-2]
     parse_net(net)  # a ValueError naming the name if the path is not a net's file
     parse_replicate(run)
-    return run, net
+    via = parts[-4] if len(parts) >= 5 and parts[-5] == "transfer" else ""
+    rest = parts[:-5] if via else parts[:-4]
+    dataset = rest[-1] if len(rest) >= 2 and rest[-2] == "datasets" else ""
+    return NetLocation(dataset, via, run, net)
 
 
-def checkpoint(split: str, net: str) -> str:
-    return f"{RESULTS}/ckpt/{split}/{net}/last.pt"
+def parse_net_file(path: str) -> tuple[str, str]:
+    """(run, net) of a file ``.../nets/{run}/{net}/{what}``: the inverse of ``net_file``."""
+    loc = locate_net_file(path)
+    return loc.run, loc.net
+
+
+def checkpoint(split: str, net: str, dataset: str = "", via: str = "") -> str:
+    sub = f"transfer/{via}/" if via else ""
+    return f"{tree(dataset)}/ckpt/{sub}{split}/{net}/last.pt"
+
+
+def source_model(source: str) -> str:
+    """A checkpoint file brought as a cross source, mapped onto the config's net (rule import_source)."""
+    return f"{RESULTS}/sources/{source}/model.pt"
+
+
+def cross_table(name: str) -> str:
+    return f"{RESULTS}/tables/cross/{name}"
+
+
+def cross_figure(name: str) -> str:
+    return f"{RESULTS}/figures/cross/{name}"
 
 
 def table(name: str) -> str:

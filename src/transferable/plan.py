@@ -25,12 +25,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, order=True)
 class Net:
+    """A planned net: its run (split or replicate), name, dataset ("" the config's own data) and the cross
+    source it copies from ("" none)."""
+
     split: str
     name: str
+    dataset: str = ""
+    via: str = ""
 
     @property
     def parsed(self) -> paths.NetName:
         return paths.parse_net(self.name)
+
+    def file(self, what: str) -> str:
+        return paths.net_file(self.split, self.name, what, self.dataset, self.via)
 
 
 def replicates(block: dict, split: str) -> list[str]:
@@ -162,11 +170,12 @@ def seed_floor_nets(cfg: dict) -> list[Net]:
     return out
 
 
-def stream_groups(cfg: dict) -> list[tuple[str, str, list[str]]]:
+def stream_groups(cfg: dict, extra: list[Net] = ()) -> list[tuple[str, str, list[str]]]:
     """(split, target half, nets) for every set of non-base nets that train on the same half: with
-    ``resources.shared_stream`` each set trains in one job on one stream of batches."""
+    ``resources.shared_stream`` each set trains in one job on one stream of batches. ``extra``: more nets
+    of the config's own nets/ tree (a cross target's random-filter nets on its own data)."""
     groups: dict[tuple[str, str], list[str]] = {}
-    for net in figure_nets(cfg, "all"):
+    for net in sorted(set(figure_nets(cfg, "all")) | set(extra)):
         p = net.parsed
         if not p.is_base:
             groups.setdefault((net.split, p.target), []).append(net.name)
@@ -185,7 +194,10 @@ def _is_natman(cfg: dict, split: str) -> bool:
 
 
 def used_splits(cfg: dict) -> list[str]:
-    """The configured splits the experiment trains on (replicates count as their split)."""
+    """The configured splits the experiment trains on (replicates count as their split); a dataset's view
+    (crossplan.dataset_config) carries its own."""
+    if "_used_splits" in cfg:
+        return list(cfg["_used_splits"])
     return sorted({paths.base_split(n.split) for n in figure_nets(cfg, "all")})
 
 

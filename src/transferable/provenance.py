@@ -23,6 +23,8 @@ STAGE_ENTRIES = {
     "shards": ["data/shards.py"],
     "train": ["train/loop.py"],
     "similarity": ["similarity.py"],
+    "sources": ["sources.py"],
+    "cross": ["figures/cross.py", "figures/tables.py"],
     "figures": ["figures/tables.py", "figures/effects.py", "figures/plots.py", "figures/paper.py",
                 "figures/paper_networks.csv"],
 }

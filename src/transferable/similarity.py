@@ -386,3 +386,54 @@ class _Analysis:
                         f"{r['top1']:.2f} (train {r['train_top1']:.2f}, lambda {r['lambda']:g})"
                         for r in self.probe_rows[-len(ftr):]))
                 self.forget()  # the next target's images
+
+
+CROSS_COLUMNS = ["n", "unit", "features", "cka", "cka_sd", "bases", "probe_top1", "probe_train_top1", "probe_lambda",
+                 "own_probe_top1", "images", "probe_images"]
+
+
+def cross_profile(source: str, bases: list[str], manifest: str, half: str, shards_index: str, params: dict,
+                  log=print):
+    """One (source, target) pair of the cross experiment, unit by unit, on the target half's images: the
+    linear CKA between the source net's features and each of the target's base nets' (mean and SD over
+    those seed replicates), and linear probes (the linear-evaluation protocol) on the source's features and
+    on the first base net's (the target's own net: the reference), fitted on a fixed sample of the target's
+    training images and scored on a fixed sample of its validation images. Columns CROSS_COLUMNS."""
+    import json
+
+    import pandas as pd
+
+    from .data.reader import Shards
+
+    p = {**schema_defaults("experiment.similarity"), **params}
+    pool, batch = int(p["pool"]), int(p["batch"])
+    classes = json.loads(Path(manifest).read_text())["halves"][half]["classes"]
+    shards = Shards(shards_index)
+
+    def sample(subset: str, k: int, seed: int):
+        x, y = shards.load(subset, classes)
+        idx = _sample(len(x), k, seed)
+        return x.take(idx), torch.from_numpy(y[idx])
+
+    xv, yv = sample("val", int(p["images"]), 2)
+    xt, yt = sample("train", int(p["probe_images"]), 1)
+    src_v, src_t = (net_features(source, x, pool, batch) for x in (xv, xt))
+    ckas: dict[tuple, list[float]] = {k: [] for k in src_v}
+    for b in bases:
+        fb = net_features(b, xv, pool, batch)
+        for k, x in src_v.items():
+            ckas[k].append(cka(x, fb[k], batch))
+    own_v, own_t = (net_features(bases[0], x, pool, batch) for x in (xv, xt))
+    lambdas, folds = tuple(float(v) for v in p["probe_lambdas"]), int(p["probe_folds"])
+    rows = []
+    for k in src_v:
+        fit = fit_probe(src_t[k], yt, src_v[k], yv, len(classes), lambdas=lambdas, folds=folds)
+        own = fit_probe(own_t[k], yt, own_v[k], yv, len(classes), lambdas=lambdas, folds=folds)
+        c = np.array(ckas[k], dtype=float)
+        rows.append({"n": k[0], "unit": k[1], "features": k[2], "cka": float(np.nanmean(c)),
+                     "cka_sd": float(np.nanstd(c, ddof=1)) if len(c) > 1 else float("nan"), "bases": len(c),
+                     "probe_top1": fit.top1, "probe_train_top1": fit.train_top1, "probe_lambda": fit.lam,
+                     "own_probe_top1": own.top1, "images": len(yv), "probe_images": len(yt)})
+        log(f"unit {k[0]} {k[1]} ({k[2]}): CKA {rows[-1]['cka']:.2f}, probe top-1 {fit.top1:.3f} "
+            f"(the target's own net: {own.top1:.3f})")
+    return pd.DataFrame(rows, columns=CROSS_COLUMNS)

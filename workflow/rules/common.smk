@@ -2,6 +2,7 @@
 # src/transferable/{paths,plan}.py, where unit tests call it.
 import functools
 import glob
+import re
 import json
 import shlex
 import sys
@@ -9,27 +10,45 @@ import sys
 from snakemake.resources import Resources
 from snakemake.settings.types import DeploymentMethod
 
-from transferable import advice, attempts, paths, plan, provenance
+from transferable import advice, attempts, crossplan, paths, plan, provenance
 
 
 def check_config():
-    """Everything that can be wrong with the config, found before any job starts (plan.check_config)."""
+    """Everything that can be wrong with the config, found before any job starts (crossplan.check_config)."""
     try:
-        plan.check_config(
+        crossplan.check_config(
             config,
             os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
             overrides=workflow.config_settings.config,  # --config values only
+            checkpoints=workflow.is_main_process,
         )
     except plan.ConfigError as e:
         raise WorkflowError(f"config: {e}")
 
 
 @functools.cache
-def known_num_classes():
-    return plan.known_num_classes(config)
+def known_num_classes(dataset=""):
+    """A data root's class count before any job ("": the config's own; a name: one of ``datasets``)."""
+    return plan.known_num_classes(crossplan.dataset_config(config, dataset))
 
 
 check_config()
+
+# The data roots: the config's own (results/) and, with ``datasets``, further ones
+# (results/datasets/{dataset}/). Every data and training rule is written once and instantiated for each
+# tree: its plain name for the config's own data, ``<name>_dataset`` with a {dataset} wildcard for the others.
+DATASETS = crossplan.datasets(config)
+TREES = [""] + (["{dataset}"] if DATASETS else [])
+
+
+def rule_name(name, tree):
+    return f"{name}_dataset" if tree else name
+
+
+def view(wildcards):
+    """The config of the wildcards' dataset (crossplan.dataset_config): its data, demo and splits."""
+    return crossplan.dataset_config(config, getattr(wildcards, "dataset", ""))
+
 
 # Every job runs `transferable <verb>` = workflow/bin/transferable, which is `python -m transferable` with this
 # checkout's src/ first on PYTHONPATH, so the jobs run the same code the workflow parsed and declares as
@@ -79,6 +98,8 @@ def res(key):
 
 
 wildcard_constraints:
+    dataset="|".join(re.escape(d) for d in DATASETS) or "(?!)",
+    source="|".join(re.escape(s) for s in crossplan.sources(config)) or "(?!)",
     split=paths.SPLIT_WILDCARD,
     net=paths.NET_WILDCARD,
     prep=paths.PREP_WILDCARD,
@@ -92,21 +113,27 @@ def train_device():
     return res("device")
 
 
-def data_root():
+def data_root(dataset=""):
+    cfg = crossplan.dataset_config(config, dataset)
     return (
-        paths.demo_dir()
-        if config["data"]["source"] == "demo"
-        else config["data"]["root"]
+        paths.demo_dir(dataset)
+        if cfg["data"]["source"] == "demo"
+        else cfg["data"]["root"]
     )
 
 
 def net_outputs(nets, what="metrics.json"):
-    return [paths.net_file(n.split, n.name, what) for n in nets]
+    return [n.file(what) for n in nets]
 
 
 def final_targets():
     exp = config["experiment"]
-    out = [
+    out = cross_targets()  # workflow/rules/cross.smk
+    if not plan.figure_nets(
+        config, "all"
+    ):  # a cross experiment alone: none of the paper's outputs
+        return out
+    out += [
         paths.table("runs.csv"),
         paths.table("paper_comparison.csv"),
         paths.table("effects.csv"),
@@ -165,14 +192,16 @@ def paper_flag():
     return "--paper" if mode == "always" else "--no-paper"
 
 
-def train_params_of(split):
+def train_params_of(split, dataset=""):
     """Everything that changes a net's result: a change reruns exactly the nets (and what depends on them)."""
     return json.dumps(
         {
             "net": config["net"],
             "train": provenance.result_train(config["train"]),
             "metric": config.get("metric", {}),
-            "split_kind": plan.split_kind(config, split),
+            "split_kind": plan.split_kind(
+                crossplan.dataset_config(config, dataset), split
+            ),
         },
         sort_keys=True,
     )
@@ -206,48 +235,131 @@ def train_site_settings(name):
         job_rule.resources.update(Resources.from_mapping({"gpu_model": None}))
 
 
+def wanted_net(wildcards):
+    """The planned net of a training job's wildcards (dataset and cross source where the rule has them)."""
+    return plan.Net(
+        wildcards.split,
+        wildcards.net,
+        getattr(wildcards, "dataset", ""),
+        getattr(wildcards, "source", ""),
+    )
+
+
+def wanted_checkpoint(wildcards):
+    net = wanted_net(wildcards)
+    return paths.checkpoint(net.split, net.name, net.dataset, net.via)
+
+
 def manifest_of(wildcards):
     """A replicate (``{split}.s{r}``) trains on its split's classes."""
-    return paths.split_manifest(paths.base_split(wildcards.split))
+    return paths.split_manifest(
+        paths.base_split(wildcards.split), getattr(wildcards, "dataset", "")
+    )
 
 
 def train_params(wildcards):
-    return train_params_of(wildcards.split)
+    return train_params_of(wildcards.split, getattr(wildcards, "dataset", ""))
 
 
 def source_model(wildcards):
-    src = plan.source_of(plan.Net(wildcards.split, wildcards.net))
-    return [paths.net_file(src.split, src.name, "model.pt")] if src else []
+    net = wanted_net(wildcards)
+    if net.via:
+        return [crossplan.source_model(config, net)]
+    src = plan.source_of(net)
+    return [paths.net_file(src.split, src.name, "model.pt", net.dataset)] if src else []
 
 
 def ingest_inputs(wildcards):
     """The raw files ingest reads, so that a replaced archive reruns everything after it; for an extracted
     tree or an image folder, the file named by the digest of its files' content (raw_identity_file).
     """
-    if config["data"]["source"] == "demo":
-        return paths.demo_files()
-    root = config["data"]["root"]
+    dataset = getattr(wildcards, "dataset", "")
+    cfg = view(wildcards)
+    if cfg["data"]["source"] == "demo":
+        return paths.demo_files(dataset)
+    root = cfg["data"]["root"]
     official = [os.path.join(root, f) for f in paths.DEMO_FILES]
-    identity = raw_identity_file()
+    identity = raw_identity_file(dataset)
     return [f for f in official if os.path.isfile(f)] + ([identity] if identity else [])
 
 
 @functools.cache
-def raw_identity_file():
+def raw_identity_file(dataset=""):
     """results/ingest/raw/<digest>.sha256 for a tree/folder data root (None otherwise), the digest computed
     while planning, by the main Snakemake process only, writing nothing a job reads (data/rawfiles.py); a
     job's own parse reuses the one identity file there (rule raw_identity keeps one)."""
-    if config["data"]["source"] != "path":
+    cfg = crossplan.dataset_config(config, dataset)
+    if cfg["data"]["source"] != "path":
         return None
     from transferable.data import rawfiles
 
     if not workflow.is_main_process:
-        found = sorted(glob.glob(paths.raw_identity("*")), key=os.path.getmtime)
+        found = sorted(
+            glob.glob(paths.raw_identity("*", dataset)), key=os.path.getmtime
+        )
         return found[-1] if found else None
     got = rawfiles.digest(
-        config["data"]["root"],
-        paths.raw_cache(),
-        plan.setting(config, "data", "format"),
+        cfg["data"]["root"],
+        paths.raw_cache(dataset),
+        plan.setting(cfg, "data", "format"),
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
-    return paths.raw_identity(got[0]) if got else None
+    return paths.raw_identity(got[0], dataset) if got else None
+
+
+# ---- training trees and groups (workflow/rules/train.smk) ----
+
+
+def train_rule_name(tree, via):
+    return rule_name("train", tree) + ("_cross" if via else "")
+
+
+def stream_groups():
+    main = plan.stream_groups(config, crossplan.own_tree_nets(config, ""))
+    groups = [("", "", split, target, nets) for split, target, nets in main]
+    return groups + crossplan.stream_groups(config)
+
+
+def together_name(dataset, via, split, target):
+    parts = [crossplan.name_of(dataset), via or "own"] if dataset or via else []
+    return "_".join(["train_together", *parts, split.replace(".", "__"), target])
+
+
+# ---- shards (workflow/rules/shards.smk) ----
+
+
+def shard_parts(dataset=""):
+    """preprocess.parts, clamped to the data root's classes (said once, by the main process)."""
+    parts = plan.shard_parts(config, known_num_classes(dataset))
+    if parts < plan.setting(config, "preprocess", "parts") and workflow.is_main_process:
+        where = f"dataset {dataset}" if dataset else "data"
+        print(
+            f"config: preprocess.parts {config['preprocess']['parts']} is more than the {parts} classes of the "
+            f"{where}: using {parts} shard jobs",
+            file=sys.stderr,
+        )
+    return parts
+
+
+def parts_of(wildcards):
+    return PARTS[getattr(wildcards, "dataset", "")]
+
+
+# ---- the cross experiment (workflow/rules/cross.smk) ----
+
+CROSS_TARGETS = {t.name: t for t in crossplan.targets(config)}
+CROSS_SIM = bool(crossplan.block(config) and crossplan.block(config)["similarity"])
+
+
+def cross_targets():
+    """What the cross experiment ends with (final_targets)."""
+    if not CROSS_TARGETS:
+        return []
+    out = [
+        paths.cross_table(f)
+        for f in ("runs.csv", "effects.csv", "summary.csv", "effects.md")
+    ]
+    out += [paths.cross_figure(f"{s}_to_{t}.pdf") for s, t in crossplan.pairs(config)]
+    if len(crossplan.pairs(config)) > 1:
+        out.append(paths.cross_figure("grid.pdf"))
+    return out

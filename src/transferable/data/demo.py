@@ -389,6 +389,7 @@ def _background(family: str, W: int, H: int, rng: np.random.Generator) -> Image.
 
 
 SIZES = ("uniform", "imagenet")
+STYLES = ("plain", "negative")
 # ImageNet-like sizes (``sizes="imagenet"``), a model of ILSVRC2012's training images: most are Flickr's
 # "medium" size with the long side at 500 px, the rest smaller (a few larger); 4:3 and 3:2 dominate, a
 # fifth are portrait. It gives a mean of about 400 x 350 px and a median of 500 x 375 or so
@@ -424,7 +425,8 @@ def _texture(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return (n - low) * _TEXTURE_AMP
 
 
-def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int, sizes: str = "uniform") -> Image.Image:
+def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int, sizes: str = "uniform",
+            style: str = "plain") -> Image.Image:
     if sizes == "imagenet":
         w, h = imagenet_size(rng)
     else:
@@ -474,7 +476,10 @@ def _render(cls: _Class, rng: np.random.Generator, min_side: int, max_side: int,
     arr = np.asarray(img, dtype=np.float32) + rng.standard_normal((h, w, 1), dtype=np.float32) * grain
     if sizes == "imagenet":
         arr += _texture(w, h, rng)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    arr = np.clip(arr, 0, 255)
+    if style == "negative":  # photographic negatives: every low-level statistic flipped, the shapes kept
+        arr = 255 - arr
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 def _encode(img: Image.Image, fault: str | None) -> bytes:
@@ -584,7 +589,7 @@ def _fault_slots(faults, by_wnid, seed: int, train_per_class: int):
 
 
 def _write_train_tar(path: Path, by_wnid, seed, train_per_class, min_side, max_side, sizes, slot_fault, cut_pos,
-                     injected: dict) -> None:
+                     injected: dict, style: str = "plain") -> None:
     """The train archive: one in-memory tar per class, appended to the outer tar in sorted-WNID order (cut in
     the middle of the class tar at ``cut_pos``, recorded in ``injected``)."""
     with _atomic(path) as f:
@@ -594,7 +599,8 @@ def _write_train_tar(path: Path, by_wnid, seed, train_per_class, min_side, max_s
                 inner_buf = io.BytesIO()
                 with tarfile.open(fileobj=inner_buf, mode="w", format=tarfile.USTAR_FORMAT) as inner:
                     for k in range(1, train_per_class + 1):
-                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side, sizes)
+                        img = _render(c, np.random.default_rng([seed, _S_TRAIN, c.index, k]), min_side, max_side, sizes,
+                                      style)
                         _add(inner, f"{c.wnid}_{k}.JPEG", _encode(img, slot_fault.get((c.index, k))))
                 data = inner_buf.getvalue()
                 _add(outer, f"{c.wnid}.tar", data)
@@ -607,7 +613,8 @@ def _write_train_tar(path: Path, by_wnid, seed, train_per_class, min_side, max_s
             f.truncate(cut)
 
 
-def _write_val_tar(path: Path, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes) -> list[int]:
+def _write_val_tar(path: Path, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes,
+                   style: str = "plain") -> list[int]:
     """The validation archive: all classes shuffled; image i of the tar is line i of the ground truth
     (returned: the ground truth's ILSVRC2012 ids)."""
     order = [(c, k) for c in classes for k in range(1, val_per_class + 1)]
@@ -617,7 +624,7 @@ def _write_val_tar(path: Path, classes, leaf_id, seed, val_per_class, min_side, 
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i, j in enumerate(perm, start=1):
                 c, k = order[int(j)]
-                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side, sizes)
+                img = _render(c, np.random.default_rng([seed, _S_VAL, c.index, k]), min_side, max_side, sizes, style)
                 _add(tar, f"ILSVRC2012_val_{i:08d}.JPEG", _encode(img, None))
                 val_ids.append(leaf_id[c.wnid])
     return val_ids
@@ -625,7 +632,7 @@ def _write_val_tar(path: Path, classes, leaf_id, seed, val_per_class, min_side, 
 
 def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: int = 20,
              train_per_class: int = 200, val_per_class: int = 50, min_side: int = 32, max_side: int = 64,
-             inject: Sequence[str] = (), sizes: str = "uniform") -> dict:
+             inject: Sequence[str] = (), sizes: str = "uniform", style: str = "plain") -> dict:
     """Write the demo dataset as the three official ILSVRC2012 archives into ``out_dir``.
 
     ``classes_per_family`` leaf classes per family (C = 2 x classes_per_family), ``train_per_class`` and
@@ -633,7 +640,10 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
     high. ``sizes="imagenet"`` instead draws each image's size from a model of ILSVRC2012's (``imagenet_size``:
     mean about 400 x 350 px) and adds a photo-like texture, so that the JPEGs weigh what real ones do (about
     100 KB at quality 90): the data path is then measured at the paper's scale (``transferable bench ingest``).
-    ``inject`` is a subset of :data:`INJECTIONS` (see the module docstring).
+    ``inject`` is a subset of :data:`INJECTIONS` (see the module docstring). ``style="negative"`` writes every
+    image as its photographic negative (255 - pixel): the same kind of classes with every low-level statistic
+    flipped (backgrounds, colours, edge polarity), a second dataset "of another kind" for transfer between
+    datasets (configs/demo-cross.yaml).
 
     Returns {"classes", "train_images", "val_images", "bytes" (of the three files), "seconds",
     "families": {"man-made": [leaf WNIDs], "natural": [...]}, "injected": {kind: member name}}. For the JPEG
@@ -643,6 +653,8 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
     t0 = time.perf_counter()
     faults = _check_args(seed, classes_per_family, train_per_class, val_per_class, min_side, max_side, inject,
                          sizes)
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     seed = int(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -652,8 +664,8 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, classes_per_family: i
 
     injected, slot_fault, cut_pos = _fault_slots(faults, by_wnid, seed, train_per_class)
     _write_train_tar(out / TRAIN_TAR, by_wnid, seed, train_per_class, min_side, max_side, sizes, slot_fault, cut_pos,
-                     injected)
-    val_ids = _write_val_tar(out / VAL_TAR, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes)
+                     injected, style)
+    val_ids = _write_val_tar(out / VAL_TAR, classes, leaf_id, seed, val_per_class, min_side, max_side, sizes, style)
     _write_devkit(out / DEVKIT_TGZ, nodes, val_ids)
 
     return {

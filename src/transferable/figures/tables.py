@@ -101,6 +101,34 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     return _sort_runs(coerce_runs(pd.DataFrame(rows)))
 
 
+CROSS_COLUMNS = ["source", "target", "replicate", "run", "net", "treatment", "n", "unit", "top1", "top1_final",
+                 "late_gain", "iters", "wall_s"]
+
+
+def cross_runs(metrics: Iterable[str | Path]) -> pd.DataFrame:
+    """The cross experiment's runs frame: one row per target net, its source (the transfer/<source>/ folder
+    it sits in; "" for the target's own base and random-filter nets, shared by every source), target (its
+    dataset's name), seed replicate and treatment, read from each ``metrics.json`` and its path."""
+    from ..paths import MAIN_DATASET, locate_net_file, parse_replicate, unit_names
+
+    rows = []
+    for p in metrics:
+        f = _metrics_file(p)
+        w = locate_net_file(str(f))
+        row = load_runs([f]).iloc[0]
+        if (row["split"], row["net"]) != (w.run, w.net):
+            raise ValueError(f"{f}: its metrics name {row['split']}/{row['net']}, its path {w.run}/{w.net}")
+        net_cfg = json.loads(f.read_text())["provenance"]["config"]["net"]
+        n = int(row["n"])
+        rows.append({**row.to_dict(), "source": w.via, "target": w.dataset or MAIN_DATASET,
+                     "replicate": parse_replicate(w.run)[1], "run": w.run,
+                     "unit": unit_names(net_cfg)[n - 1] if n else ""})
+    df = pd.DataFrame(rows, columns=[*CROSS_COLUMNS, "split"])[CROSS_COLUMNS]
+    if df.duplicated(["source", "target", "run", "net"]).any():
+        raise ValueError("cross runs: a net was given twice")
+    return df.sort_values(["target", "source", "treatment", "n", "replicate"], kind="stable").reset_index(drop=True)
+
+
 def late_gain(history: pd.DataFrame, fraction: float = 0.25) -> float:
     """Validation top-1 gained over the last ``fraction`` of a net's schedule: the last evaluation minus the
     last one at or before iteration (1 − fraction) × the last evaluation's. A net at a plateau gains ~0; NaN
