@@ -4,6 +4,7 @@ config's own data, and a torchvision-format checkpoint file), one generated targ
 copies from it; the target's own nets never depend on a source."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -43,12 +44,18 @@ def cross_done(tmp_path_factory):
     return wd, cfg
 
 
-def _plan(wd, cfg_path, edit):
+def _plan(wd, cfg_path, edit, sources=False):
+    """{rule: jobs} of a dry run after ``edit``; with ``sources``, also the set of transfer/<source>/ folders
+    whose nets would be retrained."""
     c = yaml.safe_load(cfg_path.read_text())
     edit(c)
     out = wd / "configs/edited.yaml"
     out.write_text(yaml.safe_dump(c))
-    return planned(run_snakemake(["-n", "--cores", "2", "--configfile", str(out)], wd))
+    proc = run_snakemake(["-n", "--cores", "2", "--configfile", str(out)], wd)
+    if not sources:
+        return planned(proc)
+    outputs = re.findall(r"^\s*output: (.*)$", proc.stdout, re.M)
+    return planned(proc), {m for o in outputs for m in re.findall(r"/transfer/([\w-]+)/", o)}
 
 
 @pytest.mark.slow
@@ -92,10 +99,11 @@ def test_a_changed_target_reruns_that_target_only(cross_done):
     """Another generated target: its data and every net trained on it rerun; the sources, the config's own
     data and the imported checkpoint do not."""
     wd, cfg = cross_done
-    jobs = _plan(wd, cfg, lambda c: c["datasets"]["neg"]["demo"].update(seed=4))
+    jobs, via = _plan(wd, cfg, lambda c: c["datasets"]["neg"]["demo"].update(seed=4), sources=True)
     assert {"demo_data", "ingest", "shard_part", "train", "import_source"}.isdisjoint(jobs), jobs
-    assert jobs["demo_data_dataset"] == 1 and jobs["ingest_dataset"] == 1 and jobs["train_dataset"] == 2
-    assert sum(v for k, v in jobs.items() if k.startswith("train_together_neg_")) == 6  # 2 runs x (own, here, file)
+    assert jobs["demo_data_dataset"] == 1 and jobs["ingest_dataset"] == 1
+    assert jobs["train_dataset"] == 2 * 3  # per replicate: baseA, R1A, R3A
+    assert jobs["train_dataset_cross"] == 2 * 2 * 3 and via == {"here", "file"}  # X1A, X3A, X3A_ft per source
     assert jobs["cross_similarity"] == 2 and jobs["cross_report"] == 1
 
 
@@ -104,12 +112,23 @@ def test_a_changed_source_reruns_only_what_copies_from_it(cross_done):
     """The config's own data changes: the source trained on it and the nets copying from it rerun, not the
     target's data, its own base and random-filter nets, or what copies from the checkpoint."""
     wd, cfg = cross_done
-    jobs = _plan(wd, cfg, lambda c: c["demo"].update(seed=9))
+    jobs, via = _plan(wd, cfg, lambda c: c["demo"].update(seed=9), sources=True)
     assert jobs["demo_data"] == 1 and jobs["train"] == 1  # the source, baseA on all classes
     assert {"demo_data_dataset", "ingest_dataset", "train_dataset", "import_source"}.isdisjoint(jobs), jobs
-    together = {k for k in jobs if k.startswith("train_together_")}
-    assert together == {"train_together_neg_here_all_A", "train_together_neg_here_all__s1_A"}
+    assert jobs["train_dataset_cross"] == 2 * 3 and via == {"here"}
     assert jobs["cross_similarity"] == 1 and jobs["cross_report"] == 1
+
+
+@pytest.mark.slow
+def test_the_shared_stream_groups_one_folder_and_half(cross_done):
+    """resources.shared_stream: the target's own random-filter nets and each source's transfers train in
+    one job per (folder, run, half); the base nets alone."""
+    wd, cfg = cross_done
+    jobs = _plan(wd, cfg, lambda c: c["resources"].update(shared_stream=True) or c["train"].update(lr=0.02))
+    together = {k: v for k, v in jobs.items() if k.startswith("train_together_")}
+    assert together == {f"train_together_neg_{f}_{r}_A": 1 for f in ("own", "here", "file")
+                        for r in ("all", "all__s1")}, jobs
+    assert jobs["train_dataset"] == 2 and jobs["train"] == 1 and "train_dataset_cross" not in jobs
 
 
 @pytest.mark.slow
