@@ -250,3 +250,19 @@ def test_grid_figure_writes_pdf_and_png(tmp_path):
     assert len(cross.pairs(runs)) == 3
     pdf, png = cross.grid_figure(runs, eff, tmp_path / "grid.pdf")
     assert pdf.stat().st_size > 1000 and png.stat().st_size > 1000
+
+
+def test_adequacy_says_which_nets_were_not_trained_enough():
+    """The confound the pipeline can detect, said in its output: base nets still improving (a fine-tuned net
+    is compared with an unfinished scratch net), a source still improving; nothing when both are at a plateau."""
+    eff = pd.DataFrame({"target": ["neg", "neg", "flat"], "base_late_gain": [0.03, 0.03, 0.002]})
+    src = pd.DataFrame({"source": ["demo", "done"], "top1": [0.5, 0.7], "late_gain": [0.045, 0.0]})
+    lines = cross.adequacy(eff, src, plateau_gain=0.01)
+    assert len(lines) == 2
+    assert "neg: its base nets were not at a plateau" in lines[0] and "+3.0 points" in lines[0]
+    assert "source demo was not at a plateau" in lines[1] and "+4.5 points" in lines[1]
+    assert cross.adequacy(eff.assign(base_late_gain=0.0), src.iloc[1:], plateau_gain=0.01) == []
+    e = cross.cross_effects(make_runs())
+    md = cross.cross_markdown(e, cross.cross_summary(e),
+                              sources=src, plateau_gain=0.01)
+    assert "source demo was not at a plateau" in md

@@ -226,7 +226,11 @@ def cmd_cross_report(a):
     summary = cross.cross_summary(eff)
     atomic.write_csv(eff, a.effects)
     atomic.write_csv(summary, a.summary)
-    atomic.write_text(a.markdown, cross.cross_markdown(eff, summary, v["alpha"]))
+    named = dict(kv.split("=", 1) for kv in a.source_metrics)
+    src = pd.concat([tables.load_runs([p]).assign(source=n) for n, p in named.items()]) if named else None
+    atomic.write_text(a.markdown, cross.cross_markdown(eff, summary, v["alpha"], src, v["plateau_gain"]))
+    for line in cross.adequacy(eff, src, v["plateau_gain"]):
+        _log(line)
     pairs = summary[["source", "target"]].itertuples(index=False)
     for source, target in pairs:
         cross.profile_figure(runs, eff, sim, source, target, os.path.join(a.figures, f"{source}_to_{target}.pdf"))
@@ -265,6 +269,8 @@ def _cross_parsers(sub) -> None:
     s.add_argument("--metrics", nargs="+", required=True,
                    help="metrics.json of every target net (results/datasets/<t>/{nets,transfer/<s>}/RUN/NET/)")
     s.add_argument("--similarity", nargs="*", default=[], help="the cross-similarity CSVs")
+    s.add_argument("--source-metrics", nargs="*", default=[], metavar="NAME=PATH",
+                   help="metrics.json of each source trained here (whether it was trained enough is reported)")
     s.add_argument("--verdicts", default="{}", help="JSON: the config's verdicts section (alpha, margin, plateau_gain)")
     s.add_argument("--runs", required=True, help="output: runs.csv")
     s.add_argument("--effects", required=True, help="output: effects.csv")

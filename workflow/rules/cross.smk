@@ -70,6 +70,7 @@ rule cross_report:
             for s, t in crossplan.pairs(config)
             if CROSS_SIM
         ],
+        sources=[n.file("metrics.json") for n in crossplan.source_nets(config)],
         code=code("cross"),
     output:
         runs=paths.cross_table("runs.csv"),
@@ -84,6 +85,14 @@ rule cross_report:
             if len(crossplan.pairs(config)) > 1
             else []
         ),
+        pngs=[
+            report(
+                paths.cross_figure(f"{s}_to_{t}.png"),
+                caption="../report/cross.rst",
+                category="Cross-dataset transfer",
+            )
+            for s, t in crossplan.pairs(config)
+        ],
     log:
         paths.log(paths.cross_table("effects.csv")),
     benchmark:
@@ -97,7 +106,13 @@ rule cross_report:
     params:
         verdicts=json.dumps(config.get("verdicts") or {}, sort_keys=True),
         figures=lambda w, output: os.path.dirname(output.figures[0]),
+        sources=" ".join(
+            shlex.quote(f"{name}={s.net.file('metrics.json')}")
+            for name, s in crossplan.sources(config).items()
+            if s.net is not None
+        ),
     shell:
         "transferable cross-report --metrics {input.metrics:q} --similarity {input.similarity:q} "
         "--verdicts {params.verdicts:q} --runs {output.runs:q} --effects {output.effects:q} "
-        "--summary {output.summary:q} --markdown {output.markdown:q} --figures {params.figures:q} > {log:q} 2>&1"
+        "--summary {output.summary:q} --markdown {output.markdown:q} --figures {params.figures:q} "
+        "--source-metrics {params.sources} > {log:q} 2>&1"

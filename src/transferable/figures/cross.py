@@ -271,11 +271,35 @@ def _plain(label: str) -> str:
     return label.replace("$^+$", "+")
 
 
-def cross_markdown(eff: pd.DataFrame, summary: pd.DataFrame, alpha: float = ALPHA) -> str:
-    """The cross experiment as Markdown: each pair's answer, one table per pair, and how to read them."""
+def adequacy(eff: pd.DataFrame, sources: pd.DataFrame | None = None, plateau_gain: float = PLATEAU_GAIN) -> list[str]:
+    """Whether the nets were trained enough for the claims read from them, said in words: a target whose base
+    nets were still improving (median late gain above ``plateau_gain``) is compared with fine-tuned nets
+    that start trained; a source still improving gives the features of an unfinished net. ``sources``: one
+    row per source trained here (columns source, top1, late_gain); a checkpoint's history is unknown."""
+    out = []
+    for target, g in eff.groupby("target", sort=True):
+        gain = float(g["base_late_gain"].dropna().median()) if g["base_late_gain"].notna().any() else np.nan
+        if np.isfinite(gain) and gain > plateau_gain:
+            out.append(f"**{target}: its base nets were not at a plateau** (median top-1 gain over the last quarter "
+                       f"of their schedule {100 * gain:+.1f} points, above {100 * plateau_gain:.1f}): a fine-tuned "
+                       "net starts trained and is compared with a scratch net that had not finished, so its rows "
+                       "answer \"at this schedule\", not \"at convergence\".")
+    for _, r in (sources if sources is not None else pd.DataFrame()).iterrows():
+        if np.isfinite(r["late_gain"]) and r["late_gain"] > plateau_gain:
+            out.append(f"**The source {r['source']} was not at a plateau** (top-1 {r['top1']:.3f} on its own data, "
+                       f"{100 * r['late_gain']:+.1f} points over its last quarter): its units are those of an "
+                       "unfinished net, and a converged one may transfer differently.")
+    return out
+
+
+def cross_markdown(eff: pd.DataFrame, summary: pd.DataFrame, alpha: float = ALPHA,
+                   sources: pd.DataFrame | None = None, plateau_gain: float = PLATEAU_GAIN) -> str:
+    """The cross experiment as Markdown: each pair's answer, whether the nets were trained enough for it
+    (:func:`adequacy`), one table per pair, and how to read them."""
     margin = float(eff["margin"].dropna().iloc[0]) if len(eff) and eff["margin"].notna().any() else MARGIN
     lines = ["# How far features transfer between datasets\n"]
     lines += [f"- {a}" for a in summary["answer"]] + [""]
+    lines += [f"- {a}" for a in adequacy(eff, sources, plateau_gain)] + [""]
     for (source, target), g in eff.groupby(["source", "target"], sort=True):
         lines += [f"## {source} \u2192 {target}\n",
                   "| n | treatment | top-1 − base (points, 95% CI) | replicates | p adj. (diff / equiv.) | verdict "
