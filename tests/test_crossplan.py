@@ -109,6 +109,20 @@ def test_a_target_on_the_configs_own_data_shares_its_nets(cfg):
     (lambda c: c["datasets"]["shapes"]["data"].update(source="path", root="/no/such/dir"),
      ["datasets.shapes.data.root", "/no/such/dir"]),
     (lambda c: c["datasets"]["shapes"]["demo"].update(train_per_class=5), ["datasets.shapes", "batch_size"]),
+    # review of issue 25: what passed the checks and failed in a job
+    (lambda c: c["experiment"]["cross"].update(treatments=["random"]), ["experiment.cross.treatments", "AnB"]),
+    (lambda c: c["experiment"]["cross"].update(replicates=1), ["replicates", "minimum"]),
+    (lambda c: c["experiment"]["cross"]["sources"].update(own={"dataset": "main", "split": "rand0"}),
+     ["sources.own", "reserved"]),
+    (lambda c: c["datasets"].update(transfer=c["datasets"]["shapes"]), ["datasets.transfer", "reserved"]),
+    (lambda c: (c["datasets"].update(to_shapes=c["datasets"]["shapes"]),
+                c["experiment"]["cross"]["targets"].update(to_shapes={}),
+                c["experiment"]["cross"]["sources"].update(demo_to={"dataset": "main", "split": "rand0"})),
+     ["same file names", "demo_to_to_shapes"]),
+    (lambda c: (c["splits"].update(all={"kind": "all"}), c["net"].update(outputs=12),
+                c["experiment"]["cross"].update(targets={"main": {}}),
+                c["experiment"]["cross"].update(sources={"neg": {"dataset": "negative", "split": "all"}})),
+     ["net.outputs", "12", "20 classes"]),
 ])
 def test_cross_config_errors_name_the_key(cfg, edit, words):
     c = yaml.safe_load((ROOT / "configs/demo-cross.yaml").read_text())

@@ -231,3 +231,21 @@ def test_a_mean_image_smaller_than_the_crop_is_refused(r18, tmp_path):
     with pytest.raises(ValueError, match="preprocess.size 16 is smaller than net.crop 32"):
         import_source(r18[0], R18, 16, str(tmp_path / "model.pt"))
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_pipeline_model_pt_of_another_preprocessing_or_scale_is_refused(tmp_path):
+    """A model.pt's transferred units expect its own inputs: its mean image must be the config's image size
+    (else training fails on the shapes) and its input scale the config's (else the frozen units see inputs on
+    another scale, silently)."""
+    torch.save(_small_state(6), tmp_path / "small.pth")
+    pt = tmp_path / "small" / "model.pt"
+    import_source(tmp_path / "small.pth", SMALL, 20, str(pt))
+    obj = sources.load_checkpoint(pt)
+    assert check_source(obj, SMALL, pt, size=20) == 10
+    with pytest.raises(SourceError, match=r"mean image is \(3, 20, 20\).*preprocess.size 24"):
+        check_source(obj, SMALL, pt, size=24)
+    with pytest.raises(SourceError, match=r"net\.input_scale .*0\.5"):
+        check_source(obj, {**SMALL, "input_scale": 0.5}, pt, size=20)
+    with pytest.raises(SourceError, match="mean image"):
+        import_source(pt, SMALL, 24, str(tmp_path / "copy.pt"))
+    assert not (tmp_path / "copy.pt").exists()

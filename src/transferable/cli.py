@@ -215,7 +215,7 @@ def cmd_cross_similarity(a):
 def cmd_cross_report(a):
     import pandas as pd
 
-    from . import atomic
+    from . import atomic, crossplan
     from .figures import cross, tables
 
     runs = tables.cross_runs(a.metrics)
@@ -233,7 +233,8 @@ def cmd_cross_report(a):
         _log(line)
     pairs = summary[["source", "target"]].itertuples(index=False)
     for source, target in pairs:
-        cross.profile_figure(runs, eff, sim, source, target, os.path.join(a.figures, f"{source}_to_{target}.pdf"))
+        cross.profile_figure(runs, eff, sim, source, target,
+                             os.path.join(a.figures, f"{crossplan.pair_stem(source, target)}.pdf"))
     if len(summary) > 1:
         cross.grid_figure(runs, eff, os.path.join(a.figures, "grid.pdf"))
     for line in summary["answer"]:

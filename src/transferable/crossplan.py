@@ -180,7 +180,7 @@ def check_config(cfg: dict, schema: str, overrides: dict | None = None, checkpoi
             try:
                 obj = load_checkpoint(s.checkpoint)
                 check_source(obj if is_pipeline_model(obj) else read_state_dict(s.checkpoint), cfg["net"],
-                             s.checkpoint)
+                             s.checkpoint, size=int(cfg["preprocess"]["size"]))
             except SourceError as e:
                 raise ConfigError(f"experiment.cross.sources.{s.name}: {e}") from e
 
@@ -188,17 +188,59 @@ def check_config(cfg: dict, schema: str, overrides: dict | None = None, checkpoi
 def check(cfg: dict, num_classes_of) -> None:
     """What the schema cannot say about ``datasets`` and ``experiment.cross``; ``num_classes_of(dataset)``
     gives a dataset's class count when it is known before ingest. Raises ConfigError naming the key."""
-    if MAIN in (cfg.get("datasets") or {}):
-        raise ConfigError(f"datasets.{MAIN}: the name {MAIN!r} means the config's own data (data:); rename it")
+    _check_names(cfg)
     _check_block(cfg)
     for name in datasets(cfg):  # after the block: a dataset's checks read the splits it names
         _check_dataset(cfg, name, num_classes_of)
+    own = {paths.base_split(n.split) for n in dataset_nets(cfg, "")}
+    if own - set(plan.used_splits(cfg)):  # the config's own data: the splits its cross nets train on too
+        plan.check({**cfg, "_used_splits": sorted(own | set(plan.used_splits(cfg)))}, num_classes_of(""))
+
+
+# folder names of the results tree: a dataset or source of that name would make a path read two ways
+RESERVED = (MAIN, "own", "nets", "transfer", "datasets", "sources")
+
+
+def _check_names(cfg: dict) -> None:
+    """Names become folders, rule names and file stems: refuse the reserved ones and two that would give
+    the same rule or file (``group_rule_name``, ``pair_stem``)."""
+    b = block(cfg) or {}
+    for where, names in (("datasets", datasets(cfg)), ("experiment.cross.sources", sorted(b.get("sources") or {}))):
+        bad = [n for n in names if n in RESERVED]
+        if bad:
+            raise ConfigError(f"{where}.{bad[0]}: the name {bad[0]!r} is reserved ({', '.join(RESERVED)} name "
+                              "folders of the results tree or the config's own data); rename it")
+    if not b:
+        return
+    stems = [pair_stem(s, t) for s, t in pairs(cfg)]
+    groups = [group_rule_name(*g[:4]) for g in stream_groups(cfg)]
+    groups += [group_rule_name("", "", s, t) for s, t, _ in plan.stream_groups(cfg, own_tree_nets(cfg, ""))]
+    for what, names in (("file names", stems), ("rule names", groups)):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"experiment.cross: two sources, targets or splits give the same {what} ({dup[0]}); "
+                              "rename one of them")
+
+
+def pair_stem(source: str, target: str) -> str:
+    """The file stem of a (source, target) pair's figure and similarity table."""
+    return f"{source}_to_{target}"
+
+
+def group_rule_name(dataset: str, via: str, split: str, target: str) -> str:
+    """The rule of one shared-stream group (workflow/rules/train.smk): the paper's keep their names
+    (train_together_<run>_<half>), others name their dataset and source ("own": the dataset's own nets)."""
+    parts = [name_of(dataset), via or "own"] if dataset or via else []
+    return "_".join(["train_together", *parts, split.replace(".", "__"), target])
 
 
 def _check_block(cfg: dict) -> None:
     b = block(cfg)
     if not b:
         return
+    if not {"AnB", "AnB+"} & set(b["treatments"]):
+        raise ConfigError("experiment.cross.treatments: name AnB or AnB+ (random filters and the base net alone "
+                          "copy nothing from a source: there would be no transfer to report)")
     k = len(paths.unit_names(cfg["net"]))
     for field in ("layers", "finetune_layers"):
         bad = [n for n in b.get(field, []) if not 1 <= n <= k]

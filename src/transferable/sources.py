@@ -151,8 +151,10 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
     return state
 
 
-def _check_pipeline_config(obj: Mapping, net_cfg: Mapping, path) -> None:
-    """A model.pt of this pipeline: its net section must be the config's (architecture, units, widths)."""
+def _check_pipeline_config(obj: Mapping, net_cfg: Mapping, path, size: int | None = None) -> None:
+    """A model.pt of this pipeline: its net section must be the config's (architecture, units, widths, input
+    scale) and, given ``size`` (preprocess.size), its mean image that size: the transferred nets subtract it
+    and scale by it as the source did."""
     try:
         theirs = dict(json.loads(obj["config"])["net"])
     except Exception as e:  # noqa: BLE001 - any damage: name the file
@@ -161,18 +163,24 @@ def _check_pipeline_config(obj: Mapping, net_cfg: Mapping, path) -> None:
              ("units", setting({"net": theirs}, "net", "units"), net_cfg["units"])]
     if theirs.get("widths") is not None and net_cfg.get("widths") is not None:  # CaffeNet's, where both say
         pairs.append(("widths", list(theirs["widths"]), list(net_cfg["widths"])))
+    pairs.append(("input_scale", float(setting({"net": theirs}, "net", "input_scale")),
+                  float(setting({"net": dict(net_cfg)}, "net", "input_scale"))))
+    mean = tuple(obj["mean"].shape)
+    if size is not None and mean != (3, size, size):
+        raise SourceError(f"{path}: its mean image is {mean}, the config's images are (3, {size}, {size}) "
+                          f"(preprocess.size {size}): a model.pt of another preprocessing")
     for key, a, b in pairs:
         if a != b:
             raise SourceError(f"{path}: a model.pt of net.{key} {a!r} ({theirs.get('arch')}); the config's "
                               f"net.{key} is {b!r} ({net_cfg['arch']})")
 
 
-def _check(obj, net_cfg, path, seed: int = 0):
+def _check(obj, net_cfg, path, seed: int = 0, size: int | None = None):
     """(net built for the source, its spec, the source's keys without prefix, outputs); SourceError if any
     unit of the config's net cannot be filled from ``obj`` (a state_dict, or a loaded pipeline model.pt)."""
     cfg = Net.from_dict(net_cfg).as_dict()
     if is_pipeline_model(obj):
-        _check_pipeline_config(obj, cfg, path)
+        _check_pipeline_config(obj, cfg, path, size)
         state, outputs = _unwrap(obj["state_dict"], path), int(obj["outputs"])
     else:
         state = _unwrap(obj, path)
@@ -186,11 +194,11 @@ def _check(obj, net_cfg, path, seed: int = 0):
     return net, spec, state, outputs
 
 
-def check_source(state, net_cfg: dict, path) -> int:
+def check_source(state, net_cfg: dict, path, size: int | None = None) -> int:
     """Check that checkpoint ``state`` (``read_state_dict``'s, or a loaded model.pt of this pipeline)
     fills every transferable unit of the config's ``net``: every key present, of the right shape, and no
     key of another architecture. Returns the head width (the checkpoint's; 1000 when it has no head)."""
-    return _check(state, net_cfg, path)[3]
+    return _check(state, net_cfg, path, size=size)[3]
 
 
 def _as_dict(net_cfg) -> dict:
@@ -211,7 +219,7 @@ def import_source(path, net_cfg: dict, size: int, out: str, mean_rgb=(123.675, 1
     if size < cfg.crop:
         raise ValueError(f"preprocess.size {size} is smaller than net.crop {cfg.crop}")
     obj = load_checkpoint(path)
-    net, spec, state, outputs = _check(obj, net_cfg, path, seed)
+    net, spec, state, outputs = _check(obj, net_cfg, path, seed, size)
     if is_pipeline_model(obj):
         atomic.torch_save(obj, out)
         return {"format": "model.pt", "keys": len(state), "units": len(net.units), "head": True,

@@ -320,11 +320,6 @@ def stream_groups():
     return groups + crossplan.stream_groups(config)
 
 
-def together_name(dataset, via, split, target):
-    parts = [crossplan.name_of(dataset), via or "own"] if dataset or via else []
-    return "_".join(["train_together", *parts, split.replace(".", "__"), target])
-
-
 # ---- shards (workflow/rules/shards.smk) ----
 
 
@@ -359,7 +354,10 @@ def cross_targets():
         paths.cross_table(f)
         for f in ("runs.csv", "effects.csv", "summary.csv", "effects.md")
     ]
-    out += [paths.cross_figure(f"{s}_to_{t}.pdf") for s, t in crossplan.pairs(config)]
+    out += [
+        paths.cross_figure(f"{crossplan.pair_stem(s, t)}.pdf")
+        for s, t in crossplan.pairs(config)
+    ]
     if len(crossplan.pairs(config)) > 1:
         out.append(paths.cross_figure("grid.pdf"))
     return out

@@ -66,7 +66,7 @@ rule cross_report:
     input:
         metrics=net_outputs(crossplan.cross_nets(config)),
         similarity=[
-            paths.cross_table(f"similarity/{s}_to_{t}.csv")
+            paths.cross_table(f"similarity/{crossplan.pair_stem(s, t)}.csv")
             for s, t in crossplan.pairs(config)
             if CROSS_SIM
         ],
@@ -78,7 +78,8 @@ rule cross_report:
         summary=paths.cross_table("summary.csv"),
         markdown=paths.cross_table("effects.md"),
         figures=[
-            paths.cross_figure(f"{s}_to_{t}.pdf") for s, t in crossplan.pairs(config)
+            paths.cross_figure(f"{crossplan.pair_stem(s, t)}.pdf")
+            for s, t in crossplan.pairs(config)
         ]
         + (
             [paths.cross_figure("grid.pdf")]
@@ -87,7 +88,7 @@ rule cross_report:
         ),
         pngs=[
             report(
-                paths.cross_figure(f"{s}_to_{t}.png"),
+                paths.cross_figure(f"{crossplan.pair_stem(s, t)}.png"),
                 caption="../report/cross.rst",
                 category="Cross-dataset transfer",
             )

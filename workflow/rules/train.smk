@@ -86,7 +86,7 @@ for _dataset, _via, _split, _target, _nets in stream_groups() if SHARED_STREAM e
 
     rule:
         name:
-            together_name(_dataset, _via, _split, _target)
+            crossplan.group_rule_name(_dataset, _via, _split, _target)
         input:
             manifest=paths.split_manifest(paths.base_split(_split), _dataset),
             shards=paths.shard_index(PREP, _dataset),
@@ -135,4 +135,4 @@ for _dataset, _via, _split, _target, _nets in stream_groups() if SHARED_STREAM e
             "--compile {resources.train_compile:q} "
             "--checkpoint {resources.train_checkpoint:q} --params {params.cfg:q} > {log:q} 2>&1"
 
-    train_site_settings(together_name(_dataset, _via, _split, _target))
+    train_site_settings(crossplan.group_rule_name(_dataset, _via, _split, _target))

@@ -419,6 +419,15 @@ def _pair_sim(similarity: pd.DataFrame | None, source: str, target: str) -> pd.D
     return s if len(s) else None
 
 
+def _depth_text(d: dict, short: bool = False) -> str:
+    if not d["tested"]:
+        return "frozen transfer not tested"
+    if not d["no_loss"]:
+        return f"a significant frozen loss at n = {d['tested'][0]}" if not short else f"loss at n = {d['tested'][0]}"
+    return (f"no significant frozen loss up to n = {d['no_loss']}" if not short
+            else f"no significant loss to n = {d['no_loss']}")
+
+
 def profile_figure(runs: pd.DataFrame, eff: pd.DataFrame, similarity: pd.DataFrame | None, source: str, target: str,
                    out_pdf: str | Path) -> tuple[Path, Path]:
     """The transferability profile of one pair: top-1 against n for the frozen, fine-tuned and random nets
@@ -428,7 +437,7 @@ def profile_figure(runs: pd.DataFrame, eff: pd.DataFrame, similarity: pd.DataFra
     sim = _pair_sim(similarity, source, target)
     units = _unit_names(pr, sim)
     ep = eff[(eff["source"] == source) & (eff["target"] == target)] if len(eff) else eff
-    k = deepest_without_loss(ep)["no_loss"] if len(ep) else 0
+    d = deepest_without_loss(ep) if len(ep) else {"tested": [], "no_loss": 0}
     with plt.style.context("classic"), plt.rc_context({**RC, "font.size": 11}):
         fig, axes = plt.subplots(1, 2 if sim is not None else 1, figsize=(15 if sim is not None else 8, 6.5),
                                  squeeze=False)
@@ -437,7 +446,7 @@ def profile_figure(runs: pd.DataFrame, eff: pd.DataFrame, similarity: pd.DataFra
         h = _profile_axis(left, pr, ep, units)
         left.set_title("Transferred units against scratch", fontsize=12)
         h2 = _similarity_axis(axes[0, 1], sim, units) if sim is not None else []
-        fig.suptitle(f"{source} \u2192 {target}: no significant frozen loss up to n = {k}", fontsize=14)
+        fig.suptitle(f"{source} \u2192 {target}: {_depth_text(d)}", fontsize=14)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
         _legend_below(left, h, [x.get_label() for x in h], ncol=2, fontsize=9, frameon=False)
         if h2:
@@ -467,8 +476,8 @@ def grid_figure(runs: pd.DataFrame, eff: pd.DataFrame, out_pdf: str | Path) -> t
                 ep = eff[(eff["source"] == s) & (eff["target"] == t)] if len(eff) else eff
                 for h in _profile_axis(ax, pr, ep, _unit_names(pr), fontsize=9):
                     handles.setdefault(h.get_label(), h)
-                k = deepest_without_loss(ep)["no_loss"] if len(ep) else 0
-                ax.set_title(f"{s} \u2192 {t}: no significant loss to n = {k}", fontsize=10)
+                d = deepest_without_loss(ep) if len(ep) else {"tested": [], "no_loss": 0}
+                ax.set_title(f"{s} \u2192 {t}: {_depth_text(d, short=True)}", fontsize=10)
                 if j:
                     ax.set_ylabel("")
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)) or 1,
