@@ -21,9 +21,11 @@ LOCAL = ROOT / "profiles" / "local" / "config.yaml"
 SITE_VARS = ("ACCOUNT", "PARTITION", "GPU_PARTITION", "GPU_MODEL", "GPU_CONSTRAINT", "QOS", "STATUS_COMMAND")
 CPU_RULES = {"demo_data", "raw_identity", "ingest", "shard_part", "shard_index", "split_manifest",
              "runs_table", "fig2", "fig3", "table1", "paper_comparison", "effects", "claims_figure",
-             "training_curves", "table_html", "similarity", "similarity_figure"}
+             "training_curves", "table_html", "similarity", "similarity_figure",
+             "import_source", "cross_similarity", "cross_report"}
 # Requests the configuration sets (resources.*): the profile leaves them to it.
-FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}, "similarity": {"mem_mb", "runtime"}}
+FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}, "similarity": {"mem_mb", "runtime"},
+               "cross_similarity": {"mem_mb", "runtime"}}
 
 
 @pytest.fixture
@@ -307,3 +309,24 @@ def test_local_profile_gpu_cap(tmp_path, gpus):
     assert len(spans) == 3
     overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
     assert overlap == (gpus == 0 and (os.cpu_count() or 1) > 1)
+
+
+@pytest.mark.subprocess
+def test_a_further_data_roots_rules_get_their_base_rules_site_settings(workdir, clean_env):
+    """experiment.cross (issue 25): ingest_dataset, shard_part_dataset, train_dataset and the cross groups
+    are instances of rules a profile names; what a profile or --set-resources gives those rules reaches
+    them (here a partition per rule), and a setting given for the instance itself wins."""
+    rc, out = snakemake(["-n", "--profile", "profiles/slurm", "--configfile", "configs/demo-cross.yaml",
+                         "--config", "resources={train_gpus: 1}", "--set-resources",
+                         "ingest:slurm_partition='data-x'", "shard_part:slurm_partition='shard-x'",
+                         "demo_data:slurm_partition='data-x'", "demo_data_dataset:slurm_partition='own-x'",
+                         "train:slurm_partition='gpu-x'"], workdir, snakemake_env())
+    assert rc == 0, out
+    part = {}
+    for rule, res in dry_run_jobs(out):
+        part.setdefault(rule, res.get("slurm_partition"))
+    assert part["ingest"] == part["ingest_dataset"] == "data-x", part  # demo_data and ingest: one SLURM group
+    assert part["shard_part"] == part["shard_part_dataset"] == "shard-x"
+    assert part["demo_data"] == "data-x" and part["demo_data_dataset"] == "own-x"
+    cross_groups = [r for r in part if r.startswith("train_together_negative_")]
+    assert cross_groups and all(part[r] == "gpu-x" for r in ["train", "train_dataset", *cross_groups]), part

@@ -250,6 +250,20 @@ def wanted_checkpoint(wildcards):
     return paths.checkpoint(net.split, net.name, net.dataset, net.via)
 
 
+def inherit_site_settings(name, base):
+    """The settings a profile or --set-resources gives rule ``base`` also go to ``name``, its instance for a
+    further data root (``<base>_dataset``), which a profile does not name; settings given for ``name``
+    itself win, key by key."""
+    given = workflow.resource_settings.overwrite_resources
+    if name == base or base not in given:
+        return
+    own = set(given.get(name, {}))
+    inherited = Resources.from_mapping(given[base])
+    workflow.get_rule(name).resources.update(
+        Resources({k: v for k, v in inherited.items() if k not in own})
+    )
+
+
 def manifest_of(wildcards):
     """A replicate (``{split}.s{r}``) trains on its split's classes."""
     return paths.split_manifest(

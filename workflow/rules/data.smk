@@ -74,3 +74,7 @@ for _tree in TREES:
         shell:
             "transferable ingest --root={params.root:q} --format {params.fmt:q} "
             "--catalog {output.catalog:q} --images {output.images:q} > {log:q} 2>&1"
+
+    inherit_site_settings(rule_name("demo_data", _tree), "demo_data")
+    inherit_site_settings(rule_name("raw_identity", _tree), "raw_identity")
+    inherit_site_settings(rule_name("ingest", _tree), "ingest")

@@ -65,3 +65,6 @@ for _tree in TREES:
         shell:
             "transferable shard-index --parts {input.parts:q} --size {params.size:q} --out {output.index:q} "
             "--rejects {output.rejects:q} > {log:q} 2>&1"
+
+    inherit_site_settings(rule_name("shard_part", _tree), "shard_part")
+    inherit_site_settings(rule_name("shard_index", _tree), "shard_index")

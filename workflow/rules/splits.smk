@@ -27,3 +27,5 @@ for _tree in TREES:
         shell:
             "transferable split manifest --name {wildcards.split:q} --params {params.spec:q} "
             "--catalog {input.catalog:q} --out {output:q} > {log:q} 2>&1"
+
+    inherit_site_settings(rule_name("split_manifest", _tree), "split_manifest")
