@@ -144,3 +144,32 @@ def test_the_paper_configs_plan_no_cross_nets():
     for name in ("config.yaml", "configs/paper.yaml", "configs/micro.yaml"):
         c = yaml.safe_load((ROOT / name).read_text())
         assert crossplan.cross_nets(c) == [] and crossplan.stream_groups(c) == [] and crossplan.datasets(c) == []
+
+
+def test_the_imagenet_to_folder_config_plans_on_a_folder_and_a_resnet50_file(tmp_path, monkeypatch):
+    """configs/imagenet-to-folder.yaml as its header says to run it: ./resnet50.pth (torchvision's own
+    state_dict) and --config data_root=<an image folder>; the checkpoint's keys are checked while planning,
+    and a ResNet-18 file in its place is refused naming the file."""
+    import torch
+    import torchvision
+    from PIL import Image
+
+    for subset, k in (("train", 70), ("val", 2)):
+        for c in ("cat", "dog"):
+            d = tmp_path / "folder" / subset / c
+            d.mkdir(parents=True)
+            for i in range(k):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(d / f"{i}.jpg")
+    monkeypatch.chdir(tmp_path)
+    torch.save(torchvision.models.resnet50().state_dict(), "resnet50.pth")
+    c = yaml.safe_load((ROOT / "configs/imagenet-to-folder.yaml").read_text())
+    c["data_root"] = str(tmp_path / "folder")
+    _checked(c)
+    nets = crossplan.cross_nets(c)
+    assert len(nets) == 3 * (1 + 5 + 5 + 5) and crossplan.sources(c)["imagenet"].model() == "results/sources/imagenet/model.pt"
+    assert {n.dataset for n in nets} == {""}  # the folder is the config's own data
+    torch.save(torchvision.models.resnet18().state_dict(), "resnet50.pth")
+    c = yaml.safe_load((ROOT / "configs/imagenet-to-folder.yaml").read_text())
+    c["data_root"] = str(tmp_path / "folder")
+    with pytest.raises(plan.ConfigError, match=r"experiment\.cross\.sources\.imagenet: resnet50\.pth.*layer1\.0\.conv3"):
+        _checked(c)
