@@ -23,6 +23,7 @@ CPU_RULES = {"demo_data", "raw_identity", "ingest", "shard_part", "shard_index",
              "runs_table", "fig2", "fig3", "table1", "paper_comparison", "effects", "claims_figure",
              "training_curves", "table_html", "similarity", "similarity_figure",
              "import_source", "cross_similarity", "cross_report"}
+CROSS_RULES = {"import_source", "cross_similarity", "cross_report"}
 # Requests the configuration sets (resources.*): the profile leaves them to it.
 FROM_CONFIG = {"train": {"gpu", "mem_mb", "runtime"}, "shard_part": {"mem_mb"}, "similarity": {"mem_mb", "runtime"},
                "cross_similarity": {"mem_mb", "runtime"}}
@@ -144,7 +145,8 @@ def test_slurm_profile_requests(workdir, clean_env):
                         snakemake_env())
     assert rc == 0, out
     jobs = dry_run_jobs(out)
-    assert {r for r, _ in jobs} == CPU_RULES - {"raw_identity"} | {"train", "all"}  # demo data: no folder root
+    # demo data: no folder root; no experiment.cross
+    assert {r for r, _ in jobs} == CPU_RULES - {"raw_identity", *CROSS_RULES} | {"train", "all"}
     assert sum(r == "train" for r, _ in jobs) == 13
     for rule, res in jobs:
         if rule == "all":
