@@ -4,6 +4,7 @@ position and mirrored with it, times scale), the same from the CPU's slicing and
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from transferable.data.loader import TrainStream, _crops_by_index, _crops_by_slice, _gather_crops
@@ -81,3 +82,23 @@ def test_job_cpus_follow_affinity_and_slurm():
     assert job_cpus({}) == n
     assert job_cpus({"SLURM_CPUS_PER_TASK": "1"}) == 1
     assert job_cpus({"SLURM_CPUS_PER_TASK": str(n + 8)}) == n  # never more than the job may run on
+
+
+def test_a_reader_thread_is_bound_to_the_jobs_indexed_device(monkeypatch):
+    """On an H200, `transferable smoke` failed at the memory-mapped reader's first batch: the thread pool's
+    initializer passed a bare "cuda" to torch.cuda.set_device, which wants an index. The job's device is
+    resolved to its index (the calling thread's current device) before the thread binds to it."""
+    import torch.cuda._utils
+
+    from transferable.data import loader
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert loader.with_index("cuda") == torch.device("cuda", 1)
+    assert loader.with_index("cuda:0") == torch.device("cuda", 0)
+    assert loader.with_index("cpu") == torch.device("cpu")
+    bound = []  # what torch.cuda.set_device would do first: read the index (ValueError without one)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: bound.append(torch.cuda._utils._get_device_index(d)))
+    loader.bind_device(loader.with_index("cuda"))
+    assert bound == [1]
+    with pytest.raises(ValueError):
+        loader.bind_device("cuda")  # the failure seen on the GPU, reproduced on the CPU

@@ -70,6 +70,16 @@ def _crops_by_slice(x, mean, oy, ox, crop, flip) -> torch.Tensor:
     return view
 
 
+def with_index(device) -> torch.device:
+    """``device`` with its index: a bare "cuda" is the calling thread's current device (the job's), which a
+    worker thread must be bound to explicitly (``torch.cuda.set_device`` refuses a device without an index:
+    the memory-mapped reader's thread pool failed on its first batch in `transferable smoke` on an H200)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def bind_device(device) -> None:
     """A worker thread's first act on a GPU job: make the job's device its current one. A new thread's
     current device is 0, and leaving a ``torch.cuda.stream(...)`` block restores it there: a job on cuda:1
@@ -121,7 +131,7 @@ class TrainStream:
         # stream, so that the copy overlaps the previous step's kernels instead of queuing behind them.
         host_gpu = self.device.type == "cuda" and self.on_device is None
         read_ahead = not self.images.in_memory or host_gpu
-        self._pool = (ThreadPoolExecutor(1, initializer=bind_device, initargs=(self.device,))
+        self._pool = (ThreadPoolExecutor(1, initializer=bind_device, initargs=(with_index(self.device),))
                       if read_ahead and self.on_device is None else None)
         self._pending = None  # ((epoch, pos), future of the uint8 images)
         self.readers = max(1, readers or job_cpus())
