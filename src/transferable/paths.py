@@ -401,20 +401,21 @@ def source_model(source: str) -> str:
     return f"{RESULTS}/sources/{source}/model.pt"
 
 
-def cross_table(name: str) -> str:
-    return f"{RESULTS}/tables/cross/{name}"
-
-
-def cross_figure(name: str) -> str:
-    return f"{RESULTS}/figures/cross/{name}"
-
-
 def table(name: str) -> str:
     return f"{RESULTS}/tables/{name}"
 
 
 def figure(name: str) -> str:
     return f"{RESULTS}/figures/{name}"
+
+
+def cross_table(name: str) -> str:
+    """The cross experiment's tables (experiment.cross): results/tables/cross/."""
+    return table(f"cross/{name}")
+
+
+def cross_figure(name: str) -> str:
+    return figure(f"cross/{name}")
 
 
 def benchmark(path: str) -> str:
