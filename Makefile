@@ -34,9 +34,11 @@ lint: setup
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint
 
-## Every test, the end-to-end, report (headless Chromium) and live-cluster ones included (slow: minutes).
+## Every test, the end-to-end, report (headless Chromium) and live-cluster ones included (slow: minutes), in
+## TEST_WORKERS processes (pytest-xdist, a file per worker at a time; the long files first: tests/conftest.py).
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q
+	$(BIN)/python -m pytest -m "slow or slurm or not slow" -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## Unit tests in-process, and one Snakemake smoke test (under a minute on 2 cores).
 test-fast: setup

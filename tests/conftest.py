@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -52,15 +53,110 @@ def bare_python(tmp_path_factory):
     return py
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(dir)`` run once per test session, also when pytest-xdist runs the session in several workers
+    (each has its own session fixtures): the first worker to ask builds under a file lock in the directory
+    the workers share, the others wait and reuse the result, or fail with the first one's error."""
+    import fcntl
+    import traceback
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-<n>/, above each worker's popen-gw<k>/
+    d, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(f"{name} could not be built (in another worker):\n{failed.read_text()}")
+        if not done.exists():
+            d.mkdir(exist_ok=True)
+            try:
+                build(d)
+            except BaseException:
+                failed.write_text(traceback.format_exc()[-6000:])
+                raise
+            done.touch()
+    return d
+
+
 @pytest.fixture(scope="session")
 def micro_done(tmp_path_factory, bare_python):
-    """configs/micro.yaml run to the end ONCE per test session, in a copy of the checkout, by a Snakemake
-    whose environment does not have the package: the workflow finds its own code (issue 15). Tests that
-    need a finished run share it; they must not change its results/."""
-    wd = copy_workflow(tmp_path_factory.mktemp("micro"))
-    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml"], wd, python=bare_python,
-                  env={"PYTHONPATH": ""})
-    return wd
+    """configs/micro.yaml (CaffeNet) run to the end ONCE per test session, in a copy of the checkout, by a
+    Snakemake whose environment does not have the package: the workflow finds its own code (issue 15). Tests
+    that need a finished run share it; they must not change its results/."""
+
+    def build(wd):
+        copy_workflow(wd)
+        run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml"], wd, python=bare_python,
+                      env={"PYTHONPATH": ""})
+
+    return built_once(tmp_path_factory, "micro", build)
+
+
+def family_config(arch: str) -> dict:
+    """configs/micro.yaml's design on a unit network: n = 1 and its top unit 5 in every experiment."""
+    cfg = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
+    cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017}
+    optimizer = "adamw" if arch.startswith("vit") else "sgd"
+    cfg["train"].update(optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 0.001)
+    cfg["experiment"].pop("similarity")
+    for key in ("random_splits", "natman", "random_filters"):
+        cfg["experiment"][key]["layers"] = [1, 5]
+    return cfg
+
+
+def resnet_config(checkpoint: Path) -> dict:
+    """The ResNet family's shared micro run: the micro design at n = 1 and 5, on JPEG shards (full-decode
+    resize), and a cross experiment (issue 25): two sources (this config's all-class baseA, and a checkpoint
+    file as torchvision writes one) into a generated dataset of another kind (negatives), n = 1 and 3."""
+    cfg = family_config("resnet-small")
+    cfg["net"]["units"] = "blocks"
+    cfg["preprocess"].update(format="jpeg", jpeg_quality=90, resize="imagemagick")
+    cfg["datasets"] = {"neg": {"data": {"source": "demo"},
+                               "demo": {**cfg["demo"], "seed": 3, "style": "negative", "classes_per_family": 2}}}
+    cfg["experiment"]["similarity"] = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())["experiment"][
+        "similarity"]
+    cfg["experiment"]["cross"] = {"sources": {"here": {"dataset": "main", "split": "all", "half": "A"},
+                                              "file": {"checkpoint": str(checkpoint)}},
+                                  "targets": {"neg": {}}, "layers": [1, 3], "finetune_layers": [3], "replicates": 2}
+    return cfg
+
+
+def _family_run(wd: Path, name: str, cfg: dict) -> None:
+    copy_workflow(wd)
+    (wd / f"configs/{name}.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(["--cores", "2", "--configfile", f"configs/{name}.yaml"], wd)
+    (wd / "snakemake.out").write_text(proc.stdout + proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def resnet_done(tmp_path_factory):
+    """The ResNet family's micro run (resnet_config), once per session: configs/resnet.yaml in its folder,
+    the checkpoint source rs.pth beside it, Snakemake's output in snakemake.out."""
+
+    def build(wd):
+        import torch
+
+        from transferable.models import units
+
+        # a checkpoint as torchvision writes one: the bare model's state_dict (no "model." prefix, no wrapper)
+        torch.save(units.build("resnet-small", 7, seed=5, image_size=16).model.state_dict(), wd / "rs.pth")
+        _family_run(wd, "resnet", resnet_config(wd / "rs.pth"))
+
+    return built_once(tmp_path_factory, "resnet", build)
+
+
+@pytest.fixture(scope="session")
+def vit_done(tmp_path_factory):
+    """The ViT family's micro run, once per session: the micro design at n = 1 and 5 with AdamW, its nets
+    trained on shared streams (resources.shared_stream: one job per split and half); configs/vit.yaml."""
+
+    def build(wd):
+        cfg = family_config("vit-small")
+        cfg["resources"]["shared_stream"] = True
+        _family_run(wd, "vit", cfg)
+
+    return built_once(tmp_path_factory, "vit", build)
 
 
 @pytest.fixture
@@ -98,3 +194,16 @@ def prepared(tmp_path_factory):
     write_index([str(d / "shards/part0")], 20, str(d / "shards/index.json"), str(d / "shards/rejects.csv"))
     (d / "rand0.json").write_text(json.dumps(make_manifest("rand0", {"kind": "random", "seed": 0}, cat)))
     return d
+
+
+# The long files first, so that `make test`'s workers (pytest-xdist, one file at a time each, in this order:
+# --no-loadscope-reorder) do not end on them: the live SLURM cluster's micro run (mostly Snakemake's status
+# checks) on one worker, while the other builds micro_done (which the SLURM file compares with) and then the
+# family runs; then the rest in their usual order.
+LONG_FILES = ("test_slurm.py", "test_reruns.py", "test_units.py", "test_workflow.py", "test_cross_workflow.py",
+              "test_smoke.py", "test_report.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order

@@ -1,4 +1,5 @@
-"""The cross experiment end to end (issue 25), on a micro design: two sources (a net trained here on the
+"""The cross experiment end to end (issue 25), on a micro design held by conftest's ResNet family run (beside
+the micro design of the config's own data): two sources (a net trained here on the
 config's own data, and a torchvision-format checkpoint file), one generated target dataset of another kind
 (negatives), then reruns: a changed target reruns only that target's work, a changed source only what
 copies from it; the target's own nets never depend on a source."""
@@ -10,38 +11,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, copy_workflow, run_snakemake
+from conftest import run_snakemake
 from test_workflow import planned
 
 from transferable import crossplan
-from transferable.models import units
 
 
-def _micro_cross(wd, checkpoint):
-    c = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
-    c["net"] = {"arch": "resnet-small", "units": "blocks", "crop": 16, "outputs": "all", "input_scale": 0.017}
-    c["train"].update(optimizer="sgd")
-    c["datasets"] = {"neg": {"data": {"source": "demo"},
-                             "demo": {**c["demo"], "seed": 3, "style": "negative", "classes_per_family": 2}}}
-    c["experiment"] = {
-        "similarity": c["experiment"]["similarity"],
-        "cross": {"sources": {"here": {"dataset": "main", "split": "all", "half": "A"},
-                              "file": {"checkpoint": str(checkpoint)}},
-                  "targets": {"neg": {}}, "layers": [1, 3], "finetune_layers": [3], "replicates": 2},
-    }
-    path = wd / "configs/micro-cross.yaml"
-    path.write_text(yaml.safe_dump(c))
-    return path
-
-
-@pytest.fixture(scope="module")
-def cross_done(tmp_path_factory):
-    wd = copy_workflow(tmp_path_factory.mktemp("cross"))
-    # a checkpoint as torchvision writes one: the bare model's state_dict (no "model." prefix, no wrapper)
-    torch.save(units.build("resnet-small", 7, seed=5, image_size=16).model.state_dict(), wd / "rs.pth")
-    cfg = _micro_cross(wd, wd / "rs.pth")
-    run_snakemake(["--cores", "2", "--configfile", str(cfg)], wd)
-    return wd, cfg
+@pytest.fixture
+def cross_done(resnet_done):
+    """conftest's ResNet family run, which holds the micro cross design (conftest.resnet_config)."""
+    return resnet_done, resnet_done / "configs/resnet.yaml"
 
 
 def _plan(wd, cfg_path, edit, sources=False):
@@ -113,7 +92,8 @@ def test_a_changed_source_reruns_only_what_copies_from_it(cross_done):
     target's data, its own base and random-filter nets, or what copies from the checkpoint."""
     wd, cfg = cross_done
     jobs, via = _plan(wd, cfg, lambda c: c["demo"].update(seed=9), sources=True)
-    assert jobs["demo_data"] == 1 and jobs["train"] == 1  # the source, baseA on all classes
+    # the config's own nets (its 20, the source among them: baseA of the all-class split)
+    assert jobs["demo_data"] == 1 and jobs["train"] == 20
     assert {"demo_data_dataset", "ingest_dataset", "train_dataset", "import_source"}.isdisjoint(jobs), jobs
     assert jobs["train_dataset_cross"] == 2 * 3 and via == {"here"}
     assert jobs["cross_similarity"] == 1 and jobs["cross_report"] == 1
@@ -125,10 +105,11 @@ def test_the_shared_stream_groups_one_folder_and_half(cross_done):
     one job per (folder, run, half); the base nets alone."""
     wd, cfg = cross_done
     jobs = _plan(wd, cfg, lambda c: c["resources"].update(shared_stream=True) or c["train"].update(lr=0.02))
-    together = {k: v for k, v in jobs.items() if k.startswith("train_together_")}
+    together = {k: v for k, v in jobs.items() if k.startswith("train_together_neg_")}
     assert together == {f"train_together_neg_{f}_{r}_A": 1 for f in ("own", "here", "file")
                         for r in ("all", "all__s1")}, jobs
-    assert jobs["train_dataset"] == 2 and jobs["train"] == 1 and "train_dataset_cross" not in jobs
+    # the base nets alone: 2 of the target, 5 of the config's own data (rand0 A, B; natman A, B; all A)
+    assert jobs["train_dataset"] == 2 and jobs["train"] == 5 and "train_dataset_cross" not in jobs
 
 
 @pytest.mark.slow

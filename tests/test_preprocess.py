@@ -208,26 +208,19 @@ def test_out_of_range_images_are_an_error(both_formats):
 
 
 @pytest.mark.slow
-def test_micro_pipeline_runs_on_jpeg_shards(micro_done, tmp_path):
-    """The whole DAG on JPEG shards with the full-decode resize, next to the raw ones of the finished run
-    (copied): new shards under their own path, every net retrained on them, the old shards untouched."""
-    import shutil
-
-    from conftest import run_snakemake
-
-    wd = tmp_path / "wd"
-    shutil.copytree(micro_done, wd, symlinks=True)
-    old = wd / "results/shards/warp20/index.json"
-    before = old.read_bytes()
-    run_snakemake(["--cores", "2", "--configfile", "configs/micro.yaml", "--config",
-                   "preprocess={size: 20, parts: 2, format: jpeg, jpeg_quality: 90, resize: imagemagick}"], wd)
+def test_micro_pipeline_runs_on_jpeg_shards(resnet_done):
+    """The whole DAG on JPEG shards with the full-decode resize (conftest's ResNet family run): the shards
+    under their own path, with their settings in the index; every net names them in its provenance."""
+    wd = resnet_done
     index = json.loads((wd / "results/shards/warp20-imagemagick-jpeg90/index.json").read_text())
     assert index["format"] == "jpeg" and index["quality"] == 90 and index["resize"] == "imagemagick"
-    assert old.read_bytes() == before
-    metrics = json.loads((wd / "results/nets/rand0/baseB/metrics.json").read_text())
-    shards = metrics["provenance"]["shards"]
-    assert shards["index"].endswith("warp20-imagemagick-jpeg90/index.json") and shards["format"] == "jpeg"
-    assert shards["digest"] == index["digest"]
+    assert not (wd / "results/shards/warp20").exists()
+    nets = sorted((wd / "results/nets").glob("*/*/metrics.json"))
+    assert len(nets) == 20
+    for path in nets:
+        shards = json.loads(path.read_text())["provenance"]["shards"]
+        assert shards["index"].endswith("warp20-imagemagick-jpeg90/index.json") and shards["format"] == "jpeg"
+        assert shards["digest"] == index["digest"]
     assert (wd / "results/figures/fig2.pdf").stat().st_size > 0
 
 

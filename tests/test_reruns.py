@@ -265,9 +265,9 @@ def test_stage_code_is_read_from_the_imports():
     modules that cannot change a result; a module a stage imports cannot be left out by hand."""
     from transferable import provenance
 
-    train = provenance.STAGE_CODE["train"]
+    train = provenance.stage_code("train")
     assert {"train/loop.py", "transfer.py", "models/units.py", "paths.py", "data/shards.py"} <= set(train)
-    assert not provenance.RESULT_NEUTRAL_CODE & {f for code in provenance.STAGE_CODE.values() for f in code}
-    assert "figures/paper_networks.csv" in provenance.STAGE_CODE["figures"]
-    for stage, code in provenance.STAGE_CODE.items():  # every listed file exists and is hashed
+    assert not provenance.RESULT_NEUTRAL_CODE & {f for s in provenance.STAGE_ENTRIES for f in provenance.stage_code(s)}
+    assert "figures/paper_networks.csv" in provenance.stage_code("figures")
+    for stage, code in ((s, provenance.stage_code(s)) for s in provenance.STAGE_ENTRIES):  # every listed file exists and is hashed
         assert code and all((provenance.PACKAGE_DIR / f).is_file() for f in code), stage

@@ -63,13 +63,39 @@ def _env(**extra) -> dict:
     return env
 
 
+def _start(args, cwd: Path, env: dict, log: str, request=None) -> subprocess.Popen:
+    """Start snakemake with its output in cwd/log; with a test's ``request``, killed at the test's end if
+    still running (a failed assertion does not leave it behind)."""
+    with open(cwd / log, "w") as out:
+        proc = subprocess.Popen([str(VENV_BIN / "snakemake"), *args], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    if request is not None:
+        request.addfinalizer(lambda: proc.poll() is None and proc.kill())
+    return proc
+
+
+def _finish(proc: subprocess.Popen, cwd: Path, log: str, timeout: int):
+    """Wait for a started snakemake (killed after ``timeout`` s); (returncode, output)."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rc, (cwd / log).read_text()
+
+
 def _snakemake(args, cwd: Path, env: dict, timeout: int, log: str):
     """Run snakemake with its output in cwd/log; (returncode, output, seconds)."""
     t0 = time.time()
-    with open(cwd / log, "w") as out:
-        proc = subprocess.run([str(VENV_BIN / "snakemake"), *args], cwd=cwd, env=env, stdout=out,
-                              stderr=subprocess.STDOUT, timeout=timeout)
-    return proc.returncode, (cwd / log).read_text(), time.time() - t0
+    rc, out = _finish(_start(args, cwd, env, log), cwd, log, timeout)
+    return rc, out, time.time() - t0
+
+
+def _copy_run(wd: Path, dest: Path) -> Path:
+    """A copy of a finished run's folder (Snakemake's records included, its locks not), to run a second
+    Snakemake beside the first: one folder holds one Snakemake at a time."""
+    shutil.copytree(wd, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "slurm_logs"))
+    return dest
 
 
 def _sbatch_calls(output: str) -> dict[str, list[str]]:
@@ -181,7 +207,7 @@ LONG = {"max_iter": 6000, "eval_every": 500, "checkpoint_every": 250, "lr_step":
 NET = ("rand0", "baseA")
 
 
-def test_signalled_training_job_resumes(micro):
+def test_signalled_training_job_resumes(micro, tmp_path, request):
     wd = micro.dir
     split, net = NET
     target = f"results/nets/{split}/{net}/metrics.json"
@@ -192,15 +218,10 @@ def test_signalled_training_job_resumes(micro):
     cfg["train"].update(LONG)
     (wd / "configs" / "micro-long.yaml").write_text(yaml.safe_dump(cfg))
 
-    # the reference: the same net trained uninterrupted, locally
-    rc, out, _ = _snakemake([target, "--cores", "1", "--configfile", "configs/micro-long.yaml", "--config", CPU],
-                            wd, _env(), timeout=300, log="local-long.log")
-    assert rc == 0, out[-4000:]
-    ref_metrics = json.loads((out_dir / "metrics.json").read_text())
-    ref_history = pd.read_csv(out_dir / "history.csv")
-    assert ref_metrics["iters"] == 6000 and not ckpt.exists()
-    for f in out_dir.iterdir():
-        f.unlink()
+    # the reference: the same net trained uninterrupted, locally, in a copy of the run, while SLURM trains it
+    ref_wd = _copy_run(wd, tmp_path / "reference")
+    reference = _start([target, "--cores", "1", "--configfile", "configs/micro-long.yaml", "--config", CPU],
+                       ref_wd, _env(), log="local-long.log", request=request)
 
     # on SLURM: SIGTERM to the job's steps (what --signal=TERM@120 or a preemption does) once it has checkpointed
     args = [target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--configfile", "configs/micro-long.yaml",
@@ -247,32 +268,41 @@ def test_signalled_training_job_resumes(micro):
     assert not ckpt.exists(), "the checkpoint is removed once the net is done"
 
     # ... to exactly the uninterrupted result
+    rc, ref_out = _finish(reference, ref_wd, "local-long.log", timeout=300)
+    assert rc == 0, ref_out[-4000:]
+    ref_dir = ref_wd / "results/nets" / split / net
+    ref_metrics = json.loads((ref_dir / "metrics.json").read_text())
+    ref_history = pd.read_csv(ref_dir / "history.csv")
+    assert ref_metrics["iters"] == 6000 and not (ref_wd / f"results/ckpt/{split}/{net}/last.pt").exists()
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert {k: metrics[k] for k in SCORES} == {k: ref_metrics[k] for k in SCORES}
     pd.testing.assert_frame_equal(pd.read_csv(out_dir / "history.csv").drop(columns="elapsed_s"),
                                   ref_history.drop(columns="elapsed_s"))
 
 
-def test_a_job_granted_no_gpu_uses_none_and_one_granted_a_gpu_fails_without_cuda(micro):
+def test_a_job_granted_no_gpu_uses_none_and_one_granted_a_gpu_fails_without_cuda(micro, tmp_path, request):
     """Issue 26 on the live cluster. `resources.train_gpus: 0`: sbatch asks for no GPU and the trainer is told
     so (device auto -> the CPU). `train_gpus: 1` with device auto on this node, whose GPUs are fake and whose
-    CUDA is unusable: the job fails at once, saying why, instead of training on the CPU."""
+    CUDA is unusable: the job fails at once, saying why, instead of training on the CPU. The two run at once,
+    the second in a copy of the run."""
     wd = micro.dir
     target = "results/nets/rand0/baseA/metrics.json"
     (wd / target).unlink()
-    rc, out, _ = _snakemake([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--configfile",
-                             "configs/micro.yaml", "--config", "resources={device: auto, train_gpus: 0}"],
-                            wd, _env(**SITE), timeout=300, log="slurm-nogpu.log")
+    gpu_wd = _copy_run(wd, tmp_path / "gpu")
+    no_gpu = _start([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--configfile", "configs/micro.yaml",
+                     "--config", "resources={device: auto, train_gpus: 0}"],
+                    wd, _env(**SITE), log="slurm-nogpu.log", request=request)
+    gpu = _start([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--retries", "0", "--configfile",
+                  "configs/micro.yaml", "--config", "resources={device: auto, train_gpus: 1}"],
+                 gpu_wd, _env(**SITE), log="slurm-gpu-no-cuda.log", request=request)
+    rc, out = _finish(no_gpu, wd, "slurm-nogpu.log", timeout=300)
     assert rc == 0, out[-4000:]
     line = _sbatch_calls(out)["rule_train_wildcards_rand0_baseA"][0]
     assert "--gpus" not in line and "--gres" not in line and "--cpus-per-task=1" in line, line
     m = json.loads((wd / target).read_text())
     assert m["device"] == "cpu" and m["provenance"]["job"]["gpus_granted"] == 0
 
-    (wd / target).unlink()
-    rc, out, _ = _snakemake([target, "--profile", "profiles/slurm", *CLUSTER_FLAGS, "--retries", "0",
-                             "--configfile", "configs/micro.yaml", "--config", "resources={device: auto, train_gpus: 1}"],
-                            wd, _env(**SITE), timeout=300, log="slurm-gpu-no-cuda.log")
-    assert rc != 0 and not (wd / target).exists()
-    log = (wd / "logs/nets/rand0/baseA.log").read_text()
+    rc, out = _finish(gpu, gpu_wd, "slurm-gpu-no-cuda.log", timeout=300)
+    assert rc != 0 and not (gpu_wd / target).exists()
+    log = (gpu_wd / "logs/nets/rand0/baseA.log").read_text()
     assert "this job was granted 1 GPU(s) but CUDA is unusable: " in log and "Nothing was trained" in log, log[-3000:]

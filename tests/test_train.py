@@ -101,13 +101,18 @@ def test_step_schedule_is_caffes():
     assert [lr_at(i, t) for i in (0, 99999, 100000, 250000, 449999)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-6])
 
 
-def test_nets_trained_together_equal_nets_trained_alone(prepared, tmp_path):
+@pytest.mark.parametrize("arch", ["caffenet-small", "vit-small"])
+def test_nets_trained_together_equal_nets_trained_alone(prepared, tmp_path, arch):
     """One data stream and shared frozen passes for many nets give exactly the weights and histories of
-    training each net alone (no dropout in the frozen layers)."""
+    training each net alone (no dropout in the frozen layers), for CaffeNet and for a unit network with
+    AdamW (the ViT family run of conftest trains on shared streams)."""
     from transferable.train.loop import train_nets
 
     cfg = _cfg(max_iter=6)
     cfg["net"]["dropout"] = 0.0
+    if arch != "caffenet-small":
+        cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017, "dropout": 0.0}
+        cfg["train"].update(optimizer="adamw", lr=0.001)
     _, out_a = _train(prepared, tmp_path, "baseA", cfg=cfg)
     _, out_b = _train(prepared, tmp_path, "baseB", cfg=cfg)
     group = ["B1B", "B3B_ft", "A1B", "A2B", "A5B", "A5B_ft"]

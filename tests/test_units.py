@@ -211,25 +211,17 @@ def test_optimiser_recipes_decay_only_weights_and_skip_frozen():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, optimizer", [("resnet-small", "sgd"), ("vit-small", "adamw")])
-def test_micro_pipeline_on_a_unit_network(tmp_path, arch, optimizer):
-    """The whole DAG (configs/micro.yaml's design) on a ResNet and a ViT, n = 1 and the top unit n = 5:
-    nets named by units, the claims at the top unit, the figures' x axis in unit names."""
+@pytest.mark.parametrize("family", ["resnet_done", "vit_done"])
+def test_micro_pipeline_on_a_unit_network(family, request):
+    """The whole DAG (configs/micro.yaml's design) on a ResNet (SGD) and a ViT (AdamW), n = 1 and the top unit
+    n = 5 (conftest's shared family runs): nets named by units, the claims at the top unit, the figures' x
+    axis in unit names."""
     import json
 
     import pandas as pd
-    import yaml
-    from conftest import copy_workflow, run_snakemake
 
-    wd = copy_workflow(tmp_path)
-    cfg = yaml.safe_load((wd / "configs/micro.yaml").read_text())
-    cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017}
-    cfg["train"].update(optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 0.001)
-    cfg["experiment"].pop("similarity")
-    for key in ("random_splits", "natman", "random_filters"):
-        cfg["experiment"][key]["layers"] = [1, 5]
-    (wd / "configs/unit.yaml").write_text(yaml.safe_dump(cfg))
-    run_snakemake(["--cores", "2", "--configfile", "configs/unit.yaml"], wd)
+    wd = request.getfixturevalue(family)
+    arch = {"resnet_done": "resnet-small", "vit_done": "vit-small"}[family]
     runs = pd.read_csv(wd / "results/tables/runs.csv")
     assert set(runs["n"]) == {0, 1, 5} and len(runs) == 20  # micro.yaml's 13 nets, 7 more at n = 5
     m = json.loads((wd / "results/nets/rand0/A5B/metrics.json").read_text())

@@ -1,12 +1,13 @@
 """What a result was made from: the code of each pipeline stage and content digests of its inputs.
 
-The Snakefile declares each stage's modules (``STAGE_CODE``) as inputs of its rules, so that editing one
+The Snakefile declares each stage's modules (``stage_code``) as inputs of its rules, so that editing one
 reruns that stage and what follows; a training checkpoint records the digest of the same files, so that
 a checkpoint written by other training code is never resumed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -33,7 +34,8 @@ STAGE_ENTRIES = {
 RESULT_NEUTRAL_CODE = frozenset({"atomic.py", "advice.py", "provenance.py", "attempts.py", "data/staging.py"})
 
 
-def _imports(path: Path) -> set[Path]:
+@functools.cache
+def _imports(path: Path) -> frozenset[Path]:
     """The package's modules that ``path`` imports (relative or absolute, anywhere in the file)."""
     import ast
 
@@ -52,21 +54,21 @@ def _imports(path: Path) -> set[Path]:
         for name in filter(None, names):
             stem = PACKAGE_DIR / name.replace(".", "/")
             found.update(c for c in (stem.with_name(stem.name + ".py"), stem / "__init__.py") if c.is_file())
-    return found
+    return frozenset(found)
 
 
-def _stage_code(entries: list[str]) -> list[str]:
-    seen, todo = set(), [PACKAGE_DIR / e for e in entries]
+@functools.cache
+def stage_code(stage: str) -> tuple[str, ...]:
+    """The files of ``stage``, relative to the package: computed on first use (a training job reads only its
+    own stage's sources; each module is parsed once per process)."""
+    seen, todo = set(), [PACKAGE_DIR / e for e in STAGE_ENTRIES[stage]]
     while todo:
         p = todo.pop()
         if p not in seen:
             seen.add(p)
             todo += _imports(p) if p.suffix == ".py" else []
     rel = {p.relative_to(PACKAGE_DIR).as_posix() for p in seen}
-    return sorted(r for r in rel if r not in RESULT_NEUTRAL_CODE and not r.endswith("__init__.py"))
-
-
-STAGE_CODE = {stage: _stage_code(entries) for stage, entries in STAGE_ENTRIES.items()}
+    return tuple(sorted(r for r in rel if r not in RESULT_NEUTRAL_CODE and not r.endswith("__init__.py")))
 
 
 # train settings that decide when a run is saved, not what it computes: changing them reruns no net
@@ -81,7 +83,7 @@ def result_train(train: dict) -> dict:
 
 def stage_files(stage: str, package_dir: str | os.PathLike | None = None) -> list[str]:
     base = Path(package_dir) if package_dir else PACKAGE_DIR
-    return [str(base / f) for f in STAGE_CODE[stage]]
+    return [str(base / f) for f in stage_code(stage)]
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -96,7 +98,7 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def code_digest(stage: str) -> str:
     """One digest of the content of a stage's modules (the code version a checkpoint is tied to)."""
     h = hashlib.sha256()
-    for rel, path in zip(STAGE_CODE[stage], stage_files(stage)):
+    for rel, path in zip(stage_code(stage), stage_files(stage)):
         h.update(rel.encode() + b"\0" + bytes.fromhex(file_digest(path)))
     return h.hexdigest()
 

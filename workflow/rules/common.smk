@@ -77,7 +77,7 @@ _PREFIX = (
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))
 
 
-# The package modules each stage runs (transferable.provenance.STAGE_CODE: its entry modules and all they
+# The package modules each stage runs (transferable.provenance.stage_code: its entry modules and all they
 # import, read from the sources), as inputs: editing one reruns that stage and what follows, nothing else. Snakemake compares contents, so a mere touch reruns nothing.
 # They are named relative to the working directory (src/transferable/... in a checkout), so a finished run
 # stays finished when the checkout is moved or cloned again at the same commit.
