@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+# Under pytest-xdist (make test: 2 workers on 2 cores) each worker has one core: one thread per pool (torch's
+# OpenMP one, numpy's BLAS), set before anything imports them, and inherited by the Snakemake runs the tests
+# start (Snakemake sets each job's own). Two pools of two spinning threads per worker cost more CPU than they give.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -198,9 +205,8 @@ def prepared(tmp_path_factory):
 
 # The long files first, so that `make test`'s workers (pytest-xdist, one file at a time each, in this order:
 # --no-loadscope-reorder) do not end on them: the live SLURM cluster's micro run (mostly Snakemake's status
-# checks) on one worker, while the other builds micro_done (which the SLURM file compares with) and then the
-# family runs; then the rest in their usual order.
-LONG_FILES = ("test_slurm.py", "test_reruns.py", "test_units.py", "test_workflow.py", "test_cross_workflow.py",
+# checks) on one worker, while the other builds the family runs; then the rest in their usual order.
+LONG_FILES = ("test_slurm.py", "test_units.py", "test_reruns.py", "test_workflow.py", "test_cross_workflow.py",
               "test_smoke.py", "test_report.py", "test_faults.py")
 
 
