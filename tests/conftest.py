@@ -9,7 +9,7 @@ import yaml
 
 # Under pytest-xdist (make test: 2 workers on 2 cores) each worker has one core: one thread per pool (torch's
 # OpenMP one, numpy's BLAS), set before anything imports them, and inherited by the Snakemake runs the tests
-# start (Snakemake sets each job's own). Two pools of two spinning threads per worker cost more CPU than they give.
+# start (Snakemake sets each job's own), so that two workers do not start four spinning pools on two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
@@ -100,13 +100,15 @@ def micro_done(tmp_path_factory, bare_python):
     return built_once(tmp_path_factory, "micro", build)
 
 
-def family_config(arch: str) -> dict:
-    """configs/micro.yaml's design on a unit network: n = 1 and its top unit 5 in every experiment."""
+def family_config(arch: str, similarity: bool = False) -> dict:
+    """configs/micro.yaml's design on a unit network: n = 1 and its top unit 5 in every experiment (the
+    similarity analysis only when asked)."""
     cfg = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
     cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017}
     optimizer = "adamw" if arch.startswith("vit") else "sgd"
     cfg["train"].update(optimizer=optimizer, lr=0.01 if optimizer == "sgd" else 0.001)
-    cfg["experiment"].pop("similarity")
+    if not similarity:
+        cfg["experiment"].pop("similarity")
     for key in ("random_splits", "natman", "random_filters"):
         cfg["experiment"][key]["layers"] = [1, 5]
     return cfg
@@ -116,13 +118,11 @@ def resnet_config(checkpoint: Path) -> dict:
     """The ResNet family's shared micro run: the micro design at n = 1 and 5, on JPEG shards (full-decode
     resize), and a cross experiment (issue 25): two sources (this config's all-class baseA, and a checkpoint
     file as torchvision writes one) into a generated dataset of another kind (negatives), n = 1 and 3."""
-    cfg = family_config("resnet-small")
+    cfg = family_config("resnet-small", similarity=True)  # the cross pairs' similarity profiles use its settings
     cfg["net"]["units"] = "blocks"
     cfg["preprocess"].update(format="jpeg", jpeg_quality=90, resize="imagemagick")
     cfg["datasets"] = {"neg": {"data": {"source": "demo"},
                                "demo": {**cfg["demo"], "seed": 3, "style": "negative", "classes_per_family": 2}}}
-    cfg["experiment"]["similarity"] = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())["experiment"][
-        "similarity"]
     cfg["experiment"]["cross"] = {"sources": {"here": {"dataset": "main", "split": "all", "half": "A"},
                                               "file": {"checkpoint": str(checkpoint)}},
                                   "targets": {"neg": {}}, "layers": [1, 3], "finetune_layers": [3], "replicates": 2}
