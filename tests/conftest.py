@@ -117,9 +117,12 @@ def family_config(arch: str, similarity: bool = False) -> dict:
 def resnet_config(checkpoint: Path) -> dict:
     """The ResNet family's shared micro run: the micro design at n = 1 and 5, on JPEG shards (full-decode
     resize), and a cross experiment (issue 25): two sources (this config's all-class baseA, and a checkpoint
-    file as torchvision writes one) into a generated dataset of another kind (negatives), n = 1 and 3."""
+    file as torchvision writes one) into a generated dataset of another kind (negatives), n = 1 and 3. Its
+    nets train on shared streams (38 nets in 17 jobs): micro_done trains one net per job, and
+    test_train.py checks that both give the same nets, ResNet's included."""
     cfg = family_config("resnet-small", similarity=True)  # the cross pairs' similarity profiles use its settings
     cfg["net"]["units"] = "blocks"
+    cfg["resources"]["shared_stream"] = True
     cfg["preprocess"].update(format="jpeg", jpeg_quality=90, resize="imagemagick")
     cfg["datasets"] = {"neg": {"data": {"source": "demo"},
                                "demo": {**cfg["demo"], "seed": 3, "style": "negative", "classes_per_family": 2}}}
@@ -203,11 +206,29 @@ def prepared(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def early_runs(request, tmp_path_factory):
+    """Long background runs, started when the session starts: each test file selected in this session that
+    defines ``start_early(dir)`` has it called once (built_once: in one worker under pytest-xdist), and its own
+    fixtures wait for what it started. test_slurm.py starts the live cluster's micro run this way: about
+    5 minutes, mostly Snakemake waiting for SLURM's status checks, while the workers run other files."""
+    modules = dict.fromkeys(item.module for item in request.session.items if getattr(item, "module", None))
+    for module in modules:
+        if hasattr(module, "start_early"):
+            built_once(tmp_path_factory, early_name(module.__file__), module.start_early)
+
+
+def early_name(test_file: str) -> str:
+    """The built_once name of a test file's early run: its fixtures ask built_once for it, and get it."""
+    return f"early-{Path(test_file).stem}"
+
+
 # The long files first, so that `make test`'s workers (pytest-xdist, one file at a time each, in this order:
-# --no-loadscope-reorder) do not end on them: the live SLURM cluster's micro run (mostly Snakemake's status
-# checks) on one worker, while the other builds the family runs; then the rest in their usual order.
-LONG_FILES = ("test_slurm.py", "test_units.py", "test_reruns.py", "test_workflow.py", "test_cross_workflow.py",
-              "test_smoke.py", "test_report.py", "test_faults.py")
+# --no-loadscope-reorder) do not end on them: the family runs on one worker, while the other runs the files
+# on micro_done; test_slurm.py, whose micro run started with the session (early_runs), once that run is
+# about done; then the rest in their usual order.
+LONG_FILES = ("test_units.py", "test_reruns.py", "test_workflow.py", "test_smoke.py", "test_faults.py",
+              "test_slurm.py", "test_cross_workflow.py", "test_report.py")
 
 
 def pytest_collection_modifyitems(config, items):

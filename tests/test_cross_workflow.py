@@ -37,6 +37,11 @@ def _plan(wd, cfg_path, edit, sources=False):
     return planned(proc), {m for o in outputs for m in re.findall(r"/transfer/([\w-]+)/", o)}
 
 
+def _together(jobs: dict) -> set[str]:
+    """The shared-stream jobs of a plan: their groups (folder, run, half), from the rule names."""
+    return {k.removeprefix("train_together_") for k in jobs if k.startswith("train_together_")}
+
+
 @pytest.mark.slow
 def test_cross_run_ends_with_tables_verdicts_and_figures(cross_done):
     wd, cfg_path = cross_done
@@ -81,8 +86,10 @@ def test_a_changed_target_reruns_that_target_only(cross_done):
     jobs, via = _plan(wd, cfg, lambda c: c["datasets"]["neg"]["demo"].update(seed=4), sources=True)
     assert {"demo_data", "ingest", "shard_part", "train", "import_source"}.isdisjoint(jobs), jobs
     assert jobs["demo_data_dataset"] == 1 and jobs["ingest_dataset"] == 1
-    assert jobs["train_dataset"] == 2 * 3  # per replicate: baseA, R1A, R3A
-    assert jobs["train_dataset_cross"] == 2 * 2 * 3 and via == {"here", "file"}  # X1A, X3A, X3A_ft per source
+    # per replicate (all, all.s1): its baseA alone; R1A and R3A in one job (own); per source X1A, X3A, X3A_ft
+    # in one job (the run trains on shared streams: conftest.resnet_config)
+    assert jobs["train_dataset"] == 2 and "train_dataset_cross" not in jobs and via == {"here", "file"}
+    assert _together(jobs) == {f"neg_{f}_{r}_A" for f in ("own", "here", "file") for r in ("all", "all__s1")}
     assert jobs["cross_similarity"] == 2 and jobs["cross_report"] == 1
 
 
@@ -92,24 +99,28 @@ def test_a_changed_source_reruns_only_what_copies_from_it(cross_done):
     target's data, its own base and random-filter nets, or what copies from the checkpoint."""
     wd, cfg = cross_done
     jobs, via = _plan(wd, cfg, lambda c: c["demo"].update(seed=9), sources=True)
-    # the config's own nets (its 20, the source among them: baseA of the all-class split)
-    assert jobs["demo_data"] == 1 and jobs["train"] == 20
+    # the config's own 20 nets, the source among them (baseA of the all-class split): its 5 base nets alone,
+    # the others in one job per split and half; and the nets copying from "here", one job per replicate
+    assert jobs["demo_data"] == 1 and jobs["train"] == 5
     assert {"demo_data_dataset", "ingest_dataset", "train_dataset", "import_source"}.isdisjoint(jobs), jobs
-    assert jobs["train_dataset_cross"] == 2 * 3 and via == {"here"}
+    assert _together(jobs) == {"rand0_B", "natman_A", "natman_B", "all_A", "neg_here_all_A", "neg_here_all__s1_A"}
+    assert "train_dataset_cross" not in jobs and via == {"here"}
     assert jobs["cross_similarity"] == 1 and jobs["cross_report"] == 1
 
 
 @pytest.mark.slow
 def test_the_shared_stream_groups_one_folder_and_half(cross_done):
-    """resources.shared_stream: the target's own random-filter nets and each source's transfers train in
-    one job per (folder, run, half); the base nets alone."""
+    """resources.shared_stream (the run's): the target's own random-filter nets and each source's transfers
+    trained in one job per (folder, run, half), the base nets alone; without it, one job per net."""
     wd, cfg = cross_done
-    jobs = _plan(wd, cfg, lambda c: c["resources"].update(shared_stream=True) or c["train"].update(lr=0.02))
-    together = {k: v for k, v in jobs.items() if k.startswith("train_together_neg_")}
-    assert together == {f"train_together_neg_{f}_{r}_A": 1 for f in ("own", "here", "file")
-                        for r in ("all", "all__s1")}, jobs
-    # the base nets alone: 2 of the target, 5 of the config's own data (rand0 A, B; natman A, B; all A)
-    assert jobs["train_dataset"] == 2 and jobs["train"] == 5 and "train_dataset_cross" not in jobs
+    log = (wd / "snakemake.out").read_text()
+    ran = dict.fromkeys(re.findall(r"^Finished jobid: \d+ \(Rule: (train\w*)\)", log, re.M), 1)
+    assert _together(ran) == {f"neg_{f}_{r}_A" for f in ("own", "here", "file") for r in ("all", "all__s1")} | {
+        "rand0_B", "natman_A", "natman_B", "all_A"}
+    jobs = _plan(wd, cfg, lambda c: c["resources"].update(shared_stream=False) or c["train"].update(lr=0.02))
+    assert not _together(jobs), jobs
+    # per net: the config's own 20; the target's 2 x (baseA, R1A, R3A); 2 x 2 sources x (X1A, X3A, X3A_ft)
+    assert jobs["train"] == 20 and jobs["train_dataset"] == 6 and jobs["train_dataset_cross"] == 12
 
 
 @pytest.mark.slow

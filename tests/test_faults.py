@@ -540,7 +540,7 @@ def test_a_damaged_shard_file_stops_the_job_naming_the_part_and_its_rebuild(prep
     """Issue 27, case 6: a shard file deleted, truncated, zero-filled or with one byte flipped is found before
     training (sizes and SHA-256 recorded by its shard job), named with its part and the command that rebuilds
     that part; nothing is trained."""
-    from transferable.data.shards import ShardError
+    from transferable.data.errors import ShardError
 
     d = tmp_path / "shards"
     write_part(str(prepared / "images.csv"), 0, 1, 20, str(d / "part0"), log=lambda *a: None, fmt=fmt)

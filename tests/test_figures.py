@@ -150,7 +150,7 @@ def test_table1_pooled_reproduces_paper(pruns):
     for (lo, hi), want in PAPER_TABLE1.items():
         row = t1.loc[f"{lo}-{hi}"]
         assert round(row["boost_over_base"], 1) == want["over_base"]
-        assert round(row["boost_over_bnb_plus"], 1) == want["over_BnB+"]
+        assert round(row["boost_over_bnb_plus"], 1) == want["over_selffer"]
     assert t1[["anb_plus_count", "base_count", "bnb_plus_count"]].values.tolist() == \
         [[10, 8, 10], [7, 8, 8], [3, 8, 5]]
     # the test can tell pooling from averaging the per-layer line means (1.67 -> 1.7 for layers 1-7)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, VENV_BIN, copy_workflow
+from conftest import ROOT, VENV_BIN, built_once, copy_workflow, early_name
 
 CLUSTER = ROOT / "tests" / "cluster"
 # Every micro run asks SLURM for a GPU per training job but pins training to the CPU: on a host with real GPUs the
@@ -84,13 +86,6 @@ def _finish(proc: subprocess.Popen, cwd: Path, log: str, timeout: int):
     return rc, (cwd / log).read_text()
 
 
-def _snakemake(args, cwd: Path, env: dict, timeout: int, log: str):
-    """Run snakemake with its output in cwd/log; (returncode, output, seconds)."""
-    t0 = time.time()
-    rc, out = _finish(_start(args, cwd, env, log), cwd, log, timeout)
-    return rc, out, time.time() - t0
-
-
 def _copy_run(wd: Path, dest: Path) -> Path:
     """A copy of a finished run's folder (Snakemake's records included, its locks not), to run a second
     Snakemake beside the first: one folder holds one Snakemake at a time."""
@@ -121,32 +116,80 @@ def _state(job: dict) -> str:
     return s[0] if isinstance(s, list) else s
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """The cluster, started for this module and stopped after it, even when the start fails half-way.
-    A cluster this harness had already started before (by hand) is reused and left running."""
-    already = subprocess.run(["scontrol", "ping"], capture_output=True, text=True) if shutil.which("scontrol") else None
-    ours = not (already and already.returncode == 0 and "is UP" in already.stdout
+def _cluster_already_up() -> bool:
+    """A cluster this harness started before (by hand) is up: reused and left running."""
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True) if shutil.which("scontrol") else None
+    return bool(ping and ping.returncode == 0 and "is UP" in ping.stdout
                 and Path("/run/transferable-slurm/slurmctld.started").exists())
+
+
+def start_early(wd: Path) -> None:
+    """Start the cluster, then configs/micro.yaml on it with profiles/slurm (in a copy of the workflow, ``wd``),
+    in the background: called once per test session, at its start, when a test of this file is selected
+    (conftest.early_runs). The run is mostly Snakemake waiting for SLURM's status checks; meanwhile the
+    workers run other files. ``cluster`` and ``micro`` wait for what it started."""
+    if _why_skip():
+        return
+    copy_workflow(wd)
+    (wd / "cluster.ours").write_text("0" if _cluster_already_up() else "1")
+    snakemake = shlex.join([str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *CLUSTER_FLAGS,
+                            "--configfile", "configs/micro.yaml", "--config", CPU])
+    # each .rc file appears (renamed) once its step has ended
+    script = (f"{shlex.quote(str(CLUSTER / 'start.sh'))} --fresh > cluster-start.log 2>&1; echo $? > rc.tmp; "
+              "mv rc.tmp cluster-start.rc; [ \"$(cat cluster-start.rc)\" = 0 ] || exit; "
+              f"date +%s.%N > micro.start; {snakemake} > slurm-micro.log 2>&1; echo $? > rc.tmp; "
+              "date +%s.%N > micro.end; mv rc.tmp micro.rc")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=wd, env=_env(**SITE), start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (wd / "background.pid").write_text(str(proc.pid))
+
+
+def _wait_for(path: Path, timeout: float) -> int:
+    """The return code the background step wrote to ``path``; after ``timeout`` s, the background run
+    (its process group: the cluster start or Snakemake) is killed and the test fails."""
+    t0 = time.time()
+    while not path.exists():
+        if time.time() - t0 > timeout:
+            _kill_background(path.parent)
+            pytest.fail(f"{path.name} not written within {timeout:.0f} s: the background run was killed")
+        time.sleep(0.5)
+    return int(path.read_text())
+
+
+def _kill_background(wd: Path) -> None:
+    pid = wd / "background.pid"
+    if pid.exists():
+        try:
+            os.killpg(int(pid.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The cluster, started in the background at the session's start (start_early) and stopped after this
+    module, even when the start failed half-way. One started before by hand is reused and left running."""
+    wd = built_once(tmp_path_factory, early_name(__file__), start_early)  # started already: returns at once
     try:
-        proc = subprocess.run([str(CLUSTER / "start.sh"), "--fresh"], capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"tests/cluster/start.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        yield
+        rc = _wait_for(wd / "cluster-start.rc", 600)
+        if rc != 0:
+            pytest.fail(f"tests/cluster/start.sh failed ({rc}):\n{(wd / 'cluster-start.log').read_text()[-6000:]}")
+        yield wd
     finally:
-        if ours:
+        _kill_background(wd)  # nothing left to kill once micro has waited for its run
+        if (wd / "cluster.ours").read_text() == "1":
             subprocess.run([str(CLUSTER / "stop.sh"), "--purge"], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def micro(cluster, tmp_path_factory):
-    """configs/micro.yaml run on the cluster with profiles/slurm, from a copy of the workflow."""
-    wd = copy_workflow(tmp_path_factory.mktemp("slurm-micro"))
-    rc, out, seconds = _snakemake(["--profile", "profiles/slurm", *CLUSTER_FLAGS,
-                                   "--configfile", "configs/micro.yaml", "--config", CPU],
-                                  wd, _env(**SITE), timeout=900, log="slurm-micro.log")
+def micro(cluster):
+    """configs/micro.yaml run on the cluster with profiles/slurm, from a copy of the workflow (start_early)."""
+    wd = cluster
+    rc = _wait_for(wd / "micro.rc", 900)
+    out = (wd / "slurm-micro.log").read_text()
+    seconds = float((wd / "micro.end").read_text()) - float((wd / "micro.start").read_text())
     assert rc == 0, f"snakemake on SLURM failed ({rc}) after {seconds:.0f} s:\n{out[-6000:]}"
-    print(f"\nmicro on SLURM: {seconds:.0f} s")
+    print(f"\nmicro on SLURM: {seconds:.0f} s (started with the session)")
     return SimpleNamespace(dir=wd, out=out, seconds=seconds, run_id=_run_id(out))
 
 

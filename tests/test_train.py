@@ -10,7 +10,8 @@ import yaml
 from conftest import ROOT
 
 from transferable.data.reader import Shards
-from transferable.train.loop import best_k_mean, lr_at, train_net
+from transferable.paths import HISTORY_COLUMNS
+from transferable.train.loop import best_k_mean, history_csv, lr_at, train_net
 
 MICRO = yaml.safe_load((ROOT / "configs/micro.yaml").read_text())
 
@@ -92,6 +93,41 @@ def test_train_loss_in_history_is_the_mean_of_the_step_losses(prepared, tmp_path
     assert np.allclose(hist.train_loss, np.mean(np.reshape(seen, (4, 2)), axis=1), rtol=1e-6)
 
 
+def test_a_caffenet_job_imports_neither_dynamo_nor_pandas(prepared, tmp_path):
+    """What a training job pays before its first step: torch._dynamo (imported by the first call of torch's
+    dynamo-disabled Optimizer methods, 1.5-3 s) and pandas (0.7 s) are not among it for CaffeNet, whose
+    optimizer is CaffeSGD: a micro net trains in 0.1 s. A fresh interpreter, as a Snakemake job is."""
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+from transferable.train.loop import train_net
+train_net(split="rand0", net="baseB", manifest={str(prepared / "rand0.json")!r},
+          shards_index={str(prepared / "shards/index.json")!r}, out_dir={str(tmp_path / "baseB")!r},
+          ckpt={str(tmp_path / "baseB.ckpt")!r}, cfg=json.loads(sys.argv[1]), device="cpu", log=lambda *a: None)
+print(json.dumps(sorted(m for m in ("torch._dynamo", "pandas", "matplotlib") if m in sys.modules)))
+"""
+    cfg = _cfg(checkpoint_every=4)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    in_process, _ = _train(prepared, tmp_path / "here", "baseB", cfg=cfg)  # and the results are those of
+    assert json.loads((tmp_path / "baseB/metrics.json").read_text())["top1"] == in_process["top1"]  # this process
+
+
+def test_history_csv_is_the_text_pandas_wrote():
+    rows = [{"iter": 2, "epoch": 1.0, "lr": 0.01, "train_loss": 1.0937508344650269, "val_loss": 0.9641464352607727,
+             "top1": 0.5, "top5": 1.0, "elapsed_s": 0.013},
+            {"iter": 4, "epoch": 2.0, "lr": 1e-05, "train_loss": float("nan"), "val_loss": 1 / 3, "top1": 0.0,
+             "top5": 0.125, "elapsed_s": 12345.678},
+            {"iter": 10000, "epoch": 3.0004, "lr": 0.001, "train_loss": 2.5, "val_loss": 1e-20, "top1": 1.0,
+             "top5": np.float64(0.75)}]  # no elapsed_s
+    assert history_csv(rows) == pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False)
+    assert history_csv([]) == pd.DataFrame([], columns=HISTORY_COLUMNS).to_csv(index=False)
+    assert history_csv(rows).splitlines()[2] == "4,2.0,1e-05,,0.3333333333333333,0.0,0.125,12345.678"
+
+
 def test_best_k_mean_is_the_papers_metric():
     assert best_k_mean([0.1, 0.5, 0.3, 0.4], 2) == pytest.approx(0.45)
 
@@ -101,18 +137,18 @@ def test_step_schedule_is_caffes():
     assert [lr_at(i, t) for i in (0, 99999, 100000, 250000, 449999)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4, 1e-6])
 
 
-@pytest.mark.parametrize("arch", ["caffenet-small", "vit-small"])
+@pytest.mark.parametrize("arch", ["caffenet-small", "vit-small", "resnet-small"])
 def test_nets_trained_together_equal_nets_trained_alone(prepared, tmp_path, arch):
     """One data stream and shared frozen passes for many nets give exactly the weights and histories of
-    training each net alone (no dropout in the frozen layers), for CaffeNet and for a unit network with
-    AdamW (the ViT family run of conftest trains on shared streams)."""
+    training each net alone (no dropout in the frozen layers), for CaffeNet (SGD), a ViT (AdamW) and a ResNet
+    (SGD; frozen BatchNorm): conftest's ViT and ResNet family runs train on shared streams, micro_done alone."""
     from transferable.train.loop import train_nets
 
     cfg = _cfg(max_iter=6)
     cfg["net"]["dropout"] = 0.0
     if arch != "caffenet-small":
         cfg["net"] = {"arch": arch, "crop": 16, "outputs": "all", "input_scale": 0.017, "dropout": 0.0}
-        cfg["train"].update(optimizer="adamw", lr=0.001)
+        cfg["train"].update({"optimizer": "adamw", "lr": 0.001} if arch.startswith("vit") else {"optimizer": "sgd"})
     _, out_a = _train(prepared, tmp_path, "baseA", cfg=cfg)
     _, out_b = _train(prepared, tmp_path, "baseB", cfg=cfg)
     group = ["B1B", "B3B_ft", "A1B", "A2B", "A5B", "A5B_ft"]

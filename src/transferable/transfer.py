@@ -90,6 +90,16 @@ class CaffeSGD(torch.optim.Optimizer):
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                                   "lr_mult": 1.0, "decay_mult": 1.0})
 
+    # torch wraps these four Optimizer methods in torch._disable_dynamo, whose first call imports
+    # torch._dynamo: 1.5-3 s of CPU in every training job, more than a micro net's whole training. The
+    # wrapper only matters while torch.compile traces the method; the trainer compiles nets' forwards
+    # (train.compile), never the optimizer, so CaffeSGD calls the plain methods (tests/test_train.py checks
+    # that a CaffeNet job never imports torch._dynamo, and that its results do not change).
+    add_param_group = torch.optim.Optimizer.add_param_group.__wrapped__
+    zero_grad = torch.optim.Optimizer.zero_grad.__wrapped__
+    state_dict = torch.optim.Optimizer.state_dict.__wrapped__
+    load_state_dict = torch.optim.Optimizer.load_state_dict.__wrapped__
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D401
         # Tensors with the same lr and decay are updated together, one fused (foreach) kernel per

@@ -29,6 +29,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from .errors import IngestError
+
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
@@ -41,10 +43,6 @@ _VAL_RE = re.compile(r"^ILSVRC2012_val_(\d{8})\.JPEG$")
 
 CATALOG_COLUMNS = ["class_index", "wnid", "words", "ancestors", "num_train", "num_val"]
 IMAGE_COLUMNS = ["subset", "class_index", "source", "path", "offset", "size", "member"]
-
-
-class IngestError(RuntimeError):
-    """Raw data that cannot be read; the message names the file (and member)."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .formats import RESIZES
-from .ilsvrc import IngestError
+from .errors import IngestError
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a dependency here); they
 # are what the product card names and they work: when torchvision drops them, decode_jpegs is the one

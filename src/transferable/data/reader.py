@@ -13,9 +13,19 @@ from pathlib import Path
 import numpy as np
 
 from .host import available_memory
-from .ilsvrc import IngestError
+from .errors import IngestError, ShardError
 from .pixels import decode_jpegs, thread_pool
-from .shards import FILE_DIGESTS, ShardError, _sha256_file
+
+# each part's per-file digests, written by its shard job (shards.py), checked here before training
+FILE_DIGESTS = "files.sha256"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)  # hashlib releases the GIL on large blocks: threads hash in parallel
+    return h.hexdigest()
 
 
 class Shards:
@@ -87,7 +97,7 @@ class Shards:
             if size is None or actual != size:
                 raise ShardError(f"{path}: {actual} bytes, its shard job wrote {size}: the file of part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
-            if content and _sha256_file(path) != digest:
+            if content and sha256_file(path) != digest:
                 raise ShardError(f"{path}: its content differs from what its shard job wrote (SHA-256): part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
             return actual

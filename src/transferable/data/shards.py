@@ -40,9 +40,11 @@ import pandas as pd
 from PIL import Image
 
 from .. import advice, atomic
-from .ilsvrc import IngestError, read_image_bytes
+from .errors import IngestError, ShardError
+from .ilsvrc import read_image_bytes
 from .formats import RESIZES, SHARD_FORMATS as FORMATS
 from .pixels import decode, encode_jpeg
+from .reader import FILE_DIGESTS, sha256_file
 
 def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
     parts = max(1, min(parts, num_classes))
@@ -69,21 +71,6 @@ def seal_part(part_dir: str | os.PathLike, counts: dict, size: int, resize: str 
         lines.append(f"{one.hexdigest()}  {f.stat().st_size}  {f.name}\n")
     (part_dir / FILE_DIGESTS).write_text("".join(lines))  # each file's, for the jobs that read it (verify)
     (part_dir / "digest.txt").write_text(h.hexdigest() + "\n")
-    return h.hexdigest()
-
-
-FILE_DIGESTS = "files.sha256"
-
-
-class ShardError(RuntimeError):
-    """A shard file that is missing, of the wrong size or content: names the part and how to rebuild it."""
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)  # hashlib releases the GIL on large blocks: threads hash in parallel
     return h.hexdigest()
 
 
@@ -307,7 +294,7 @@ def _reuse(out: Path, key: str, log) -> bool:
         for line in (kept / FILE_DIGESTS).read_text().splitlines():
             digest, size, name = line.split("  ", 2)
             f = kept / name
-            if f.stat().st_size != int(size) or _sha256_file(f) != digest:
+            if f.stat().st_size != int(size) or sha256_file(f) != digest:
                 log(f"{f}: kept copy damaged: rebuilding the part")
                 return False
         tmp = _tmp_name(out)

@@ -655,7 +655,7 @@ def table1_three_ways(df: pd.DataFrame, paper: pd.DataFrame | None = None,
                      on=["method", "layers"], how="left")
     out["published_over_base"] = [PAPER_TABLE1.get((lo, hi), {}).get("over_base", np.nan)
                                   for lo, hi in zip(out["n_lo"], out["n_hi"])]
-    out["published_over_selffer"] = [PAPER_TABLE1.get((lo, hi), {}).get("over_BnB+", np.nan)
+    out["published_over_selffer"] = [PAPER_TABLE1.get((lo, hi), {}).get("over_selffer", np.nan)
                                      for lo, hi in zip(out["n_lo"], out["n_hi"])]
     return out
 

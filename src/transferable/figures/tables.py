@@ -317,7 +317,7 @@ def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True, base: pd.
         if paper:
             p = PAPER_TABLE1.get((lo, hi), {})
             row["paper_boost_over_base"] = p.get("over_base", np.nan)
-            row["paper_boost_over_bnb_plus"] = p.get("over_BnB+", np.nan)
+            row["paper_boost_over_bnb_plus"] = p.get("over_selffer", np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
