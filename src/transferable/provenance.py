@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -26,9 +27,10 @@ STAGE_ENTRIES = {
     "similarity": ["similarity.py"],
     "sources": ["sources.py"],
     "cross": ["figures/cross.py", "figures/tables.py"],
-    "figures": ["figures/tables.py", "figures/effects.py", "figures/plots.py", "figures/paper.py",
-                "figures/paper_networks.csv"],
+    "figures": ["figures/tables.py", "figures/effects.py", "figures/plots.py", "figures/paper.py"],
 }
+# a packaged data file, named in a module's source: part of the code of every stage that runs that module
+DATA_FILE = re.compile(r"[\w-]+\.(csv|json|yaml)")
 # Imported by stages but unable to change a result: writing files, messages, digests, attempt records, the
 # choice of where identical bytes are read from. Editing them reruns nothing.
 RESULT_NEUTRAL_CODE = frozenset({"atomic.py", "advice.py", "provenance.py", "attempts.py", "data/staging.py"})
@@ -36,13 +38,16 @@ RESULT_NEUTRAL_CODE = frozenset({"atomic.py", "advice.py", "provenance.py", "att
 
 @functools.cache
 def _imports(path: Path) -> frozenset[Path]:
-    """The package's modules that ``path`` imports (relative or absolute, anywhere in the file)."""
+    """The package's modules that ``path`` imports (relative or absolute, anywhere in the file), and the data
+    files beside it that it names in a string (figures/paper.py: "paper_networks.csv")."""
     import ast
 
     here = list(path.relative_to(PACKAGE_DIR).parent.parts)
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and DATA_FILE.fullmatch(node.value):
+            found.update(f for f in (path.parent / node.value,) if f.is_file())
         if isinstance(node, ast.ImportFrom) and node.level:
             base = here[: len(here) - (node.level - 1)] + ([node.module] if node.module else [])
             names = [".".join(base)] + [".".join(base + [a.name]) for a in node.names]
