@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -499,3 +500,28 @@ def test_the_random_filter_claims_name_the_normalisation_of_their_nets():
     texts = set(eff.loc[eff["claim"] == "random_filters_lose_more", "text"])
     assert texts == {"random frozen filters (BatchNorm at its initial statistics: not normalising) lose more than "
                      "random-split transfer"}
+
+
+def test_the_claims_are_data_and_a_wrong_entry_is_named():
+    """The paper's claims live in figures/paper_claims.yaml (one entry each: a claim of one's own is one
+    more); a wrong entry stops with the file, the claim and the field."""
+    import yaml
+
+    from transferable.figures.effects import CLAIMS, CLAIMS_FILE, load_claims
+
+    assert len(CLAIMS) == 14 and CLAIMS[0].key == "no_loss_low_layers" and CLAIMS[0].ranges == ((1, 2),)
+    mine = [{"key": "mine", "label": "x", "text": "base+ above base", "kind": "paired", "treatment": "base+",
+             "reference": "base", "expected": 1, "ranges": [[1, 7]], "extra_training": True}]
+    assert load_claims(yaml.safe_dump(mine))[0].ranges == ((1, 7),)
+    for edit, message in ((dict(treatment="CnB"), "treatment 'CnB' is not a treatment"),
+                          (dict(kind="ratio"), "kind 'ratio' is not one of paired, growth, versus"),
+                          (dict(expected=2), "expected 2 is not 1, -1 or 0"),
+                          (dict(ranges=[[3, 1]]), "ranges [(3, 1)] are not [lo, hi] pairs"),
+                          (dict(split_kind="rand"), "split_kind 'rand' is not one of"),
+                          (dict(colour="red"), "unknown field(s) colour")):
+        with pytest.raises(ValueError, match=re.escape(f"my.yaml: claim mine: {message}")):
+            load_claims(yaml.safe_dump([{**mine[0], **edit}]), "my.yaml")
+    with pytest.raises(ValueError, match="same key"):
+        load_claims(yaml.safe_dump(mine * 2))
+    with pytest.raises(ValueError, match=f"{CLAIMS_FILE}: claim mine: .*missing"):
+        load_claims(yaml.safe_dump([{k: v for k, v in mine[0].items() if k != "text"}]))

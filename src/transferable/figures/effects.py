@@ -36,9 +36,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from importlib import resources
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from ..paths import TREATMENT, base_split
@@ -248,40 +250,54 @@ class Claim:
     extra_training: bool = False
 
 
-CLAIMS: tuple[Claim, ...] = (
-    Claim("no_loss_low_layers", "1", "transfer AnB of the first layers loses nothing against its target's base net",
-          "paired", "AnB", "base", 0, ((1, 2),), per_layer=False),
-    Claim("coadaptation", "2", "selffer BnB below its base net in the middle layers (fragile co-adaptation)",
-          "paired", "BnB", "base", -1, ((3, 6),)),
-    Claim("finetune_recovers", "3", "fine-tuning recovers the selffer's loss: BnB+ above BnB",
-          "paired", "BnB+", "BnB", +1, ((3, 6),), extra_training=True),
-    Claim("finetune_back_to_base", "3", "fine-tuned selffer BnB+ back at its base net's level (no gain from "
-          "extra training)", "paired", "BnB+", "base", 0, ((1, 7),)),
-    Claim("specificity_vs_selffer", "4", "transfer AnB below selffer BnB at the top layer (specificity)",
-          "paired", "AnB", "BnB", -1, ((7, 7),)),
-    Claim("specificity_vs_base", "4", "transfer AnB below its target's base net at the top layer",
-          "paired", "AnB", "base", -1, ((7, 7),)),
-    Claim("specificity_grows", "4", "AnB's loss against base grows with n: (AnB − base) at n = 7 minus at n = 1",
-          "growth", "AnB", "base", -1, ((1, 7),), per_layer=False),
-    Claim("boost_over_base", "5", "transfer + fine-tuning AnB+ above its target's base net (Table 1)",
-          "paired", "AnB+", "base", +1, ((1, 7), (3, 7), (5, 7)), extra_training=True),
-    Claim("boost_over_selffer", "5", "transfer + fine-tuning AnB+ above selffer + fine-tuning BnB+ (Table 1)",
-          "paired", "AnB+", "BnB+", +1, ((1, 7), (3, 7), (5, 7))),
-    # judged against the equally trained control base+ (the base net trained on with the fine-tuned nets'
-    # schedule): the two claims above that extra training confounds, without it
-    Claim("finetune_back_to_control", "3", "fine-tuned selffer BnB+ at the level of base+, the base net trained "
-          "on as long (the selffer's loss recovered, extra training accounted for)", "paired", "BnB+", "base+", 0,
-          ((1, 7),)),
-    Claim("boost_over_control", "5", "transfer + fine-tuning AnB+ above base+, the base net trained on as long",
-          "paired", "AnB+", "base+", +1, ((1, 7), (3, 7), (5, 7))),
-    Claim("dissimilar_loses_more", "fig3", "{dissimilar} transfer loses more than random-split transfer",
-          "versus", "AnB", "base", -1, ((7, 7), (5, 7)), split_kind="natman"),
-    Claim("random_filters_lose_more", "fig3", "random frozen filters{random_norm} lose more than random-split "
-          "transfer", "versus", "random", "base", -1, ((1, 7), (1, 2)), split_kind="all"),
-    Claim("random_filters_lose_more_than_distant", "fig3", "random frozen filters{random_norm} lose more than "
-          "transfer from a distant task ({dissimilar})", "versus", "random", "base", -1, ((1, 7), (1, 2)),
-          split_kind="all", versus=("natman", "AnB")),
-)
+CLAIMS_FILE = "paper_claims.yaml"  # beside this module
+CLAIM_KINDS = ("paired", "growth", "versus")
+
+
+def load_claims(text: str | None = None, where: str = CLAIMS_FILE) -> tuple[Claim, ...]:
+    """The claims of a claims file (YAML: a list of Claim fields; default: the packaged paper_claims.yaml),
+    checked: a wrong entry raises ValueError naming ``where``, the claim and the field."""
+    if text is None:
+        text = resources.files(__package__).joinpath(CLAIMS_FILE).read_text()
+    entries = yaml.safe_load(text)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: expected a list of claims")
+    fields = {f.name for f in dataclasses.fields(Claim)}
+    claims = []
+    for i, e in enumerate(entries):
+        name = f"{where}: claim {e.get('key', i + 1) if isinstance(e, dict) else i + 1}"
+        if not isinstance(e, dict):
+            raise ValueError(f"{name}: expected a mapping of {', '.join(sorted(fields))}")
+        if unknown := set(e) - fields:
+            raise ValueError(f"{name}: unknown field(s) {', '.join(sorted(unknown))}")
+        try:
+            c = Claim(**{k: tuple(tuple(r) for r in v) if k == "ranges" else tuple(v) if k == "versus" else v
+                         for k, v in e.items()})
+        except TypeError as err:
+            raise ValueError(f"{name}: {err}") from None
+        problems = [f"kind {c.kind!r} is not one of {', '.join(CLAIM_KINDS)}"] if c.kind not in CLAIM_KINDS else []
+        problems += [f"{f} {getattr(c, f)!r} is not a treatment ({', '.join(TREATMENT)})"
+                     for f in ("treatment", "reference") if getattr(c, f) not in TREATMENT]
+        problems += [f"expected {c.expected!r} is not 1, -1 or 0"] if c.expected not in (1, -1, 0) else []
+        if not c.ranges or not all(len(r) == 2 and all(isinstance(x, int) for x in r) and 1 <= r[0] <= r[1]
+                                   for r in c.ranges):
+            problems.append(f"ranges {list(c.ranges)!r} are not [lo, hi] pairs with 1 <= lo <= hi")
+        problems += [f"split_kind {c.split_kind!r} is not one of {', '.join(UNIT_NAMES)}"] \
+            if c.split_kind not in UNIT_NAMES else []
+        if c.kind == "versus" and (len(c.versus) != 2 or c.versus[0] not in UNIT_NAMES
+                                   or c.versus[1] not in TREATMENT):
+            problems.append(f"versus {list(c.versus)!r} is not [split kind, treatment]")
+        if problems:
+            raise ValueError(f"{name}: {'; '.join(problems)}")
+        claims.append(c)
+    if len({c.key for c in claims}) != len(claims):
+        raise ValueError(f"{where}: two claims have the same key")
+    return tuple(claims)
+
+
+# the paper's claims (paper_claims.yaml)
+CLAIMS: tuple[Claim, ...] = load_claims()
+
 
 def claims_for(units: int, claims: tuple[Claim, ...] = CLAIMS) -> tuple[Claim, ...]:
     """The paper's claims for a net of ``units`` transferable units: each range of CaffeNet's 7 layers at the
