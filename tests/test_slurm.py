@@ -34,6 +34,9 @@ CLUSTER = ROOT / "tests" / "cluster"
 # Every micro run asks SLURM for a GPU per training job but pins training to the CPU: on a host with real GPUs the
 # fake GPU indices SLURM hands out would map onto them, and GPU (bf16) results are not reproducible bit for bit.
 CPU = "resources={device: cpu, train_gpus: 1}"
+# The micro run trains as the default config does: on shared streams (each half's non-base nets in one job,
+# rules train_together_*); the signalled and GPU-grant runs train one base net in the per-net rule.
+SHARED = "resources={device: cpu, train_gpus: 1, shared_stream: true}"
 # The local test cluster has no job accounting (sacct fails there): poll with squeue, partition "debug". These
 # are the profile's site settings; no account (--slurm-no-account) and a fast first status check on the CLI.
 SITE = {"TRANSFERABLE_SLURM_PARTITION": "debug", "TRANSFERABLE_SLURM_STATUS_COMMAND": "squeue"}
@@ -133,7 +136,7 @@ def start_early(wd: Path) -> None:
     copy_workflow(wd)
     (wd / "cluster.ours").write_text("0" if _cluster_already_up() else "1")
     snakemake = shlex.join([str(VENV_BIN / "snakemake"), "--profile", "profiles/slurm", *CLUSTER_FLAGS,
-                            "--configfile", "configs/micro.yaml", "--config", CPU])
+                            "--configfile", "configs/micro.yaml", "--config", SHARED])
     # each .rc file appears (renamed) once its step has ended
     script = (f"{shlex.quote(str(CLUSTER / 'start.sh'))} --fresh > cluster-start.log 2>&1; echo $? > rc.tmp; "
               "mv rc.tmp cluster-start.rc; [ \"$(cat cluster-start.rc)\" = 0 ] || exit; "
@@ -211,8 +214,15 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
         assert job["data_policy"] == "memory" and 0 < job["data_bytes"] < 250 << 20, job  # a micro half: in memory
 
     calls = _sbatch_calls(micro.out)
-    train = {c: lines for c, lines in calls.items() if c.startswith("rule_train_wildcards_")}
-    assert sorted(train) == sorted(f"rule_train_wildcards_{n.parent.name}_{n.name}" for n in nets)
+    train = {c: lines for c, lines in calls.items() if c.startswith("rule_train")}
+    # the 5 base nets alone, the other 8 in one job per split and target half
+    bases = [n for n in nets if n.name.startswith("base") and not n.name.endswith("_ft")]
+    together = {"rand0_B", "natman_A", "natman_B", "all_A"}
+    assert sorted(train) == sorted([f"rule_train_wildcards_{n.parent.name}_{n.name}" for n in bases]
+                                   + [f"rule_train_together_{g}" for g in together]), sorted(train)
+    # rand0's 5 non-base nets shared one stream; natman's transfers and R1A are one net per half
+    assert {(m["split"], m["net"]): m["trained_with"] for m in metrics if m["trained_with"] > 1} == {
+        ("rand0", n): 5 for n in ("B1B", "B1B_ft", "A1B", "A1B_ft", "baseB_ft")}
     for comment, lines in train.items():
         assert len(lines) == 1, f"{comment} was submitted {len(lines)} times"
         assert re.search(r" (--gpus=1|--gres=gpu:1)( |$)", lines[0]), lines[0]
@@ -227,11 +237,11 @@ def test_micro_runs_on_slurm_with_gpu_requests(micro):
     for comment, lines in small.items():
         assert len(lines) == 1 and "--gpus" not in lines[0] and "--gres" not in lines[0], lines
         assert "--cpus-per-task=1" in lines[0] and " -p debug " in lines[0], lines[0]
-    assert len(calls) == 18  # 13 nets, 4 groups, the similarity job
+    assert len(calls) == 14  # 5 base nets, 4 shared-stream jobs, 4 groups, the similarity job
 
     # SLURM's own record: the GPU requests it accepted, and every job completed
     jobs = _jobs(micro.run_id)
-    assert len(jobs) == 18 and {_state(j) for j in jobs} == {"COMPLETED"}
+    assert len(jobs) == 14 and {_state(j) for j in jobs} == {"COMPLETED"}
     assert sorted(j["comment"] for j in jobs if j["tres_per_job"] == "gres:gpu:1") == sorted(train)
 
 
