@@ -30,10 +30,27 @@ STAGE_ENTRIES = {
     "figures": ["figures/tables.py", "figures/effects.py", "figures/plots.py", "figures/paper.py"],
 }
 # a packaged data file, named in a module's source: part of the code of every stage that runs that module
-DATA_FILE = re.compile(r"[\w-]+\.(csv|json|yaml)")
+DATA_FILE = re.compile(r"[\"']([\w-]+\.(?:csv|json|yaml))[\"']")
 # Imported by stages but unable to change a result: writing files, messages, digests, attempt records, the
 # choice of where identical bytes are read from. Editing them reruns nothing.
 RESULT_NEUTRAL_CODE = frozenset({"atomic.py", "advice.py", "provenance.py", "attempts.py", "data/staging.py"})
+
+
+def _import_statements(body: list) -> list:
+    """The import statements of a block of statements, at any depth (functions, classes, if/try/with/...),
+    without visiting expressions: most of a module's nodes, and most of the time a full ast.walk takes."""
+    import ast
+
+    found = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            block = getattr(node, field, None)
+            if block:
+                found += _import_statements(block)
+    return found
 
 
 @functools.cache
@@ -43,11 +60,10 @@ def _imports(path: Path) -> frozenset[Path]:
     import ast
 
     here = list(path.relative_to(PACKAGE_DIR).parent.parts)
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    text = path.read_text()
+    found = {f for f in (path.parent / m[1] for m in DATA_FILE.finditer(text)) if f.is_file()}
+    for node in _import_statements(ast.parse(text).body):
         names = []
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and DATA_FILE.fullmatch(node.value):
-            found.update(f for f in (path.parent / node.value,) if f.is_file())
         if isinstance(node, ast.ImportFrom) and node.level:
             base = here[: len(here) - (node.level - 1)] + ([node.module] if node.module else [])
             names = [".".join(base)] + [".".join(base + [a.name]) for a in node.names]
