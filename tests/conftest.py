@@ -225,10 +225,10 @@ def early_name(test_file: str) -> str:
 
 # The long files first, so that `make test`'s workers (pytest-xdist, one file at a time each, in this order:
 # --no-loadscope-reorder) do not end on them: the family runs on one worker, while the other runs the files
-# on micro_done; then test_slurm.py, whose micro run started with the session (early_runs) and is about
-# done by then (its signalled and GPU-grant runs take 3 more minutes); then the rest in their usual order.
-LONG_FILES = ("test_units.py", "test_reruns.py", "test_slurm.py", "test_workflow.py", "test_smoke.py",
-              "test_faults.py", "test_cross_workflow.py", "test_report.py")
+# on micro_done; test_slurm.py, whose micro run started with the session (early_runs), once that run is
+# about done; then the rest in their usual order.
+LONG_FILES = ("test_units.py", "test_reruns.py", "test_workflow.py", "test_smoke.py", "test_faults.py",
+              "test_slurm.py", "test_cross_workflow.py", "test_report.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -48,7 +48,16 @@ def _open(page, category, item):
     page.goto(page.url.split("#")[0])
     page.get_by_role("link", name=category, exact=True).click()
     page.locator("tr", has_text=item).first.get_by_role("link").first.click()
-    page.wait_for_timeout(300)
+
+
+def _until(page, found, seconds=20.0):
+    """``found()`` once it is truthy (the page renders a result asynchronously: under load, a fixed wait is
+    not enough), or its last value after ``seconds``."""
+    for _ in range(int(seconds / 0.1)):
+        if value := found():
+            return value
+        page.wait_for_timeout(100)
+    return found()
 
 
 def test_landing_page_describes_the_workflow(page):
@@ -62,7 +71,8 @@ def test_landing_page_describes_the_workflow(page):
                                          ("similarity_by_layer", "conv5")])
 def test_tables_are_shown_as_tables(page, table, cell):
     _open(page, "Tables", table)
-    frames = [f for f in page.frames if f.url.startswith("data:text/html") and f"filename={table}.html" in f.url]
+    frames = _until(page, lambda: [f for f in page.frames
+                                   if f.url.startswith("data:text/html") and f"filename={table}.html" in f.url])
     assert frames, [f.url[:80] for f in page.frames]
     cells = frames[0].locator("td", has_text=cell)
     assert cells.count() > 0 and cells.first.is_visible()
@@ -73,6 +83,8 @@ def test_tables_are_shown_as_tables(page, table, cell):
                                             ("Training curves", "rand0")])
 def test_figures_are_shown_as_images(page, category, item):
     _open(page, category, item)
-    shown = [i for i in page.locator("img").all() if (i.get_attribute("src") or "").startswith("data:image/png")]
-    assert shown and shown[0].is_visible()
-    assert shown[0].evaluate("e => e.naturalWidth") > 400  # decoded by the browser, not a broken image
+    shown = _until(page, lambda: [i for i in page.locator("img").all()
+                                  if (i.get_attribute("src") or "").startswith("data:image/png") and i.is_visible()])
+    assert shown
+    width = _until(page, lambda: shown[0].evaluate("e => e.complete && e.naturalWidth"))
+    assert width > 400  # decoded by the browser, not a broken image
