@@ -12,20 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..provenance import file_digest
 from .host import available_memory
 from .errors import IngestError, ShardError
 from .pixels import decode_jpegs, thread_pool
 
 # each part's per-file digests, written by its shard job (shards.py), checked here before training
 FILE_DIGESTS = "files.sha256"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)  # hashlib releases the GIL on large blocks: threads hash in parallel
-    return h.hexdigest()
+# read in 4 MB blocks: hashlib releases the GIL on large blocks, so verify's threads hash in parallel
+DIGEST_BLOCK = 1 << 22
 
 
 class Shards:
@@ -97,7 +92,7 @@ class Shards:
             if size is None or actual != size:
                 raise ShardError(f"{path}: {actual} bytes, its shard job wrote {size}: the file of part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
-            if content and sha256_file(path) != digest:
+            if content and file_digest(path, DIGEST_BLOCK) != digest:
                 raise ShardError(f"{path}: its content differs from what its shard job wrote (SHA-256): part "
                                  f"{part.name} is damaged; rebuild the part with: {rebuild}")
             return actual

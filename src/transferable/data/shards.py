@@ -44,7 +44,8 @@ from .errors import IngestError, ShardError
 from .ilsvrc import read_image_bytes
 from .formats import RESIZES, SHARD_FORMATS as FORMATS
 from .pixels import decode, encode_jpeg
-from .reader import FILE_DIGESTS, sha256_file
+from ..provenance import file_digest
+from .reader import DIGEST_BLOCK, FILE_DIGESTS
 
 def class_blocks(num_classes: int, parts: int) -> list[list[int]]:
     parts = max(1, min(parts, num_classes))
@@ -294,7 +295,7 @@ def _reuse(out: Path, key: str, log) -> bool:
         for line in (kept / FILE_DIGESTS).read_text().splitlines():
             digest, size, name = line.split("  ", 2)
             f = kept / name
-            if f.stat().st_size != int(size) or sha256_file(f) != digest:
+            if f.stat().st_size != int(size) or file_digest(f, DIGEST_BLOCK) != digest:
                 log(f"{f}: kept copy damaged: rebuilding the part")
                 return False
         tmp = _tmp_name(out)

@@ -275,15 +275,17 @@ def load_claims(text: str | None = None, where: str = CLAIMS_FILE) -> tuple[Clai
                          for k, v in e.items()})
         except TypeError as err:
             raise ValueError(f"{name}: {err}") from None
-        problems = [f"kind {c.kind!r} is not one of {', '.join(CLAIM_KINDS)}"] if c.kind not in CLAIM_KINDS else []
-        problems += [f"{f} {getattr(c, f)!r} is not a treatment ({', '.join(TREATMENT)})"
-                     for f in ("treatment", "reference") if getattr(c, f) not in TREATMENT]
-        problems += [f"expected {c.expected!r} is not 1, -1 or 0"] if c.expected not in (1, -1, 0) else []
+        problems = [f"{f} {getattr(c, f)!r} is not a treatment ({', '.join(TREATMENT)})"
+                    for f in ("treatment", "reference") if getattr(c, f) not in TREATMENT]
+        if c.kind not in CLAIM_KINDS:
+            problems.append(f"kind {c.kind!r} is not one of {', '.join(CLAIM_KINDS)}")
+        if c.expected not in (1, -1, 0):
+            problems.append(f"expected {c.expected!r} is not 1, -1 or 0")
         if not c.ranges or not all(len(r) == 2 and all(isinstance(x, int) for x in r) and 1 <= r[0] <= r[1]
                                    for r in c.ranges):
             problems.append(f"ranges {list(c.ranges)!r} are not [lo, hi] pairs with 1 <= lo <= hi")
-        problems += [f"split_kind {c.split_kind!r} is not one of {', '.join(UNIT_NAMES)}"] \
-            if c.split_kind not in UNIT_NAMES else []
+        if c.split_kind not in UNIT_NAMES:
+            problems.append(f"split_kind {c.split_kind!r} is not one of {', '.join(UNIT_NAMES)}")
         if c.kind == "versus" and (len(c.versus) != 2 or c.versus[0] not in UNIT_NAMES
                                    or c.versus[1] not in TREATMENT):
             problems.append(f"versus {list(c.versus)!r} is not [split kind, treatment]")

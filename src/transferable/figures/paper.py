@@ -52,8 +52,13 @@ PAPER_LINES_NAME = "paper_lines.csv"
 PAPER_TABLE1_NAME = "paper_table1.csv"
 
 
+def _packaged(name: str):
+    """A data file shipped beside this module, open for reading (text)."""
+    return resources.files(__package__).joinpath(name).open("r")
+
+
 def _packaged_csv(name: str) -> pd.DataFrame:
-    with resources.files(__package__).joinpath(name).open("r") as fh:
+    with _packaged(name) as fh:
         return pd.read_csv(fh, keep_default_na=False, na_values=[""])
 
 
@@ -175,5 +180,5 @@ def read_paper_networks_csv(source) -> pd.DataFrame:
 
 def load_paper_networks() -> pd.DataFrame:
     """The packaged per-network table of the paper (columns :data:`PAPER_COLUMNS`)."""
-    with resources.files(__package__).joinpath(PAPER_CSV_NAME).open("r") as fh:
+    with _packaged(PAPER_CSV_NAME) as fh:
         return read_paper_networks_csv(fh)
