@@ -304,9 +304,44 @@ def test_the_treatments_are_written_once():
     assert paths.TRANSFER_TREATMENTS == plan.TREATMENTS == ("BnB", "BnB+", "AnB", "AnB+", "base+")
     assert tables.FIG2_TREATMENTS == ("BnB", "BnB+", "AnB", "AnB+")  # the paper's legend; base+ is a control
     assert tables.TREATMENTS == tuple(t.key for t in paths.TREATMENT_TABLE)
+    # the reference copies nothing, the control everything: one row each
+    assert [t.key for t in paths.TREATMENT_TABLE if not t.copies] == [paths.REFERENCE] == ["base"]
+    assert [t.key for t in paths.TREATMENT_TABLE if t.copies == "all"] == [paths.CONTROL] == ["base+"]
     assert set(plots.MARKERS) == {"base", *paths.TRANSFER_TREATMENTS}
     assert {k: (m["color"], m["marker"]) for k, m in plots.MARKERS.items()} == {
         k: (paths.TREATMENT[k].colour, paths.TREATMENT[k].marker) for k in plots.MARKERS}
+
+
+def test_no_treatment_name_in_code_outside_the_table():
+    """Issue 23's done-when as a test: outside the treatment table (paths.py) no module names a treatment as a
+    string of its own. Figures and tables read which treatment goes where from figures/figures.yaml, the
+    claims from paper_claims.yaml; the reference and the control are the table's (paths.REFERENCE, CONTROL).
+    Docstrings and the text of f-strings (captions, net names such as f"base{half}") are prose, not names;
+    the Snakefile and the rules are searched for quoted names.
+    "random" is also a split kind and a Treatment.source value, so it is not a name to look for."""
+    import ast
+    import re
+
+    from transferable.figures.tables import SPLIT_KINDS
+
+    names = set(paths.TREATMENTS) - set(SPLIT_KINDS)
+    assert names == {"base", "BnB", "BnB+", "AnB", "AnB+", "base+"}
+    found = []
+    for py in sorted((ROOT / "src" / "transferable").rglob("*.py")):
+        if py.name == "paths.py":
+            continue
+        tree = ast.parse(py.read_text())
+        prose = {id(n.body[0].value) for n in ast.walk(tree)
+                 if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                 and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        prose |= {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+        found += [f"{py.relative_to(ROOT)}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and n.value in names and id(n) not in prose]
+    quoted = re.compile("[\"']({})[\"']".format("|".join(re.escape(n) for n in sorted(names))))
+    for smk in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        found += [f"{smk.relative_to(ROOT)}:{i} {m[0]}" for i, line in enumerate(smk.read_text().splitlines(), 1)
+                  for m in quoted.finditer(line)]
+    assert not found, found
 
 
 def test_a_treatment_outside_the_table_is_refused_naming_the_allowed_ones():

@@ -62,7 +62,8 @@ def test_every_reading_points_at_its_own_line(drawn):
     bottom = drawn[0].axes[1]
     notes = {a.get_text()[:1]: a for a in bottom.texts if hasattr(a, "xy")}
     assert set(notes) == {"2", "3", "4", "5"}
-    for label, (_, _, _, line) in plots.READINGS.items():
+    for reading in plots.FIGURES.readings:
+        label, line = reading.label, reading.line
         xy = tuple(round(float(v), 6) for v in notes[label].xy)
         assert xy in _line_points(bottom, plots.MARKERS[line]["color"]), (label, xy)
         # and on no other line at that point (readings 5 and 3 used to sit on each other's lines)
@@ -122,3 +123,82 @@ def test_mark_clipped_by_hand():
     ax.set_ylim(0, 1)
     assert plots.mark_clipped(ax, [1, 2, 3], [-0.5, 0.2, 0.1], [0.5, 1.5, 0.9], "r") == 2
     plt.close(fig)
+
+
+def _spec_doc() -> dict:
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load(resources.files("transferable.figures").joinpath("figures.yaml").read_text())
+
+
+def test_the_figures_spec_is_data_and_a_wrong_entry_is_named():
+    """Which treatment each figure, table and analysis shows lives in figures/figures.yaml; a wrong entry stops
+    with the file, the place and the field."""
+    import copy
+    import re
+
+    import yaml
+
+    from transferable.figures.spec import FIGURES, load_figures
+
+    doc = _spec_doc()
+    assert load_figures(yaml.safe_dump(doc)) == FIGURES
+    assert [r.label for r in FIGURES.readings] == ["2", "3", "4", "5"]
+    assert FIGURES.cross_treatments == ("AnB", "AnB+", "random")
+
+    def broken(edit):
+        d = copy.deepcopy(doc)
+        edit(d)
+        return yaml.safe_dump(d)
+
+    cases = (
+        (lambda d: d["figure2"]["fills"][0].update(upper="CnB"), "figure2 fill 1: upper 'CnB' is not a treatment"),
+        (lambda d: d["figure2"]["readings"][0].update(point="middle"),
+         "figure2 reading 2: point 'middle' is not one of lowest, deepest, furthest_above"),
+        (lambda d: d["figure2"]["readings"][1].pop("above"), "figure2 reading 3: point furthest_above needs"),
+        (lambda d: d["figure2"]["readings"][3].update(above=["BnB", "AnB-"]),
+         "figure2 reading 5: above 'AnB-' is not a treatment"),
+        (lambda d: d["figure2"]["readings"][0].update(colour="red"), "figure2 reading 2: unknown field(s) colour"),
+        (lambda d: d["figure3"]["relative"][0].update(split_kind="rand"),
+         "figure3 relative series 1: split_kind 'rand' is not one of"),
+        (lambda d: d["table1"].update(treatment="AnB++"), "table1: treatment 'AnB++' is not a treatment"),
+        (lambda d: d["cross"].pop("tuned"), "cross: missing tuned"),
+    )
+    for edit, message in cases:
+        with pytest.raises(ValueError, match=re.escape(f"my.yaml: {message}")):
+            load_figures(broken(edit), "my.yaml")
+
+
+def test_table1_and_its_claims_name_the_same_treatments():
+    """Table 1 (figures.yaml) and the claims it reports (paper_claims.yaml) compare the same nets."""
+    from transferable.figures.spec import FIGURES
+    from transferable.paths import REFERENCE
+
+    claims = {c.key: c for c in fx.CLAIMS}
+    over_base, over_selffer = claims["boost_over_base"], claims["boost_over_selffer"]
+    assert (over_base.treatment, over_base.reference) == (FIGURES.table1_treatment, REFERENCE)
+    assert (over_selffer.treatment, over_selffer.reference) == (FIGURES.table1_treatment, FIGURES.table1_selffer)
+
+
+def test_figure2_draws_what_the_spec_says(drawn, monkeypatch):
+    """An edit of figures.yaml alone moves a reading's arrow and recolours a fill."""
+    import yaml
+
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    from transferable.figures.spec import load_figures
+
+    doc = _spec_doc()
+    doc["figure2"]["readings"][0]["point"] = "deepest"  # reading 2: BnB's top n instead of its dip at n = 4
+    doc["figure2"]["fills"][1]["colour"] = "#00ff00"
+    monkeypatch.setattr(plots, "FIGURES", load_figures(yaml.safe_dump(doc)))
+    df = _runs()
+    plots.fig2(df, "unused.pdf", paper=False, eff=_with_verdicts(df, "reproduced"))
+    bottom = drawn[0].axes[1]
+    notes = {a.get_text()[:1]: a for a in bottom.texts if hasattr(a, "xy")}
+    assert notes["2"].xy[0] == 7 and notes["4"].xy[0] == 7
+    fills = [to_hex(c.get_facecolor()[0]) for c in bottom.collections if isinstance(c, PolyCollection)]
+    assert fills == ["#ffeeee", "#00ff00", "#ffcccc"]

@@ -103,19 +103,23 @@ def target_nets(cfg: dict, t: Target) -> list[Net]:
     """Every net target ``t`` trains: per replicate, its base net, random frozen units and, per source,
     frozen and fine-tuned transfers."""
     b = block(cfg)
-    treatments = b["treatments"]
-    ft_layers = b.get("finetune_layers", b["layers"])
+    asked = [spec for spec in paths.TREATMENT_TABLE if spec.key in b["treatments"]]
+    own = [spec for spec in asked if spec.source == "random"]  # no source: trained once per replicate
+    transfers = [spec for spec in asked if spec.source == "other"]  # once per source
+
+    def layers(spec) -> list[int]:
+        return b.get("finetune_layers", b["layers"]) if spec.fine_tuned else b["layers"]
+
     nets = []
     for r in range(int(b["replicates"])):
         run = paths.replicate_split(t.split, r)
         nets.append(Net(run, paths.net_name(t.half), t.dataset))
-        if "random" in treatments:
-            nets += [Net(run, paths.net_name(t.half, n, "R"), t.dataset) for n in b["layers"]]
+        for spec in own:
+            nets += [Net(run, paths.treatment_net(spec.key, t.half, "", n), t.dataset) for n in layers(spec)]
         for s in sources(cfg):
-            if "AnB" in treatments:
-                nets += [Net(run, paths.net_name(t.half, n, CROSS_SOURCE), t.dataset, s) for n in b["layers"]]
-            if "AnB+" in treatments:
-                nets += [Net(run, paths.net_name(t.half, n, CROSS_SOURCE, True), t.dataset, s) for n in ft_layers]
+            for spec in transfers:
+                nets += [Net(run, paths.treatment_net(spec.key, t.half, CROSS_SOURCE, n), t.dataset, s)
+                         for n in layers(spec)]
     return nets
 
 
@@ -238,7 +242,7 @@ def _check_block(cfg: dict) -> None:
     b = block(cfg)
     if not b:
         return
-    if not {"AnB", "AnB+"} & set(b["treatments"]):
+    if not any(paths.TREATMENT[t].source == "other" for t in b["treatments"]):
         raise ConfigError("experiment.cross.treatments: name AnB or AnB+ (random filters and the base net alone "
                           "copy nothing from a source: there would be no transfer to report)")
     k = len(paths.unit_names(cfg["net"]))

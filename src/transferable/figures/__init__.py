@@ -1,25 +1,4 @@
-"""Tables and figures from the run files, and the paper's published numbers (no torch here)."""
-
-from .paper import PAPER_TABLE1, load_paper_networks, paper_line_means
-from .tables import (
-    RUN_COLUMNS,
-    line_means,
-    load_history,
-    load_runs,
-    natman_means,
-    paper_comparison,
-    paper_runs,
-    random_filter_means,
-    read_runs_csv,
-    relative_top1,
-    table1,
-    write_paper_comparison,
-    write_runs_csv,
-)
-
-__all__ = [
-    "PAPER_TABLE1", "RUN_COLUMNS", "line_means", "load_history", "load_paper_networks", "load_runs",
-    "natman_means", "paper_comparison", "paper_line_means", "paper_runs", "random_filter_means",
-    "read_runs_csv", "relative_top1", "table1", "write_paper_comparison",
-    "write_runs_csv",
-]
+"""Tables and figures from the run files, and the paper's published numbers (no torch here): tables.py (the
+runs table, line means, Table 1), effects.py (claims, intervals, verdicts), plots.py (Figures 2 and 3),
+cross.py (the cross experiment), paper.py (the published numbers), spec.py (which treatment each figure
+shows). Nothing is imported here, so that the Snakefile reads spec.py without loading pandas."""

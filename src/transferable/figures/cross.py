@@ -30,12 +30,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..paths import TREATMENT  # noqa: E402
+from ..paths import REFERENCE, TREATMENT  # noqa: E402
 from .effects import ALPHA, CONFIDENCE, MARGIN, PLATEAU_GAIN, _decide, holm, one_sample  # noqa: E402
 from .plots import RC, _legend_below, _save, ci_halfwidth  # noqa: E402
+from .spec import FIGURES  # noqa: E402
 
-CROSS_TREATMENTS = ("AnB", "AnB+", "random")  # the compared treatments, in table order
-SHARED = ("base", "random")  # trained once per target and replicate (source ""): shared by every source
+CROSS_TREATMENTS = FIGURES.cross_treatments  # the compared treatments, in table order (figures.yaml)
+# trained once per target and replicate (nothing copied from a source): shared by every source
+SHARED = tuple(t for t, spec in TREATMENT.items() if not spec.has_source)
 VERDICTS = ("loss", "gain", "equivalent", "inconclusive", "no interval")
 EFFECT_COLUMNS = ["source", "target", "treatment", "label", "n", "unit", "replicates", "nets", "treatment_mean",
                   "base_mean", "estimate", "ci_lo", "ci_hi", "se", "df", "p", "p_eq", "margin", "p_adj", "p_eq_adj",
@@ -96,7 +98,7 @@ def _unit_names(runs: pd.DataFrame, similarity: pd.DataFrame | None = None) -> d
 
 def _paired(pr: pd.DataFrame, treatment: str, n: int, confidence: float, margin: float) -> dict:
     """treatment − base at n, paired by replicate (only replicates holding both), t over replicates."""
-    base = pr[pr["treatment"] == "base"].groupby("replicate")["top1"].mean().dropna()
+    base = pr[pr["treatment"] == REFERENCE].groupby("replicate")["top1"].mean().dropna()
     t = pr[(pr["treatment"] == treatment) & (pr["n"] == n)].groupby("replicate")["top1"].mean().dropna()
     both = t.index.intersection(base.index)
     d = t[both] - base[both]
@@ -112,7 +114,7 @@ def _rows(runs: pd.DataFrame, confidence: float, margin: float) -> list[dict]:
     for source, target in pairs(runs):
         pr = pair_runs(runs, source, target)
         units = _unit_names(pr)
-        gains = pr.loc[pr["treatment"] == "base", "late_gain"].dropna()
+        gains = pr.loc[pr["treatment"] == REFERENCE, "late_gain"].dropna()
         late = float(gains.median()) if len(gains) else np.nan
         for t in CROSS_TREATMENTS:
             for n in sorted(pr.loc[(pr["treatment"] == t) & (pr["n"] > 0), "n"].unique()):
@@ -150,7 +152,8 @@ def cross_effects(runs: pd.DataFrame, confidence: float = CONFIDENCE, alpha: flo
     out["verdict"] = [said.get(v, v) for v in (_decide(e, +1, pd_, pe, alpha) for e, pd_, pe in
                                               zip(out["_est"], out["p_adj"], out["p_eq_adj"]))]
     late = out["base_late_gain"].to_numpy(float)
-    flag = (out["treatment"] == "AnB+") & (out["verdict"] == "gain") & (np.nan_to_num(late, nan=-np.inf) > plateau_gain)
+    unconverged = np.nan_to_num(late, nan=-np.inf) > plateau_gain
+    flag = (out["treatment"] == FIGURES.cross_tuned) & (out["verdict"] == "gain") & unconverged
     out["caveat"] = [CAVEAT.format(gain=100 * g, plateau=100 * plateau_gain) if f else ""
                      for f, g in zip(flag, late)]
     return out[EFFECT_COLUMNS].reset_index(drop=True)
@@ -172,7 +175,7 @@ def deepest_without_loss(rows: pd.DataFrame) -> dict:
 
     A "no interval" row (fewer than two replicates) shows nothing: it stops ``equivalent`` but, being no
     loss shown, not ``no_loss`` (nor does an inconclusive row)."""
-    r = rows if "treatment" not in rows else rows[rows["treatment"] == "AnB"]
+    r = rows if "treatment" not in rows else rows[rows["treatment"] == FIGURES.cross_frozen]
     r = r.sort_values("n")
     tested = [int(n) for n in r["n"]]
     no_loss, equivalent, first_loss, still_eq = 0, 0, None, True
@@ -210,21 +213,21 @@ def _answer(g: pd.DataFrame, d: dict, gain: list, worse: list, caveat: bool) -> 
     if not d["tested"]:
         frozen = "frozen: not tested"
     elif d["first_loss"] is None:
-        fr = g[g["treatment"] == "AnB"].sort_values("estimate")
+        fr = g[g["treatment"] == FIGURES.cross_frozen].sort_values("estimate")
         w = fr.iloc[0]
         frozen = f"frozen: no tested n ({_ns(d['tested'])}) shows a significant loss"
         if np.isfinite(w.estimate) and w.estimate < 0:  # not shown is not absent: say how large it may be
             est = _points(w.estimate, w.ci_lo, w.ci_hi).replace(" [", " points [", 1)
             frozen += f", but the largest estimated loss ({est} at n = {int(w.n)}) is not resolved"
     else:
-        f = g[(g["treatment"] == "AnB") & (g["n"] == d["first_loss"])].iloc[0]
+        f = g[(g["treatment"] == FIGURES.cross_frozen) & (g["n"] == d["first_loss"])].iloc[0]
         where = (f"{_units_text(d['no_loss'], units)} transfer without a significant loss" if d["no_loss"]
                  else "a significant loss already at the first tested n")
         est = _points(f.estimate, f.ci_lo, f.ci_hi).replace(" [", " points [", 1)
         frozen = f"frozen: {where} (first loss at n = {d['first_loss']}, {est})"
     eq = (f"shown equivalent to scratch up to n = {d['equivalent']}" if d["equivalent"]
           else "equivalence to scratch shown at no n") if d["tested"] else ""
-    ft = g[g["treatment"] == "AnB+"]
+    ft = g[g["treatment"] == FIGURES.cross_tuned]
     if ft.empty:
         tuned = "fine-tuned: not tested"
     else:
@@ -243,11 +246,11 @@ def cross_summary(eff: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (source, target), g in eff.groupby(["source", "target"], sort=True):
         d = deepest_without_loss(g)
-        ft, rnd = g[g["treatment"] == "AnB+"], g[g["treatment"] == "random"]
+        ft, rnd = g[g["treatment"] == FIGURES.cross_tuned], g[g["treatment"] == FIGURES.cross_random]
         gain = sorted(ft.loc[ft["verdict"] == "gain", "n"])
         worse = sorted(ft.loc[ft["verdict"] == "loss", "n"])
         caveat = bool((ft["caveat"].fillna("") != "").any())
-        f = g[(g["treatment"] == "AnB") & (g["n"] == d["first_loss"])]
+        f = g[(g["treatment"] == FIGURES.cross_frozen) & (g["n"] == d["first_loss"])]
         fl = f.iloc[0] if len(f) else None
         answer = _answer(g, d, gain, worse, caveat)
         rows.append({"source": source, "target": target, "tested": _ns(d["tested"]), "deepest_no_loss": d["no_loss"],
@@ -358,14 +361,14 @@ def _profile_axis(ax, pr: pd.DataFrame, eff_pair: pd.DataFrame, units: dict[int,
     """Top-1 against n for AnB, AnB+ and random (means over replicates, 95% CI), the base's mean and CI band,
     and the first significant AnB loss; returns the legend handles."""
     handles = []
-    base = _means(pr.assign(n=0), "base")
+    base = _means(pr.assign(n=0), REFERENCE)
     if len(base) and np.isfinite(base["mean"].iloc[0]):
-        b, t = base.iloc[0], TREATMENT["base"]
+        b, t = base.iloc[0], TREATMENT[REFERENCE]
         h = ax.axhline(b["mean"], color=t.dark, ls="--", lw=1.5, zorder=2, label="base (scratch) mean, 95% CI")
         if np.isfinite(b["half"]):
             ax.axhspan(b["mean"] - b["half"], b["mean"] + b["half"], color="0.85", lw=0, zorder=1)
         handles.append(h)
-    for key, dx in (("AnB", -0.08), ("AnB+", 0.08), ("random", 0.0)):
+    for key, dx in zip(CROSS_TREATMENTS, (-0.08, 0.08, 0.0)):
         m, t = _means(pr[pr["n"] > 0], key), TREATMENT[key]
         if m.empty:
             continue
@@ -375,7 +378,7 @@ def _profile_axis(ax, pr: pd.DataFrame, eff_pair: pd.DataFrame, units: dict[int,
         handles.append(h)
     d = deepest_without_loss(eff_pair) if len(eff_pair) else {"first_loss": None}
     if d["first_loss"] is not None:
-        handles.append(ax.axvline(d["first_loss"], color=TREATMENT["AnB"].dark, ls=":", lw=1.5,
+        handles.append(ax.axvline(d["first_loss"], color=TREATMENT[FIGURES.cross_frozen].dark, ls=":", lw=1.5,
                                   label="first significant AnB loss"))
     _ticks(ax, sorted(pr.loc[pr["n"] > 0, "n"].unique()), units, fontsize)
     ax.set_xlabel("unit n: units 1..n copied from the source", fontsize=fontsize)

@@ -43,7 +43,8 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from ..paths import TREATMENT, base_split
+from ..paths import CONTROL, REFERENCE, TREATMENT, base_split
+from .spec import FIGURES
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -212,7 +213,7 @@ def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo
 def drop_values(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int) -> tuple[pd.Series, int]:
     """Per unit, ``treatment`` − its cell's base net averaged over the unit's cells (for the natural/man-made
     split, the mean of its two directions); and the number of nets behind them."""
-    d = paired_diffs(df, kind, treatment, "base", lo, hi)
+    d = paired_diffs(df, kind, treatment, REFERENCE, lo, hi)
     return unit_values(d["diff"], d["unit"], d["cell"]), len(d)
 
 
@@ -246,7 +247,7 @@ class Claim:
     ranges: tuple[tuple[int, int], ...]
     split_kind: str = "random"
     per_layer: bool = True
-    versus: tuple[str, str] = ("random", "AnB")
+    versus: tuple[str, ...] = ()
     extra_training: bool = False
 
 
@@ -337,11 +338,11 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float, m
     unit = UNIT_NAMES.get(c.split_kind, "unit")
     if c.kind == "paired":
         d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
-        if len(d) or c.reference == "base":
+        if len(d) or c.reference == REFERENCE:
             return one_sample(unit_values(d["diff"], d["unit"], d["cell"]), len(d), f"paired t over {unit}s",
                               confidence, margin)
-        a = paired_diffs(df, c.split_kind, c.treatment, "base", lo, hi)
-        b = paired_diffs(df, c.split_kind, c.reference, "base", lo, hi)
+        a = paired_diffs(df, c.split_kind, c.treatment, REFERENCE, lo, hi)
+        b = paired_diffs(df, c.split_kind, c.reference, REFERENCE, lo, hi)
         if len(a) and len(b):
             # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): within each
             # unit, the difference of the two treatments' gains over their own cells' base nets
@@ -413,7 +414,7 @@ class Adequacy:
 def extra_training(df: pd.DataFrame, confidence: float = CONFIDENCE, margin: float = MARGIN) -> Estimate | None:
     """Extra training alone, measured directly: base+ − base per cell (the base net trained on with the
     fine-tuned nets' schedule, against itself before), over units; None when the design has no base+ nets."""
-    d = paired_diffs(df, "random", "base+", "base", 0, 0)
+    d = paired_diffs(df, "random", CONTROL, REFERENCE, 0, 0)
     if d.empty:
         return None
     return one_sample(unit_values(d["diff"], d["unit"], d["cell"]), len(d), "paired t over splits", confidence,
@@ -429,7 +430,7 @@ def adequacy(df: pd.DataFrame, eff: pd.DataFrame, plateau_gain: float = PLATEAU_
 
     ref = base_nets(df)  # the random splits' reference nets (a base net trained only as a source is none)
     if ref.empty:
-        ref = df[df["treatment"] == "base"]
+        ref = df[df["treatment"] == REFERENCE]
     gains = pd.to_numeric(ref.get("late_gain", pd.Series(dtype=float)), errors="coerce").dropna()
     late = float(gains.median()) if len(gains) else np.nan
     row = eff[(eff["claim"] == "finetune_back_to_base") & (eff["scope"] == "claim")]
@@ -526,7 +527,7 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
                 out.at[i, "agrees"] = ""
     if not ad.control:
         for i in claim_rows:
-            if ests[i][0].reference == "base+":
+            if ests[i][0].reference == CONTROL:
                 out.at[i, "reason"] = "no base+ nets (the control: add base+ to experiment.random_splits.treatments)"
     return out
 
@@ -540,7 +541,8 @@ def random_norm_text(df: pd.DataFrame) -> str:
     recorded it): nothing for nets without BatchNorm in their random units (CaffeNet, ViTs)."""
     if "random_norm" not in df:
         return ""
-    kinds = sorted(set(df.loc[df["treatment"] == "random", "random_norm"].fillna("")) - {"", "none"})
+    random = [t for t, spec in TREATMENT.items() if spec.source == "random"]
+    kinds = sorted(set(df.loc[df["treatment"].isin(random), "random_norm"].fillna("")) - {"", "none"})
     if len(kinds) > 1:
         return " (mixed: some nets' BatchNorm statistics re-estimated, some at their initial values)"
     return RANDOM_NORM_TEXT[kinds[0]] if kinds else ""
@@ -588,14 +590,12 @@ def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Data
         from .tables import paper_runs
 
         paper = paper_runs()
-    from ..paths import TREATMENT, base_split
-
     key = ["split", "target_half", "treatment", "n"]
     have = set(map(tuple, paper[paper["split_kind"] == "random"][key].astype(str).to_numpy()))
     r = df[df["split_kind"] == "random"]
     # by split name: the authors' split s is the pipeline's rand{s} (numpy seed [s]); replicates count as it
     rows = r[key].astype(str).assign(split=r["split"].map(base_split)).to_numpy()
-    mask = (r["treatment"] == "base") | pd.Series([tuple(row) in have for row in rows], index=r.index)
+    mask = (r["treatment"] == REFERENCE) | pd.Series([tuple(row) in have for row in rows], index=r.index)
     return r[mask]
 
 
@@ -608,13 +608,14 @@ def _table1_paired(df: pd.DataFrame, method: str, confidence: float) -> list[dic
         e_base = _estimate(df, by_key["boost_over_base"], lo, hi, confidence, None)
         e_self = _estimate(df, by_key["boost_over_selffer"], lo, hi, confidence, None)
         r = df[df["split_kind"] == "random"]
+        in_range, t1 = r["n"].between(lo, hi), FIGURES
         rows.append({"method": method, "layers": f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
                      "over_base": 100 * e_base.estimate, "over_base_ci_lo": 100 * e_base.ci_lo,
                      "over_base_ci_hi": 100 * e_base.ci_hi, "over_selffer": 100 * e_self.estimate,
                      "over_selffer_ci_lo": 100 * e_self.ci_lo, "over_selffer_ci_hi": 100 * e_self.ci_hi,
-                     "anb_plus_nets": int(((r["treatment"] == "AnB+") & r["n"].between(lo, hi)).sum()),
-                     "bnb_plus_nets": int(((r["treatment"] == "BnB+") & r["n"].between(lo, hi)).sum()),
-                     "base_nets": int((r["treatment"] == "base").sum()), "units": e_base.units,
+                     "anb_plus_nets": int(((r["treatment"] == t1.table1_treatment) & in_range).sum()),
+                     "bnb_plus_nets": int(((r["treatment"] == t1.table1_selffer) & in_range).sum()),
+                     "base_nets": int((r["treatment"] == REFERENCE).sum()), "units": e_base.units,
                      "test_over_selffer": e_self.test})
     return rows
 
@@ -628,14 +629,14 @@ def _table1_pooled(df: pd.DataFrame, method: str, confidence: float, base: pd.Da
                "anb_plus_nets": int(t["anb_plus_count"]), "bnb_plus_nets": int(t["bnb_plus_count"]),
                "base_nets": int(t["base_count"]), "units": np.nan,
                "test_over_selffer": "difference of pooled means (Welch t, nets independent)"}
-        for ours, theirs, other in (("over_base", "boost_over_base", "base"),
-                                    ("over_selffer", "boost_over_bnb_plus", "bnb_plus")):
+        for ours, theirs, other in (("over_base", "boost_over_base", "base_"),
+                                    ("over_selffer", "boost_over_bnb_plus", "bnb_plus_")):
             est, se = t[theirs], t[f"{theirs}_se"]
-            n1, n2 = t["anb_plus_count"], t[f"{other}_count"]
+            n1, n2 = t["anb_plus_count"], t[f"{other}count"]
             row[ours] = est
             if np.isfinite(se) and se > 0:
                 s1 = t["anb_plus_std"] ** 2 / n1
-                s2 = t[f"{other}_std"] ** 2 / n2
+                s2 = t[f"{other}std"] ** 2 / n2
                 dof = (s1 + s2) ** 2 / (s1**2 / (n1 - 1) + s2**2 / (n2 - 1))
                 half = stats.t.ppf(0.5 + confidence / 2, dof) * se
                 row[f"{ours}_ci_lo"], row[f"{ours}_ci_hi"] = est - half, est + half

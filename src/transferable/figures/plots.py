@@ -23,13 +23,13 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
-from ..paths import LAYER_NAMES, TREATMENT, TREATMENT_TABLE  # noqa: E402
+from ..paths import CONTROL, LAYER_NAMES, REFERENCE, TREATMENT, TREATMENT_TABLE  # noqa: E402
 from . import effects as fx  # noqa: E402
 from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
+from .spec import FIGURES  # noqa: E402
 from .tables import (  # noqa: E402
     FIG2_TREATMENTS,
-    RELATIVE_SERIES,
     base_nets,
     line_means,
     natman_means,
@@ -43,10 +43,10 @@ MARKERS = {t.key: dict(color=t.colour, marker=t.marker, ms=t.fig2[0], dx=t.fig2[
                        plus=t.fine_tuned, label=t.label.format(t="B") + ("" if t.paper else " (control)"))
            for t in TREATMENT_TABLE if t.fig2}
 # darker shades of the light colours, for error bars and the thin dashed paper lines
-DARK = {**{t.key: t.dark for t in TREATMENT_TABLE}, "natman": "#cc6600"}
-NATMAN_COLOR = "#ff8800"
+DARK = {t.key: t.dark for t in TREATMENT_TABLE}
+# Figure 3's panels (and their series in the bottom panel), by split kind: line colour, dark shade, marker
+NATMAN_COLOR, NATMAN_DARK = "#ff8800", "#cc6600"
 RANDOM_COLOR = "y"
-FILLS = (("#ffeeee", "base", "AnB+"), ("#eeeeff", "base", "BnB"), ("#ffcccc", "BnB", "AnB"))
 XLABEL = "Layer $n$ at which network is chopped and retrained"
 PAPER_DASH = dict(ls="--", lw=1.2, dashes=(5, 3))
 RC = {"font.size": 16, "pdf.fonttype": 42, "ps.fonttype": 42, "legend.numpoints": 1}
@@ -167,7 +167,7 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     r = df[df["split_kind"] == "random"]
     handles, labels, ys = [], [], []
     for t, st in MARKERS.items():
-        g = base_nets(df) if t == "base" else r[r["treatment"] == t]
+        g = base_nets(df) if t == REFERENCE else r[r["treatment"] == t]
         if g.empty:
             continue
         x = g["n"].to_numpy(float) * 0 if TREATMENT[t].per_cell else g["n"].to_numpy(float)
@@ -175,7 +175,7 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
         y = g["top1"].to_numpy(float)
         ys += list(y)
         h = ax.plot(x, y, ls="none", marker=st["marker"], mfc=st["color"], mec="k", ms=st["ms"],
-                    mew=2 if t == "base" else 1, zorder=3)[0]
+                    mew=2 if t == REFERENCE else 1, zorder=3)[0]
         if st["plus"]:
             p = ax.plot(x, y, ls="none", marker="+", color="k", mew=2, ms=8, zorder=4)[0]
             h = (h, p)
@@ -188,95 +188,70 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     ax.set_ylim(*_limits(ys, pad=0.08))
     _xticks(ax, nmax)
     missing = [t for t in FIG2_TREATMENTS if t not in set(r["treatment"])]
-    if r[r["treatment"] == "base"].empty:
-        missing.insert(0, "base")
+    if r[r["treatment"] == REFERENCE].empty:
+        missing.insert(0, REFERENCE)
     _note_missing(ax, missing)
     return ys
-
-
-# label -> (claims whose verdicts decide it, the paper's wording, what a contradiction means, the line it is about)
-READINGS = {
-    "2": (("coadaptation",), "fragile co-adaptation (BnB below base, n = {layers})", "BnB above base", "BnB"),
-    "3": (("finetune_recovers",), "fine-tuning recovers (BnB+ above BnB, n = {layers})", "BnB+ below BnB", "BnB+"),
-    "4": (("specificity_vs_selffer",), "specificity (AnB below BnB at n = {layers})", "AnB above BnB", "AnB"),
-    "5": (("boost_over_base", "boost_over_selffer"), "transfer + fine-tuning boost (AnB+ above base and above "
-          "BnB+, n = {layers})", "AnB+ below base or BnB+", "AnB+"),
-}
-READING_TEXTS = {
-    "2": "2: Performance drops due to fragile co-adaptation",
-    "3": "3: Fine-tuning recovers co-adapted interactions",
-    "4": "4: Performance drops due to representation specificity",
-    "5": "5: Transfer + fine-tuning improves generalization",
-}
 
 
 def reading_status(eff: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Each numbered reading's (verdict, why): ``reproduced`` only when every claim behind it is; otherwise
     the first claim's verdict that is not (with its reason, for ``confounded``). Claim rows of ``eff``."""
     out = {}
-    for label, (claims, _, _, _) in READINGS.items():
+    for reading in FIGURES.readings:
         verdict, why = "reproduced", ""
-        for claim in claims:
+        for claim in reading.claims:
             rows = eff[(eff["claim"] == claim) & (eff["scope"] == "claim")]
             v = rows.iloc[0]["verdict"] if len(rows) else "no interval"
             if v != "reproduced":
                 verdict, why = v, (str(rows.iloc[0].get("reason", "")) if len(rows) else "")
                 break
-        out[label] = (verdict, why)
+        out[reading.label] = (verdict, why)
     return out
 
 
-def _reading_point(label: str, s: dict, bm: float) -> tuple[float, float] | None:
-    """The point of its own line a reading points at: 5 the AnB+ point furthest above the other lines, 3 the
-    BnB+ point furthest above BnB, 2 the BnB dip, 4 AnB at the top layer."""
-    line = s[READINGS[label][3]]
+def _reading_point(reading, s: dict, bm: float) -> tuple[float, float] | None:
+    """The point of its own line a reading points at (figures.yaml): its lowest point, its deepest n, or the
+    n where it leads the ``above`` lines most (their maximum; the base mean ``bm`` where none has a point)."""
+    line = s[reading.line]
     line = line[line["n"] > 0]
     if line.empty:
         return None
-    if label == "5":
-        others = pd.concat([s[t][s[t]["n"] > 0] for t in ("BnB", "BnB+", "AnB")])
+    if reading.point == "furthest_above":
+        others = pd.concat([s[t][s[t]["n"] > 0] for t in reading.above])
         top = others.groupby("n")["mean"].max() if len(others) else pd.Series(dtype=float)
         lead = line.set_index("n")["mean"] - top.reindex(line["n"]).fillna(bm).to_numpy()
         n = int(lead.idxmax())
-    elif label == "3":
-        b = s["BnB"].set_index("n")["mean"]
-        lead = line.set_index("n")["mean"] - b.reindex(line["n"]).fillna(bm).to_numpy()
-        n = int(lead.idxmax())
-    elif label == "2":
+    elif reading.point == "lowest":
         n = int(line.loc[line["mean"].idxmin(), "n"])
     else:
         n = int(line["n"].max())
     return float(n), float(line.loc[line["n"] == n, "mean"].iloc[0])
 
 
-# where each reading's text sits (axes fraction) and how it is aligned: in the head- and footroom that
-# _fig2_bottom leaves above and below the data, each with an arrow to its own line
-READING_SPOTS = {"5": (0.01, 0.975, "left", "top"), "3": (0.01, 0.905, "left", "top"),
-                 "2": (0.30, 0.025, "left", "bottom"), "4": (0.99, 0.025, "right", "bottom")}
-
-
 def _interpretation_texts(ax, lm: pd.DataFrame, eff: pd.DataFrame) -> None:
     """The paper's four numbered readings where the replicates resolve them (every claim behind the reading
     ``reproduced`` in ``eff``), each with an arrow to a point of its own line; the others are listed in one
     box, with their verdict (not resolved, contradicted, confounded)."""
-    base = _series(lm, "base")
+    base = _series(lm, REFERENCE)
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
     status = reading_status(eff)
     notes = []
-    for label, (claims, what, opposite, _) in READINGS.items():
-        point = _reading_point(label, s, bm)
+    for reading in FIGURES.readings:
+        label, opposite = reading.label, reading.opposite
+        point = _reading_point(reading, s, bm)
         if point is None:
             continue
         verdict, _ = status[label]
         if verdict == "reproduced":
-            x, y, ha, va = READING_SPOTS[label]
-            ax.annotate(READING_TEXTS[label], xy=point, xytext=(x, y), textcoords="axes fraction", ha=ha, va=va,
+            x, y, ha, va = reading.spot
+            ax.annotate(reading.text, xy=point, xytext=(x, y), textcoords="axes fraction", ha=ha, va=va,
                         fontsize=15, zorder=6, arrowprops=dict(arrowstyle="->", color="0.25", lw=1.2,
                                                                shrinkA=2, shrinkB=6))
             continue
-        rows = eff[(eff["claim"] == claims[0]) & (eff["scope"] == "claim")]
-        what = what.format(layers=rows.iloc[0]["layers"] if len(rows) else "?")
+        rows = eff[(eff["claim"] == reading.claims[0]) & (eff["scope"] == "claim")]
+        what = reading.wording.format(layers=rows.iloc[0]["layers"] if len(rows) else "?")
         if verdict == "contradicted":
             notes.append(f"{label}: contradicted here ({opposite})")
         elif verdict == "confounded":
@@ -294,7 +269,7 @@ def unit_interval(df: pd.DataFrame, treatment: str, n: int, confidence: float = 
     """Mean top-1 of the random-split nets of ``treatment`` at ``n`` (the base nets at n = 0) with its
     interval over units (a split: its halves and replicates inside), as effects.csv counts them."""
     r = df[df["split_kind"] == "random"]
-    g = base_nets(df) if treatment == "base" else r[(r["treatment"] == treatment) & (r["n"] == n)]
+    g = base_nets(df) if treatment == REFERENCE else r[(r["treatment"] == treatment) & (r["n"] == n)]
     units = [fx.unit_of(sp, "random") for sp in g["split"]]
     cells = (g["split"].astype(str) + "/" + g["target_half"].astype(str)).to_numpy()
     return fx.one_sample(fx.unit_values(g["top1"], units, cells), len(g), "t over splits", confidence)
@@ -315,11 +290,11 @@ def _fig2_bars(df: pd.DataFrame, s: dict, bm: float, ctl) -> list[tuple]:
                 bars.append((n + MARKERS[t]["dx"] / 3, e.estimate, e.ci_lo, e.ci_hi, BAR_COLOURS[t],
                              TREATMENT[t].fine_tuned, e.units))
     if np.isfinite(bm):
-        e = unit_interval(df, "base", 0)
+        e = unit_interval(df, REFERENCE, 0)
         if np.isfinite(e.ci_lo):
             bars.append((0.0, e.estimate, e.ci_lo, e.ci_hi, "k", False, e.units))
     if ctl is not None and np.isfinite(ctl.ci_lo):
-        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, BAR_COLOURS["base+"], True, ctl.units))
+        bars.append((0.08, ctl.estimate, ctl.ci_lo, ctl.ci_hi, BAR_COLOURS[CONTROL], True, ctl.units))
     return bars
 
 
@@ -341,10 +316,10 @@ def _fig2_paper_lines(ax, ys: list, nmax: int, handles: list, labels: list) -> N
 
 def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame) -> None:
     lm = line_means(df)
-    base = _series(lm, "base")
+    base = _series(lm, REFERENCE)
     bm = float(base["mean"].iloc[0]) if len(base) else np.nan
     s = {t: _series(lm, t) for t in FIG2_TREATMENTS}
-    ctl = unit_interval(df, "base+", 0) if (df["treatment"] == "base+").any() else None
+    ctl = unit_interval(df, CONTROL, 0) if (df["treatment"] == CONTROL).any() else None
     bars = _fig2_bars(df, s, bm, ctl)
     # the axis fits the lines and the intervals over 3 units or more; wider ones are marked where cut
     ys = list(lm["mean"]) + [v for b in bars if b[6] >= 3 for v in b[2:4]]
@@ -352,11 +327,12 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         ys.append(ctl.estimate)
 
     # fills, in the paper's order (drawn first so the lines sit on top)
-    for color, lo_t, hi_t in FILLS:
-        hi = s.get(hi_t)
+    for fill in FIGURES.fills:
+        color, lo_t = fill.colour, fill.lower
+        hi = s.get(fill.upper)
         if hi is None or hi.empty:
             continue
-        if lo_t == "base":
+        if TREATMENT[lo_t].per_cell:  # the base nets: one level at every n
             if not np.isfinite(bm):
                 continue
             ax.fill_between(hi["n"], bm, hi["mean"], color=color, lw=0, zorder=1)
@@ -371,7 +347,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         handles.append(h)
         labels.append("baseB mean")
     if ctl is not None:  # the control base+: the level a net trained on as long reaches without transfer
-        h = ax.plot([0, nmax], [ctl.estimate] * 2, ls=":", color=BAR_COLOURS["base+"], lw=2, zorder=2)[0]
+        h = ax.plot([0, nmax], [ctl.estimate] * 2, ls=":", color=BAR_COLOURS[CONTROL], lw=2, zorder=2)[0]
         handles.append(h)
         labels.append("baseB$^+$ mean (control)")
     for t in FIG2_TREATMENTS:
@@ -636,7 +612,7 @@ def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
                 zorder=3)
         b = g[g["n"] == 0]
         ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
-        _errorbars(ax, g["n"], g["mean"], g["std"], g["count"], DARK["natman"])
+        _errorbars(ax, g["n"], g["mean"], g["std"], g["count"], NATMAN_DARK)
         lines[fam] = g.assign(half=g["fitted"])[["n", "mean", "half"]]
     lo, hi = _limits(ys, pad=0.1)
     if paper:
@@ -647,12 +623,12 @@ def _fig3_natman(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
             lo, hi = _limits(ys + list(p["top1"]), pad=0.1)
         for fam in ("natural", "man-made"):
             g = p[p["series"] == fam]
-            pax.plot(g["n"], g["top1"], color=DARK["natman"], zorder=2, **PAPER_DASH)
+            pax.plot(g["n"], g["top1"], color=NATMAN_DARK, zorder=2, **PAPER_DASH)
     ax.set_ylim(lo, hi)
     if lines:  # clear of the frame, and of the triangles that mark_clipped may put at it
         cut = bool((np.isfinite(nm["half"]) & (nm["count"] < 3)).any())
         ax.set_ylim(*_natman_labels(ax, lines, (lo, hi), edge=16 if cut else 4))
-    marked = mark_clipped(ax, nm["n"], nm["mean"] - nm["half"], nm["mean"] + nm["half"], DARK["natman"])
+    marked = mark_clipped(ax, nm["n"], nm["mean"] - nm["half"], nm["mean"] + nm["half"], NATMAN_DARK)
     if nm.empty:
         ax.text(0.5, 0.5, "no natural/man-made nets\nin these runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=13, style="italic", color="0.3")
@@ -670,9 +646,9 @@ def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     if len(rf):
         ax.plot(rf["n"], rf["mean"], color=RANDOM_COLOR, lw=2, marker="v", ms=14, mfc=RANDOM_COLOR, mec="k",
                 zorder=3)
-        b = rf[rf["treatment"] == "base"]
+        b = rf[rf["treatment"] == REFERENCE]
         ax.plot(b["n"], b["mean"], "o", mfc="w", mec="k", ms=14, mew=2, zorder=4)
-        _errorbars(ax, rf["n"], rf["mean"], rf["std"], rf["count"], DARK["random"])
+        _errorbars(ax, rf["n"], rf["mean"], rf["std"], rf["count"], DARK[FIGURES.random_filters])
     top = 1.06 * max(ys) + 0.01 if ys else 1.0  # the paper used max + 0.01, which clips the n = 0 circle
     ax.set_ylim(0, top)
     if paper:
@@ -683,11 +659,11 @@ def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
             ax.set_ylim(0, 1.06 * max(ys + list(p["top1"])) + 0.01)
         else:
             pax.set_ylim(0, 1.06 * p["top1"].max() + 0.01)
-        pax.plot(p["n"], p["top1"], color=DARK["random"], zorder=2, **PAPER_DASH)
+        pax.plot(p["n"], p["top1"], color=DARK[FIGURES.random_filters], zorder=2, **PAPER_DASH)
     # the t intervals of _errorbars (over the nets at each point), marked where the limits cut them
     half = ci_halfwidth(rf["std"], rf["count"])
     mean = rf["mean"].to_numpy(float)
-    marked = mark_clipped(ax, rf["n"], mean - half, mean + half, DARK["random"])
+    marked = mark_clipped(ax, rf["n"], mean - half, mean + half, DARK[FIGURES.random_filters])
     if rf.empty:
         ax.text(0.5, 0.5, "no random-filter nets\nin these runs", transform=ax.transAxes, ha="center",
                 va="center", fontsize=13, style="italic", color="0.3")
@@ -697,23 +673,19 @@ def _fig3_random(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
         note_clipped(ax, marked, where=_free_spot(ax))
 
 
-REL_STYLE = {
-    RELATIVE_SERIES[0]: dict(color="r", marker="D", ms=12, label="mean AnB, random splits"),
-    # "{split}": the natural/man-made split's own family names (see _rel_label); "m/n" when it has none
-    RELATIVE_SERIES[1]: dict(color=NATMAN_COLOR, marker="h", ms=14, label="mean AnB, {split} split"),
-    RELATIVE_SERIES[2]: dict(color=RANDOM_COLOR, marker="v", ms=14, label="random features"),
-}
-REL_SOURCE = {RELATIVE_SERIES[0]: ("random", "AnB"), RELATIVE_SERIES[1]: ("natman", "AnB"),
-              RELATIVE_SERIES[2]: ("all", "random")}
-REL_DARK = {RELATIVE_SERIES[0]: "r", RELATIVE_SERIES[1]: DARK["natman"], RELATIVE_SERIES[2]: DARK["random"]}
+# the bottom panel's series, styled as their split kind's panel: colour, dark shade (intervals, paper line),
+# marker and size
+REL_STYLE = {"random": dict(color="r", dark="r", marker="D", ms=12),
+             "natman": dict(color=NATMAN_COLOR, dark=NATMAN_DARK, marker="h", ms=14),
+             "all": dict(color=RANDOM_COLOR, dark=DARK[FIGURES.random_filters], marker="v", ms=14)}
 
 
-def _rel_label(series: str, df: pd.DataFrame) -> str:
-    """A series' legend label; the dissimilar split's in its own family names, in half order as in
-    :func:`natman_title` ("mean AnB, man-made/natural split"; "m/n split" when the runs name no families)."""
+def _rel_label(series, df: pd.DataFrame) -> str:
+    """A series' legend label (figures.yaml); the dissimilar split's in its own family names, in half order as
+    in :func:`natman_title` ("mean AnB, man-made/natural split"; "m/n split" when the runs name no families)."""
     nm = df[(df["split_kind"] == "natman") & (df["target_family"] != "")].sort_values("target_half")
     fams = list(dict.fromkeys(nm["target_family"]))
-    return REL_STYLE[series]["label"].format(split="/".join(fams) if fams else "m/n")
+    return series.label.format(split="/".join(fams) if fams else "m/n")
 
 
 def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
@@ -723,38 +695,39 @@ def _fig3_relative(ax, df: pd.DataFrame, nmax: int, paper: bool) -> None:
     labels = ["reference"]
     bars = []  # (n, lo, hi, colour) of every interval drawn
     drawn = set()
-    for series, st in REL_STYLE.items():
-        g = rel[(rel["series"] == series)].sort_values("n")
+    for series in FIGURES.relative:
+        st = REL_STYLE[series.split_kind]
+        g = rel[(rel["series"] == series.series)].sort_values("n")
         if not (g["n"] > 0).any():  # only its reference: nothing of the series to show
             continue
-        drawn.add(series)
+        drawn.add(series.series)
         h = ax.plot(g["n"], g["relative"], color=st["color"], lw=2, marker=st["marker"], ms=st["ms"],
                     mfc=st["color"], mec="k", zorder=3, markevery=list(range(1, len(g))))[0]
         handles.append(h)
         labels.append(_rel_label(series, df))
         # 95% CI of each drop, paired with each cell's own reference (t over independent units)
-        kind, treatment = REL_SOURCE[series]
         for n, line in zip(g.loc[g["n"] > 0, "n"], g.loc[g["n"] > 0, "relative"]):
-            e = fx.drop_estimate(df, kind, treatment, int(n), int(n))
+            e = fx.drop_estimate(df, series.split_kind, series.treatment, int(n), int(n))
             if np.isfinite(e.ci_lo):
                 # the interval's half-widths around the drawn point (the paired estimate equals the line's
                 # value when every cell has its net at this n)
                 lo, hi = line - (e.estimate - e.ci_lo), line + (e.ci_hi - e.estimate)
-                ax.errorbar([n], [line], yerr=[[line - lo], [hi - line]], fmt="none", ecolor=REL_DARK[series],
+                ax.errorbar([n], [line], yerr=[[line - lo], [hi - line]], fmt="none", ecolor=st["dark"],
                             elinewidth=1.2, capsize=4, zorder=4)
-                bars.append((n, lo, hi, REL_DARK[series]))
+                bars.append((n, lo, hi, st["dark"]))
                 if e.df >= 2:  # the axis fits intervals with 2+ degrees of freedom; wider ones are marked
                     ys += [lo, hi]
     if paper:
         p = paper_line_means()
         p = p[(p["panel"] == "fig3_relative") & (p["n"] <= nmax)]
-        for series in REL_STYLE:
-            g = p[p["series"] == series]
-            ax.plot([0, *g["n"]], [0.0, *g["top1"]], color=REL_DARK[series], zorder=2, **PAPER_DASH)
+        for series in FIGURES.relative:
+            g = p[p["series"] == series.series]
+            ax.plot([0, *g["n"]], [0.0, *g["top1"]], color=REL_STYLE[series.split_kind]["dark"], zorder=2,
+                    **PAPER_DASH)
         ys += list(p["top1"])
         handles.append(plt.Line2D([], [], color="0.3", **PAPER_DASH))
         labels.append("paper (thin dashed)")
-    missing = [_rel_label(s, df) for s in REL_STYLE if s not in drawn]
+    missing = [_rel_label(s, df) for s in FIGURES.relative if s.series not in drawn]
     _note_missing(ax, missing, where="lower right")
     ax.axhline(0, color="0.6", lw=0.8, zorder=1)
     ax.set_ylim(*_limits(ys, pad=0.05))
@@ -775,7 +748,7 @@ def fig3(runs_df: pd.DataFrame, out_pdf: str | Path, paper: bool = True, units=N
     and a same-stem PNG. ``units`` as in :func:`fig2`.
     """
     _UNITS[0] = units
-    nmax = _nmax(runs_df[runs_df["treatment"] != "base"])
+    nmax = _nmax(runs_df[runs_df["treatment"] != REFERENCE])
     with plt.style.context("classic"), plt.rc_context(RC):
         fig = plt.figure(figsize=(14, 11))
         ax_nm = plt.subplot2grid((3, 2), (0, 0), fig=fig)
@@ -925,7 +898,7 @@ def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFr
         for name, same in (("probe_other_half", False), ("probe_own_half", True)):
             q = p[(p["source_half"] == p["target_half"]) == same]
             row[name], row[f"{name}_ci"] = _mean_ci(q["top1"], q["cell"])
-        d = fx.paired_diffs(runs, "random", "AnB", "base", n, n)
+        d = fx.paired_diffs(runs, "random", FIGURES.similarity_transfer, REFERENCE, n, n)
         row["anb_loss"], row["anb_loss_ci"] = _mean_ci(-d["diff"], d["cell"])
         rows.append(row)
     df = pd.DataFrame(rows)

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS, treatment_net
+from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, REFERENCE, TREATMENTS, treatment_net
 from .paper import PAPER_TABLE1, load_paper_networks
+from .spec import FIGURES
 
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
@@ -33,7 +34,7 @@ REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", 
 SPLIT_KINDS = ("random", "natman", "all")
 FIG2_TREATMENTS = PAPER_TRANSFER_TREATMENTS  # the paper's legend: base, BnB, BnB+, AnB, AnB+
 NATMAN_FAMILIES = ("natural", "man-made")
-RELATIVE_SERIES = ("AnB random splits", "AnB m/n split", "random features")
+RELATIVE_SERIES = tuple(r.series for r in FIGURES.relative)  # Figure 3's bottom panel (figures.yaml)
 TABLE1_RANGES = ((1, 7), (3, 7), (5, 7))
 
 HISTORY_COLUMNS = list(_HISTORY)
@@ -172,8 +173,8 @@ def base_nets(df: pd.DataFrame, split_kind: str = "random") -> pd.DataFrame:
     """The base nets that are the "baseB" reference: those of halves that some transfer or selffer net of
     the same split targets (the paper targets every half, so all 8 base nets). A base net trained only as
     a source (a design with ``targets: [B]``) is not a reference. With no treatment nets, all base nets."""
-    base = df[(df["split_kind"] == split_kind) & (df["treatment"] == "base")]
-    treated = df[(df["split_kind"] == split_kind) & (df["treatment"] != "base")]
+    base = df[(df["split_kind"] == split_kind) & (df["treatment"] == REFERENCE)]
+    treated = df[(df["split_kind"] == split_kind) & (df["treatment"] != REFERENCE)]
     if treated.empty:
         return base
     targets = set(zip(treated["split"], treated["target_half"]))
@@ -192,7 +193,7 @@ def line_means(df: pd.DataFrame) -> pd.DataFrame:
     base = _stats(base_nets(df)["top1"])
     present = [t for t in FIG2_TREATMENTS if (r["treatment"] == t).any()]
     if base["count"]:
-        rows += [{"treatment": t, "n": 0, **base} for t in ["base", *present]]
+        rows += [{"treatment": t, "n": 0, **base} for t in [REFERENCE, *present]]
     for t in present:
         g = r[(r["treatment"] == t) & (r["n"] > 0)]
         for n, s in g.groupby("n")["top1"]:
@@ -200,13 +201,14 @@ def line_means(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["treatment", "n", "mean", "std", "count"])
 
 
-def natman_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Figure 3 top left: per target family and n, the natural/man-made frozen transfers.
+def natman_means(df: pd.DataFrame, treatment: str = FIGURES.dissimilar) -> pd.DataFrame:
+    """Figure 3 top left: per target family and n, the natural/man-made split's ``treatment`` (figures.yaml:
+    the frozen transfer AnB).
 
-    Columns: ``target_family``, ``treatment`` (``base`` at n = 0, else ``AnB``), ``n``, ``mean``, ``std``,
-    ``count``.  Other treatments run on the natman split are not part of the figure and are ignored.
+    Columns: ``target_family``, ``treatment`` (``base`` at n = 0, else ``treatment``), ``n``, ``mean``,
+    ``std``, ``count``.  Other treatments run on the natman split are not part of the figure and are ignored.
     """
-    r = df[(df["split_kind"] == "natman") & df["treatment"].isin(["base", "AnB"])]
+    r = df[(df["split_kind"] == "natman") & df["treatment"].isin([REFERENCE, treatment])]
     rows = []
     fams = [f for f in NATMAN_FAMILIES if (r["target_family"] == f).any()]
     fams += sorted(set(r["target_family"]) - set(NATMAN_FAMILIES))
@@ -224,12 +226,12 @@ def _family_key(col: pd.Series) -> pd.Series:
     return col
 
 
-def natman_mean_of_families(df: pd.DataFrame) -> pd.DataFrame:
+def natman_mean_of_families(df: pd.DataFrame, treatment: str = FIGURES.dissimilar) -> pd.DataFrame:
     """The paper's "mean of the two": per n, the mean over target families of the family means.
 
     Columns: ``n``, ``mean``, ``families`` (how many families were present at that n), ``count`` (nets).
     """
-    m = natman_means(df)
+    m = natman_means(df, treatment)
     if m.empty:
         return pd.DataFrame(columns=["n", "mean", "families", "count"])
     g = m.groupby("n")
@@ -237,19 +239,19 @@ def natman_mean_of_families(df: pd.DataFrame) -> pd.DataFrame:
                          "count": g["count"].sum()}).reset_index()
 
 
-def random_filter_means(df: pd.DataFrame) -> pd.DataFrame:
-    """Figure 3 top right: random frozen filters (split ``all``); n = 0 is the ``all`` base net.
+def random_filter_means(df: pd.DataFrame, treatment: str = FIGURES.random_filters) -> pd.DataFrame:
+    """Figure 3 top right: random frozen filters (``treatment``; split ``all``); n = 0 is the ``all`` base net.
 
     Columns: ``treatment`` (``base``/``random``), ``n``, ``mean``, ``std``, ``count``.
     """
-    r = df[(df["split_kind"] == "all") & df["treatment"].isin(["base", "random"])]
+    r = df[(df["split_kind"] == "all") & df["treatment"].isin([REFERENCE, treatment])]
     rows = [{"treatment": t, "n": int(n), **_stats(s)} for (t, n), s in r.groupby(["treatment", "n"])["top1"]]
     out = pd.DataFrame(rows, columns=["treatment", "n", "mean", "std", "count"])
     return out.sort_values("n").reset_index(drop=True)
 
 
 def relative_top1(df: pd.DataFrame) -> pd.DataFrame:
-    """Figure 3 bottom: each series minus its own n = 0 reference.
+    """Figure 3 bottom: each series of figures.yaml minus its own n = 0 reference; for the paper's three:
 
     * ``AnB random splits``: mean AnB over random splits minus the mean of all random-split base nets;
     * ``AnB m/n split``: mean of the two target families' AnB means minus the mean of the two natman base nets;
@@ -269,20 +271,21 @@ def relative_top1(df: pd.DataFrame) -> pd.DataFrame:
                 rows.append({"series": series, "n": int(n), "mean": mean, "reference": ref,
                              "relative": mean - ref, "count": int(count)})
 
-    lm = line_means(df)
-    base = lm[lm["treatment"] == "base"]
-    anb = lm[(lm["treatment"] == "AnB") & (lm["n"] > 0)]
-    add(RELATIVE_SERIES[0], base["mean"].iloc[0] if len(base) else None,
-        zip(anb["n"], anb["mean"], anb["count"]))
-
-    nm = natman_mean_of_families(df)
-    ref = nm.loc[nm["n"] == 0, "mean"]
-    add(RELATIVE_SERIES[1], ref.iloc[0] if len(ref) else None, zip(nm["n"], nm["mean"], nm["count"]))
-
-    rf = random_filter_means(df)
-    ref = rf.loc[rf["treatment"] == "base", "mean"]
-    rr = rf[rf["treatment"] == "random"]
-    add(RELATIVE_SERIES[2], ref.iloc[0] if len(ref) else None, zip(rr["n"], rr["mean"], rr["count"]))
+    for series in FIGURES.relative:
+        if series.split_kind == "random":
+            lm = line_means(df)
+            base = lm[lm["treatment"] == REFERENCE]
+            g = lm[(lm["treatment"] == series.treatment) & (lm["n"] > 0)]
+            add(series.series, base["mean"].iloc[0] if len(base) else None, zip(g["n"], g["mean"], g["count"]))
+        elif series.split_kind == "natman":
+            nm = natman_mean_of_families(df, series.treatment)
+            ref = nm.loc[nm["n"] == 0, "mean"]
+            add(series.series, ref.iloc[0] if len(ref) else None, zip(nm["n"], nm["mean"], nm["count"]))
+        else:
+            rf = random_filter_means(df, series.treatment)
+            ref = rf.loc[rf["treatment"] == REFERENCE, "mean"]
+            rr = rf[rf["treatment"] == series.treatment]
+            add(series.series, ref.iloc[0] if len(ref) else None, zip(rr["n"], rr["mean"], rr["count"]))
     return pd.DataFrame(rows, columns=["series", "n", "mean", "reference", "relative", "count"])
 
 
@@ -304,16 +307,16 @@ def table1(df: pd.DataFrame, ranges=TABLE1_RANGES, paper: bool = True, base: pd.
     rows = []
     for lo, hi in ranges:
         in_range = r["n"].between(lo, hi)
-        anb = _stats(r.loc[in_range & (r["treatment"] == "AnB+"), "top1"])
-        bnb = _stats(r.loc[in_range & (r["treatment"] == "BnB+"), "top1"])
+        anb = _stats(r.loc[in_range & (r["treatment"] == FIGURES.table1_treatment), "top1"])
+        bnb = _stats(r.loc[in_range & (r["treatment"] == FIGURES.table1_selffer), "top1"])
         row = {"layers": f"{lo}-{hi}", "n_lo": lo, "n_hi": hi}
-        for name, s in (("anb_plus", anb), ("base", base), ("bnb_plus", bnb)):
-            row.update({f"{name}_{k}": v for k, v in s.items()})
-        for name, s in (("base", base), ("bnb_plus", bnb)):
-            row[f"boost_over_{name}"] = 100 * (anb["mean"] - s["mean"]) if anb["count"] and s["count"] else np.nan
+        for prefix, s in (("anb_plus_", anb), ("base_", base), ("bnb_plus_", bnb)):
+            row.update({f"{prefix}{k}": v for k, v in s.items()})
+        for col, s in (("boost_over_base", base), ("boost_over_bnb_plus", bnb)):
+            row[col] = 100 * (anb["mean"] - s["mean"]) if anb["count"] and s["count"] else np.nan
             both = anb["count"] > 1 and s["count"] > 1
             se = math.sqrt(anb["std"] ** 2 / anb["count"] + s["std"] ** 2 / s["count"]) if both else np.nan
-            row[f"boost_over_{name}_se"] = 100 * se
+            row[f"{col}_se"] = 100 * se
         if paper:
             p = PAPER_TABLE1.get((lo, hi), {})
             row["paper_boost_over_base"] = p.get("over_base", np.nan)
@@ -329,7 +332,7 @@ def summary_means(df: pd.DataFrame) -> pd.DataFrame:
     ``random`` (split ``all``: ``base`` at n = 0, ``random`` filters after).
     """
     lm = line_means(df)
-    lm = lm[(lm["n"] > 0) | (lm["treatment"] == "base")].assign(panel="fig2", target_family="")
+    lm = lm[(lm["n"] > 0) | (lm["treatment"] == REFERENCE)].assign(panel="fig2", target_family="")
     nm = natman_means(df).assign(panel="natman")
     rf = random_filter_means(df).assign(panel="random", target_family="")
     cols = ["panel", "treatment", "target_family", "n", "mean", "std", "count"]
@@ -386,8 +389,8 @@ def write_paper_comparison(cmp: pd.DataFrame, csv_path: str | Path) -> Path:
 
 def _paper_net_name(row) -> str:
     t, n, src, tgt = row["treatment"], row["n"], row["source_half"], row["target_half"]
-    if t == "base" and not tgt:
-        return "base"
+    if t == REFERENCE and not tgt:  # the authors' netbase: one net on all 1000 classes, named as its treatment
+        return t
     return treatment_net(t, tgt, src, int(n))
 
 
