@@ -555,17 +555,13 @@ def test_fig3_relative_legend_is_off_the_data_and_names_the_split(tmp_path, draw
         assert not lb.overlaps(t.get_window_extent())
 
 
-@pytest.mark.parametrize("taps", [("output",), ("class token", "patch mean")])
-def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn, taps):
-    """CaffeNet's one kind of features per layer, and a ViT's two (class token, patch mean: one line
-    style each, one by-layer row each, labelled)."""
-    from transferable.figures.plots import similarity_figure
+def _similarity_tables(taps=("output",), splits=("rand0", "rand1")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """similarity.csv and probes.csv as the similarity job writes them, for CaffeNet's layers."""
     from transferable.paths import LAYER_NAMES
 
-    runs = _fig3_frame()
     rng = np.random.default_rng(0)
     sim, probes = [], []
-    for split in ("rand0", "rand1"):
+    for split in splits:
         for n, layer in enumerate(LAYER_NAMES, start=1):
             for j, feat in enumerate(taps):
                 for kind, level in (("A_vs_B", 0.95 - 0.1 * n), ("seed_floor", 0.97 - 0.05 * n)):
@@ -576,9 +572,49 @@ def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn, taps):
                     for src in ("A", "B"):
                         probes.append(dict(split=split, target_half=tgt, net=f"base{src}", source_half=src,
                                            layer=layer, features=feat, n=n,
-                                           top1=0.3 + 0.05 * n - 0.02 * n * (src != tgt), train_images=64,
-                                           val_images=32))
-    by = similarity_figure(pd.DataFrame(sim), pd.DataFrame(probes), runs, tmp_path / "similarity.pdf")
+                                           top1=0.3 + 0.05 * n - 0.02 * n * (src != tgt) + rng.normal(0, 0.01),
+                                           train_images=64, val_images=32))
+    return pd.DataFrame(sim), pd.DataFrame(probes)
+
+
+def test_similarity_figure_draws_the_tables_intervals_the_same_every_time(tmp_path):
+    """The bands are similarity_by_layer's 95% intervals over cells (not a bootstrap over rows, which drew
+    other bands on every run and disagreed with the table): two runs write the same PNG, and each band spans
+    the table's mean ± half-width."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    from transferable.figures import plots
+
+    runs = _fig3_frame()
+    sim, probes = _similarity_tables(splits=("rand0", "rand1", "rand2"))
+    figs = []
+    save = plots._save
+    for i in range(2):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(plots, "_save", lambda fig, out, dpi=80: (figs.append(fig), save(fig, out, dpi))[1])
+            by = plots.similarity_figure(sim, probes, runs, tmp_path / f"s{i}.pdf")
+    assert (tmp_path / "s0.png").read_bytes() == (tmp_path / "s1.png").read_bytes()
+    ax1, ax3 = figs[0].axes[0], figs[0].axes[1]
+    for ax, col, colour in ((ax1, "cka_A_vs_B", plots.SIM_KINDS["A_vs_B"][1]), (ax3, "probe_other_half", "#d7191c")):
+        band = [c for c in ax.collections if isinstance(c, PolyCollection)
+                and to_hex(c.get_facecolor()[0]) == to_hex(colour)]
+        assert len(band) == 1, col
+        y = band[0].get_paths()[0].vertices[:, 1]
+        lo, hi = by[col] - by[f"{col}_ci"], by[col] + by[f"{col}_ci"]
+        assert np.isclose(y.min(), lo.min()) and np.isclose(y.max(), hi.max()), col
+        assert (by[f"{col}_ci"] > 0).all()
+
+
+@pytest.mark.parametrize("taps", [("output",), ("class token", "patch mean")])
+def test_similarity_figure_legends_sit_off_the_axes(tmp_path, drawn, taps):
+    """CaffeNet's one kind of features per layer, and a ViT's two (class token, patch mean: one line
+    style each, one by-layer row each, labelled)."""
+    from transferable.figures.plots import similarity_figure
+
+    runs = _fig3_frame()
+    sim, probes = _similarity_tables(taps)
+    by = similarity_figure(sim, probes, runs, tmp_path / "similarity.pdf")
     assert len(by) == 7 * len(taps) and list(by["features"].unique()) == sorted(taps)
     assert by.groupby("features")["r_cka_vs_anb_loss"].nunique().eq(1).all()
     labels = [t.get_text() for ax in drawn[0].axes for t in ax.get_xticklabels()]

@@ -910,33 +910,47 @@ def similarity_by_layer(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFr
     return df
 
 
-def _take_legend(ax) -> tuple[list, list, str | None]:
-    """The handles, labels and title of the legend seaborn put on ``ax`` (removed from it); empty if none."""
-    leg = ax.get_legend()
-    if leg is None:
-        return [], [], None
-    handles, labels = list(leg.legend_handles), [t.get_text() for t in leg.get_texts()]
-    title = leg.get_title().get_text() or None
-    leg.remove()
-    return handles, labels, title
+FEATURE_STYLES = ("-", "--", ":", "-.")  # one line style per kind of features of a unit (a ViT has two)
+
+
+def _bands(ax, by: pd.DataFrame, series: list[tuple[str, str, str]], kinds: list) -> tuple[list, list]:
+    """Each (column, label, colour) of ``by`` against n: its mean with the 95% interval of the by-layer table
+    (``<column>_ci``, over independent cells) as a band, one line style per kind of features; returns the
+    legend's handles and labels (the kinds of features as grey line styles when there are several)."""
+    handles, labels = [], []
+    for col, label, colour in series:
+        drawn = False
+        for kind, ls in zip(kinds, FEATURE_STYLES):
+            g = by[by["features"] == kind].sort_values("n")
+            g = g[np.isfinite(g[col].to_numpy(float))]
+            if g.empty:
+                continue
+            mean, half = g[col].to_numpy(float), np.nan_to_num(g[f"{col}_ci"].to_numpy(float))
+            h = ax.plot(g["n"], mean, color=colour, ls=ls, marker="o", ms=5, mec="w", lw=1.5, zorder=3)[0]
+            ax.fill_between(g["n"], mean - half, mean + half, color=colour, alpha=0.2, lw=0, zorder=2)
+            if not drawn:
+                handles.append(plt.Line2D([], [], color=colour, marker="o", mec="w", lw=1.5))
+                labels.append(label)
+                drawn = True
+    if len(kinds) > 1 and handles:
+        handles += [plt.Line2D([], [], color="0.3", ls=ls, lw=1.5) for _, ls in zip(kinds, FEATURE_STYLES)]
+        labels += [str(k) for k in kinds]
+    return handles, labels
 
 
 def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFrame, out_pdf: str | Path) -> pd.DataFrame:
-    """Left: linear CKA by layer for each kind of pair (mean and 95% CI over pairs), with the AnB transfer
-    loss on a second axis; right: linear-probe top-1 by layer of the other half's base net and of the
-    target's own. The legends sit under the axes, clear of the data. Writes a PDF and a PNG; returns the
-    by-layer table."""
+    """Left: linear CKA by layer for each kind of pair, with the AnB transfer loss on a second axis; right:
+    linear-probe top-1 by layer of the other half's base net and of the target's own. Every mean and 95%
+    interval is the returned by-layer table's (over independent cells), so figure and table agree and a
+    rerun draws the same figure. The legends sit under the axes, clear of the data. Writes a PDF and a PNG;
+    returns the by-layer table."""
     import seaborn as sns
 
     by = similarity_by_layer(sim, probes, runs)
-    sim, probes = _with_features(sim), _with_features(probes)
     kinds = list(dict.fromkeys(by["features"]))  # [output], or a ViT's [class token, patch mean]
-    style = dict(style="features", style_order=kinds) if len(kinds) > 1 else {}
     fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 6.8))
-    if len(sim):
-        s = sim.assign(pair=sim["kind"].map(lambda k: SIM_KINDS.get(k, (k,))[0]))
-        sns.lineplot(data=s, x="n", y="cka", hue="pair", errorbar=("ci", 95), marker="o", ax=ax1,
-                     palette={v[0]: v[1] for v in SIM_KINDS.values()}, **style)
+    pairs = [(f"cka_{k}", label, colour) for k, (label, colour) in SIM_KINDS.items() if f"cka_{k}" in by]
+    h1, l1 = _bands(ax1, by, pairs, kinds)
     ax1.set_ylabel("linear CKA (mini-batch, unbiased HSIC)")
     ax1.set_ylim(0, 1.05)
     ax2 = ax1.twinx()
@@ -948,11 +962,8 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     ax1.set_title("CKA of the random splits' base nets vs AnB transfer loss by unit\nPearson r = " + ", ".join(
         f"{r.loc[k, 'r_cka_vs_anb_loss']:.2f} " + (f"({k}, " if len(kinds) > 1 else "(")
         + f"{int(r.loc[k, 'layers_correlated'])} units)" for k in kinds), fontsize=10)
-    if len(probes):
-        p = probes.assign(source=np.where(probes["source_half"] == probes["target_half"],
-                                          "own half's base net (reference)", "other half's base net"))
-        sns.lineplot(data=p, x="n", y="top1", hue="source", errorbar=("ci", 95), marker="o", ax=ax3,
-                     palette={"own half's base net (reference)": "k", "other half's base net": "#d7191c"}, **style)
+    h3, l3 = _bands(ax3, by, [("probe_own_half", "own half's base net (reference)", "k"),
+                              ("probe_other_half", "other half's base net", "#d7191c")], kinds)
     ax3.set_ylabel("linear probe top-1 on the target half (held out)")
     ax3.set_title("How much of the target task each frozen unit separates")
     units = by.drop_duplicates("n")
@@ -963,12 +974,10 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     sns.despine(fig, right=False)
     fig.tight_layout()  # the axes' near-final sizes, which the legends are placed under
     # both legends under their axes (the CKA pairs and the twin axis's transfer loss in one), off the data
-    h1, l1, _ = _take_legend(ax1)
     h2, l2 = ax2.get_legend_handles_labels()
     _legend_below(ax1, h1 + h2, l1 + l2, ncol=2, fontsize=9)
-    h3, l3, title = _take_legend(ax3)
     if h3:
-        _legend_below(ax3, h3, l3, ncol=2, fontsize=9, title=title, title_fontsize=9)
+        _legend_below(ax3, h3, l3, ncol=2, fontsize=9, title="source", title_fontsize=9)
     fig.tight_layout()
     _save(fig, out_pdf)
     return by
