@@ -322,7 +322,7 @@ def test_unit_interval_covers_at_the_nominal_rate_when_halves_are_dependent():
     true, sims, hits, naive_hits = -0.02, 400, 0, 0
     for _ in range(sims):
         df = _split_effect_design(rng, 6, true, split_sd=0.02, net_sd=0.004)
-        e = fx._estimate(df, claim, 7, 7, 0.95, None)
+        e = fx._estimate(fx.Pairs(df), claim, 7, 7, 0.95, None)
         assert e.units == 6 and e.df == 5 and e.nets == 12
         hits += e.ci_lo <= true <= e.ci_hi
         d = fx.paired_diffs(df, "random", "AnB", "base", 7, 7)  # the cells taken as independent

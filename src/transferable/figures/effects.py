@@ -187,22 +187,16 @@ def unit_of(split: str, split_kind: str) -> str:
 UNIT_NAMES = {"random": "split", "natman": "seed replicate (both directions)", "all": "seed replicate"}
 
 
-def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo: int, hi: int) -> pd.DataFrame:
-    """One row per net of ``treatment`` with lo <= n <= hi on splits of ``kind``, paired with the net of
-    ``reference`` in the same cell (a per-cell treatment such as "base": the cell's net; one with units: the
-    net with the same n). A per-cell ``treatment`` (base+) has one row per cell whatever lo and hi.
-    Columns: unit, cell, n, net, value, ref, diff. Nets without a reference in their cell are left out."""
+def _all_pairs(df: pd.DataFrame, kind: str, treatment: str, reference: str) -> pd.DataFrame:
+    """:func:`paired_diffs` at every n."""
     r = df[df["split_kind"] == kind].assign(cell=lambda x: _cells(x),
                                             unit=lambda x: [unit_of(s, kind) for s in x["split"]])
-    t_rows = r["treatment"] == treatment
-    if not TREATMENT[treatment].per_cell:
-        t_rows &= r["n"].between(lo, hi)
-    a = r[t_rows][["unit", "cell", "n", "net", "top1"]]
+    a = r[r["treatment"] == treatment][["unit", "cell", "n", "net", "top1"]]
     if TREATMENT[reference].per_cell:  # one net per cell (base, base+): the reference of every n
         b = r[r["treatment"] == reference][["cell", "top1"]].drop_duplicates("cell")
         m = a.merge(b, on="cell", suffixes=("", "_ref"))
     else:
-        b = r[(r["treatment"] == reference) & r["n"].between(lo, hi)][["cell", "n", "top1"]]
+        b = r[r["treatment"] == reference][["cell", "n", "top1"]]
         m = a.merge(b, on=["cell", "n"], suffixes=("", "_ref"))
     m = m.rename(columns={"top1": "value", "top1_ref": "ref"})
     m["diff"] = m["value"] - m["ref"]
@@ -210,11 +204,43 @@ def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo
     return m[cols].sort_values(["cell", "n"]).reset_index(drop=True)
 
 
+class Pairs:
+    """The paired differences of one runs frame: each (split kind, treatment, reference) paired once, at every
+    n, then cut to the range asked (a claims table asks for the same pairs a few hundred times). The frame
+    must not change while this is in use."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df, self._all = df, {}
+
+    def diffs(self, kind: str, treatment: str, reference: str, lo: int, hi: int) -> pd.DataFrame:
+        """One row per net of ``treatment`` with lo <= n <= hi on splits of ``kind``, paired with the net of
+        ``reference`` in the same cell (a per-cell treatment such as the base net: the cell's net; one with
+        units: the net with the same n). A per-cell ``treatment`` (base+) has one row per cell whatever lo and
+        hi. Columns: unit, cell, n, net, value, ref, diff. Nets without a reference in their cell are left
+        out."""
+        key = (kind, treatment, reference)
+        if key not in self._all:
+            self._all[key] = _all_pairs(self.df, *key)
+        d = self._all[key]
+        if TREATMENT[treatment].per_cell:
+            return d.copy()
+        return d[d["n"].between(lo, hi)].reset_index(drop=True)
+
+    def drop_values(self, kind: str, treatment: str, lo: int, hi: int) -> tuple[pd.Series, int]:
+        """Per unit, ``treatment`` − its cell's base net averaged over the unit's cells (for the natural/man-made
+        split, the mean of its two directions); and the number of nets behind them."""
+        d = self.diffs(kind, treatment, REFERENCE, lo, hi)
+        return unit_values(d["diff"], d["unit"], d["cell"]), len(d)
+
+
+def paired_diffs(df: pd.DataFrame, kind: str, treatment: str, reference: str, lo: int, hi: int) -> pd.DataFrame:
+    """:meth:`Pairs.diffs` of ``df``, once."""
+    return Pairs(df).diffs(kind, treatment, reference, lo, hi)
+
+
 def drop_values(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int) -> tuple[pd.Series, int]:
-    """Per unit, ``treatment`` − its cell's base net averaged over the unit's cells (for the natural/man-made
-    split, the mean of its two directions); and the number of nets behind them."""
-    d = paired_diffs(df, kind, treatment, REFERENCE, lo, hi)
-    return unit_values(d["diff"], d["unit"], d["cell"]), len(d)
+    """:meth:`Pairs.drop_values` of ``df``, once."""
+    return Pairs(df).drop_values(kind, treatment, lo, hi)
 
 
 def drop_estimate(df: pd.DataFrame, kind: str, treatment: str, lo: int, hi: int,
@@ -334,15 +360,15 @@ def _units_label(c: Claim) -> str:
     return UNIT_NAMES.get(c.split_kind, "unit")
 
 
-def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float, margin: float | None) -> Estimate:
+def _estimate(pairs: Pairs, c: Claim, lo: int, hi: int, confidence: float, margin: float | None) -> Estimate:
     unit = UNIT_NAMES.get(c.split_kind, "unit")
     if c.kind == "paired":
-        d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
+        d = pairs.diffs(c.split_kind, c.treatment, c.reference, lo, hi)
         if len(d) or c.reference == REFERENCE:
             return one_sample(unit_values(d["diff"], d["unit"], d["cell"]), len(d), f"paired t over {unit}s",
                               confidence, margin)
-        a = paired_diffs(df, c.split_kind, c.treatment, REFERENCE, lo, hi)
-        b = paired_diffs(df, c.split_kind, c.reference, REFERENCE, lo, hi)
+        a = pairs.diffs(c.split_kind, c.treatment, REFERENCE, lo, hi)
+        b = pairs.diffs(c.split_kind, c.reference, REFERENCE, lo, hi)
         if len(a) and len(b):
             # no cell holds both (the authors ran BnB+ on A halves and AnB+ on B halves only): within each
             # unit, the difference of the two treatments' gains over their own cells' base nets
@@ -353,7 +379,7 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float, m
                               f"paired t over {unit}s of gains over own base (no cell has both)", confidence, margin)
         return _nan_estimate(0, 0, f"paired t over {unit}s")
     if c.kind == "growth":
-        d = paired_diffs(df, c.split_kind, c.treatment, c.reference, lo, hi)
+        d = pairs.diffs(c.split_kind, c.treatment, c.reference, lo, hi)
         w = d.pivot_table(index=["unit", "cell"], columns="n", values="diff")
         test = f"paired t over {unit}s on the within-cell contrast"
         if lo not in w.columns or hi not in w.columns:
@@ -361,8 +387,8 @@ def _estimate(df: pd.DataFrame, c: Claim, lo: int, hi: int, confidence: float, m
         g = (w[hi] - w[lo]).dropna().reset_index()
         return one_sample(unit_values(g[0], g["unit"], g["cell"]), 2 * len(g), test, confidence, margin)
     if c.kind == "versus":
-        va, na = drop_values(df, c.split_kind, c.treatment, lo, hi)
-        vb, nb = drop_values(df, c.versus[0], c.versus[1], lo, hi)
+        va, na = pairs.drop_values(c.split_kind, c.treatment, lo, hi)
+        vb, nb = pairs.drop_values(c.versus[0], c.versus[1], lo, hi)
         return welch(va, vb, na + nb, f"Welch t: paired drop per {UNIT_NAMES[c.split_kind]} vs per "
                      f"{UNIT_NAMES[c.versus[0]]}", confidence, margin)
     raise ValueError(f"unknown claim kind {c.kind!r}")
@@ -476,13 +502,13 @@ def effects(df: pd.DataFrame, confidence: float = CONFIDENCE, claims=None, per_l
     claims = claims_for(nmax) if claims is None else claims
     dissimilar = family or dissimilar_name(df)
     random_norm = random_norm_text(df)
-    rows, ests = [], []
+    rows, ests, pairs = [], [], Pairs(df)
     for c in claims:
         spans = [("claim", lo, hi) for lo, hi in c.ranges]
         if per_layer and c.per_layer:
             spans += [("layer", n, n) for n in range(1, nmax + 1)]
         for scope, lo, hi in spans:
-            e = _estimate(df, c, lo, hi, confidence, margin)
+            e = _estimate(pairs, c, lo, hi, confidence, margin)
             ests.append((c, e))
             rows.append({"claim": c.key, "label": c.label,
                          "text": c.text.format(dissimilar=dissimilar, random_norm=random_norm),
@@ -602,11 +628,11 @@ def authors_nets(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.Data
 def _table1_paired(df: pd.DataFrame, method: str, confidence: float) -> list[dict]:
     from .tables import TABLE1_RANGES
 
-    rows = []
+    rows, pairs = [], Pairs(df)
     by_key = {c.key: c for c in CLAIMS}
     for lo, hi in TABLE1_RANGES:
-        e_base = _estimate(df, by_key["boost_over_base"], lo, hi, confidence, None)
-        e_self = _estimate(df, by_key["boost_over_selffer"], lo, hi, confidence, None)
+        e_base = _estimate(pairs, by_key["boost_over_base"], lo, hi, confidence, None)
+        e_self = _estimate(pairs, by_key["boost_over_selffer"], lo, hi, confidence, None)
         r = df[df["split_kind"] == "random"]
         in_range, t1 = r["n"].between(lo, hi), FIGURES
         rows.append({"method": method, "layers": f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
