@@ -305,8 +305,10 @@ def test_the_treatments_are_written_once():
     assert tables.FIG2_TREATMENTS == ("BnB", "BnB+", "AnB", "AnB+")  # the paper's legend; base+ is a control
     assert tables.TREATMENTS == tuple(t.key for t in paths.TREATMENT_TABLE)
     # the reference copies nothing, the control everything: one row each
-    assert [t.key for t in paths.TREATMENT_TABLE if not t.copies] == [paths.REFERENCE] == ["base"]
-    assert [t.key for t in paths.TREATMENT_TABLE if t.copies == "all"] == [paths.CONTROL] == ["base+"]
+    from transferable.figures.spec import CONTROL, REFERENCE
+
+    assert [t.key for t in paths.TREATMENT_TABLE if not t.copies] == [REFERENCE] == ["base"]
+    assert [t.key for t in paths.TREATMENT_TABLE if t.copies == "all"] == [CONTROL] == ["base+"]
     assert set(plots.MARKERS) == {"base", *paths.TRANSFER_TREATMENTS}
     assert {k: (m["color"], m["marker"]) for k, m in plots.MARKERS.items()} == {
         k: (paths.TREATMENT[k].colour, paths.TREATMENT[k].marker) for k in plots.MARKERS}
@@ -315,7 +317,7 @@ def test_the_treatments_are_written_once():
 def test_no_treatment_name_in_code_outside_the_table():
     """Issue 23's done-when as a test: outside the treatment table (paths.py) no module names a treatment as a
     string of its own. Figures and tables read which treatment goes where from figures/figures.yaml, the
-    claims from paper_claims.yaml; the reference and the control are the table's (paths.REFERENCE, CONTROL).
+    claims from paper_claims.yaml; the reference and the control are the table's (figures/spec.py: REFERENCE, CONTROL).
     Docstrings and the text of f-strings (captions, net names such as f"base{half}") are prose, not names;
     the Snakefile and the rules are searched for quoted names.
     "random" is also a split kind and a Treatment.source value, so it is not a name to look for."""

@@ -600,10 +600,10 @@ def test_similarity_figure_draws_the_tables_intervals_the_same_every_time(tmp_pa
         band = [c for c in ax.collections if isinstance(c, PolyCollection)
                 and to_hex(c.get_facecolor()[0]) == to_hex(colour)]
         assert len(band) == 1, col
-        y = band[0].get_paths()[0].vertices[:, 1]
-        lo, hi = by[col] - by[f"{col}_ci"], by[col] + by[f"{col}_ci"]
-        assert np.isclose(y.min(), lo.min()) and np.isclose(y.max(), hi.max()), col
-        assert (by[f"{col}_ci"] > 0).all()
+        xy = band[0].get_paths()[0].vertices
+        for n, mean, half in zip(by["n"], by[col], by[f"{col}_ci"]):  # its edges at every n: mean -+ half-width
+            at = xy[np.isclose(xy[:, 0], n), 1]
+            assert half > 0 and np.isclose(at.min(), mean - half) and np.isclose(at.max(), mean + half), (col, n)
 
 
 @pytest.mark.parametrize("taps", [("output",), ("class token", "patch mean")])

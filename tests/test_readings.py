@@ -154,27 +154,53 @@ def test_the_figures_spec_is_data_and_a_wrong_entry_is_named():
         return yaml.safe_dump(d)
 
     cases = (
-        (lambda d: d["figure2"]["fills"][0].update(upper="CnB"), "figure2 fill 1: upper 'CnB' is not a treatment"),
+        (lambda d: d["figure2"]["fills"][0].update(upper="CnB"), "figure2 fill 1: upper 'CnB' is not a line of Figure 2"),
         (lambda d: d["figure2"]["readings"][0].update(point="middle"),
          "figure2 reading 2: point 'middle' is not one of lowest, deepest, furthest_above"),
         (lambda d: d["figure2"]["readings"][1].pop("above"), "figure2 reading 3: point furthest_above needs"),
         (lambda d: d["figure2"]["readings"][3].update(above=["BnB", "AnB-"]),
-         "figure2 reading 5: above 'AnB-' is not a treatment"),
+         "figure2 reading 5: above 'AnB-' is not a line of Figure 2"),
         (lambda d: d["figure2"]["readings"][0].update(colour="red"), "figure2 reading 2: unknown field(s) colour"),
         (lambda d: d["figure3"]["relative"][0].update(split_kind="rand"),
          "figure3 relative series 1: split_kind 'rand' is not one of"),
         (lambda d: d["table1"].update(treatment="AnB++"), "table1: treatment 'AnB++' is not a treatment"),
         (lambda d: d["cross"].pop("tuned"), "cross: missing tuned"),
+        (lambda d: d["cross"].update(frozen=["AnB", "AnB+"]), "cross: frozen ['AnB', 'AnB+'] is not a treatment"),
+        (lambda d: d["table1"].update(treatment=None), "table1: treatment None is not a treatment"),
+        (lambda d: d["figure2"]["readings"][3].update(above="BnB"), "figure2 reading 5: above 'BnB' is not a list"),
+        (lambda d: d["figure2"]["readings"][0].update(claims="coadaptation"),
+         "figure2 reading 2: claims 'coadaptation' is not a list"),
+        (lambda d: d["figure2"]["readings"][0].update(line="random"),
+         "figure2 reading 2: line 'random' is not a line of Figure 2"),
+        (lambda d: d["figure2"]["readings"][0].update(spot=[0.3, 0.1, "middle", "top"]),
+         "figure2 reading 2: spot [0.3, 0.1, 'middle', 'top'] is not"),
+        (lambda d: d["figure2"]["readings"][1].update(label="2"), "figure2: two readings have the same label"),
+        (lambda d: d["figure2"]["fills"][0].update(lower="base+"),
+         "figure2 fill 1: lower 'base+' is not the reference or a line of Figure 2"),
+        (lambda d: d["figure2"].update(fills={"lower": "base"}), "fills: expected a list of entries"),
     )
     for edit, message in cases:
         with pytest.raises(ValueError, match=re.escape(f"my.yaml: {message}")):
             load_figures(broken(edit), "my.yaml")
 
 
+def test_a_reading_of_a_claim_the_claims_file_lacks_is_refused():
+    """A misspelt claim key in figures.yaml would leave its reading unresolved for ever: plots refuses it."""
+    import dataclasses
+
+    from transferable.figures.spec import FIGURES
+
+    plots.check_readings()  # the packaged files agree
+    typo = dataclasses.replace(FIGURES.readings[0], claims=("coadaptaton",))
+    broken = dataclasses.replace(FIGURES, readings=(typo, *FIGURES.readings[1:]))
+    with pytest.raises(ValueError, match=r"reading 2: claims \['coadaptaton'\] are not in paper_claims.yaml"):
+        plots.check_readings(figures=broken)
+
+
 def test_table1_and_its_claims_name_the_same_treatments():
     """Table 1 (figures.yaml) and the claims it reports (paper_claims.yaml) compare the same nets."""
     from transferable.figures.spec import FIGURES
-    from transferable.paths import REFERENCE
+    from transferable.figures.spec import REFERENCE
 
     claims = {c.key: c for c in fx.CLAIMS}
     over_base, over_selffer = claims["boost_over_base"], claims["boost_over_selffer"]

@@ -56,12 +56,13 @@ def _until(page, found, seconds=20.0):
 def _show(page, category, item, found, attempts=3, seconds=10.0):
     """The report afresh, then a result category, then the view button of one result; ``found()`` once the
     result is shown. A click the app has not yet bound (right after a reload, under load: the address gets
-    its "#", nothing opens) is made again, from a fresh page, up to ``attempts`` times."""
-    for _ in range(attempts):
+    its "#", nothing opens) is made again, from a fresh page, up to ``attempts`` times, each waiting longer
+    (10, 20, 30 s)."""
+    for attempt in range(1, attempts + 1):
         page.goto(page.url.split("#")[0])
         page.get_by_role("link", name=category, exact=True).click()
         page.locator("tr", has_text=item).first.get_by_role("link").first.click()
-        if value := _until(page, found, seconds):
+        if value := _until(page, found, seconds * attempt):  # longer each time: a slow render is not lost
             return value
     return found()
 

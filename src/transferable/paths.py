@@ -142,10 +142,6 @@ TREATMENT_TABLE: tuple[Treatment, ...] = (
 )
 TREATMENT = {t.key: t for t in TREATMENT_TABLE}
 TREATMENTS = tuple(TREATMENT)
-# the reference of every effect: the treatment that copies nothing (a net trained from scratch on its half)
-REFERENCE = next(t.key for t in TREATMENT_TABLE if not t.copies)
-# extra training alone, the control of every fine-tuned treatment: the treatment that copies every unit
-CONTROL = next(t.key for t in TREATMENT_TABLE if t.copies == "all")
 # what an experiment block of random splits may ask for: every treatment that copies from a base net
 TRANSFER_TREATMENTS = tuple(t.key for t in TREATMENT_TABLE if t.has_source)
 # Figure 2's legend: the paper's transfer treatments
@@ -172,7 +168,7 @@ class NetName:
     n: int = 0
     source: str = ""
     finetune: bool = False
-    treatment: str = REFERENCE
+    treatment: str = "base"
 
     @property
     def spec(self) -> Treatment:
@@ -181,7 +177,7 @@ class NetName:
     @property
     def is_base(self) -> bool:
         """Trained from scratch: the reference of its cell and the source of others."""
-        return self.treatment == REFERENCE
+        return self.treatment == "base"
 
     @property
     def is_random(self) -> bool:

@@ -11,7 +11,7 @@ from snakemake.resources import Resources
 from snakemake.settings.types import DeploymentMethod
 
 from transferable import advice, attempts, crossplan, paths, plan, provenance
-from transferable.figures.spec import FIGURES
+from transferable.figures.spec import FIGURES, REFERENCE
 
 
 def check_config():

@@ -43,7 +43,7 @@ rule similarity_figure:
             [
                 n
                 for n in plan.random_split_nets(config)
-                if n.parsed.treatment in (paths.REFERENCE, FIGURES.similarity_transfer)
+                if n.parsed.treatment in (REFERENCE, FIGURES.similarity_transfer)
             ]
         ),
         code=code("figures"),

@@ -30,10 +30,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..paths import REFERENCE, TREATMENT  # noqa: E402
+from ..paths import TREATMENT  # noqa: E402
 from .effects import ALPHA, CONFIDENCE, MARGIN, PLATEAU_GAIN, _decide, holm, one_sample  # noqa: E402
 from .plots import RC, _legend_below, _save, ci_halfwidth  # noqa: E402
-from .spec import FIGURES  # noqa: E402
+from .spec import FIGURES, REFERENCE  # noqa: E402
 
 CROSS_TREATMENTS = FIGURES.cross_treatments  # the compared treatments, in table order (figures.yaml)
 # trained once per target and replicate (nothing copied from a source): shared by every source

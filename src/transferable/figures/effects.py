@@ -43,8 +43,8 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from ..paths import CONTROL, REFERENCE, TREATMENT, base_split
-from .spec import FIGURES
+from ..paths import TREATMENT, base_split
+from .spec import CONTROL, FIGURES, REFERENCE
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -634,13 +634,13 @@ def _table1_paired(df: pd.DataFrame, method: str, confidence: float) -> list[dic
         e_base = _estimate(pairs, by_key["boost_over_base"], lo, hi, confidence, None)
         e_self = _estimate(pairs, by_key["boost_over_selffer"], lo, hi, confidence, None)
         r = df[df["split_kind"] == "random"]
-        in_range, t1 = r["n"].between(lo, hi), FIGURES
+        in_range = r["n"].between(lo, hi)
         rows.append({"method": method, "layers": f"{lo}-{hi}", "n_lo": lo, "n_hi": hi,
                      "over_base": 100 * e_base.estimate, "over_base_ci_lo": 100 * e_base.ci_lo,
                      "over_base_ci_hi": 100 * e_base.ci_hi, "over_selffer": 100 * e_self.estimate,
                      "over_selffer_ci_lo": 100 * e_self.ci_lo, "over_selffer_ci_hi": 100 * e_self.ci_hi,
-                     "anb_plus_nets": int(((r["treatment"] == t1.table1_treatment) & in_range).sum()),
-                     "bnb_plus_nets": int(((r["treatment"] == t1.table1_selffer) & in_range).sum()),
+                     "anb_plus_nets": int(((r["treatment"] == FIGURES.table1_treatment) & in_range).sum()),
+                     "bnb_plus_nets": int(((r["treatment"] == FIGURES.table1_selffer) & in_range).sum()),
                      "base_nets": int((r["treatment"] == REFERENCE).sum()), "units": e_base.units,
                      "test_over_selffer": e_self.test})
     return rows

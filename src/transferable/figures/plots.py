@@ -23,11 +23,11 @@ import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from ..atomic import atomic_path  # noqa: E402
-from ..paths import CONTROL, LAYER_NAMES, REFERENCE, TREATMENT, TREATMENT_TABLE  # noqa: E402
+from ..paths import LAYER_NAMES, TREATMENT, TREATMENT_TABLE  # noqa: E402
 from . import effects as fx  # noqa: E402
 from .effects import CONFIDENCE  # noqa: E402
 from .paper import paper_line_means  # noqa: E402
-from .spec import FIGURES  # noqa: E402
+from .spec import CONTROL, FIGURES, REFERENCE  # noqa: E402
 from .tables import (  # noqa: E402
     FIG2_TREATMENTS,
     base_nets,
@@ -194,6 +194,18 @@ def _fig2_top(ax, df: pd.DataFrame, nmax: int) -> list[float]:
     return ys
 
 
+def check_readings(claims=fx.CLAIMS, figures=FIGURES) -> None:
+    """Every claim a reading of figures.yaml names is one of the claims file's (a misspelt key would leave the
+    reading unresolved for ever)."""
+    known = {c.key for c in claims}
+    for r in figures.readings:
+        if unknown := [c for c in r.claims if c not in known]:
+            raise ValueError(f"figures.yaml: figure2 reading {r.label}: claims {unknown} are not in paper_claims.yaml")
+
+
+check_readings()
+
+
 def reading_status(eff: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """Each numbered reading's (verdict, why): ``reproduced`` only when every claim behind it is; otherwise
     the first claim's verdict that is not (with its reason, for ``confounded``). Claim rows of ``eff``."""
@@ -332,7 +344,7 @@ def _fig2_bottom(ax, df: pd.DataFrame, nmax: int, paper: bool, eff: pd.DataFrame
         hi = s.get(fill.upper)
         if hi is None or hi.empty:
             continue
-        if TREATMENT[lo_t].per_cell:  # the base nets: one level at every n
+        if lo_t == REFERENCE:  # the base nets: one level at every n
             if not np.isfinite(bm):
                 continue
             ax.fill_between(hi["n"], bm, hi["mean"], color=color, lw=0, zorder=1)
@@ -925,7 +937,7 @@ def _bands(ax, by: pd.DataFrame, series: list[tuple[str, str, str]], kinds: list
             g = g[np.isfinite(g[col].to_numpy(float))]
             if g.empty:
                 continue
-            mean, half = g[col].to_numpy(float), np.nan_to_num(g[f"{col}_ci"].to_numpy(float))
+            mean, half = g[col].to_numpy(float), g[f"{col}_ci"].to_numpy(float)  # NaN (one cell): no band
             h = ax.plot(g["n"], mean, color=colour, ls=ls, marker="o", ms=5, mec="w", lw=1.5, zorder=3)[0]
             ax.fill_between(g["n"], mean - half, mean + half, color=colour, alpha=0.2, lw=0, zorder=2)
             if not drawn:
@@ -949,7 +961,7 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     by = similarity_by_layer(sim, probes, runs)
     kinds = list(dict.fromkeys(by["features"]))  # [output], or a ViT's [class token, patch mean]
     fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 6.8))
-    pairs = [(f"cka_{k}", label, colour) for k, (label, colour) in SIM_KINDS.items() if f"cka_{k}" in by]
+    pairs = [(f"cka_{k}", label, colour) for k, (label, colour) in SIM_KINDS.items()]
     h1, l1 = _bands(ax1, by, pairs, kinds)
     ax1.set_ylabel("linear CKA (mini-batch, unbiased HSIC)")
     ax1.set_ylim(0, 1.05)
@@ -977,7 +989,8 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     h2, l2 = ax2.get_legend_handles_labels()
     _legend_below(ax1, h1 + h2, l1 + l2, ncol=2, fontsize=9)
     if h3:
-        _legend_below(ax3, h3, l3, ncol=2, fontsize=9, title="source", title_fontsize=9)
+        _legend_below(ax3, h3, l3, ncol=2, fontsize=9, title="source" if len(kinds) == 1 else "source; features",
+                      title_fontsize=9)
     fig.tight_layout()
     _save(fig, out_pdf)
     return by

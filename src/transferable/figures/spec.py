@@ -9,7 +9,13 @@ from importlib import resources
 
 import yaml
 
-from ..paths import TREATMENT
+from ..paths import PAPER_TRANSFER_TREATMENTS, TREATMENT, TREATMENT_TABLE
+
+# the reference of every effect: the treatment that copies nothing (a net trained from scratch on its half)
+REFERENCE = next(t.key for t in TREATMENT_TABLE if not t.copies)
+# extra training alone, the control of every fine-tuned treatment: the treatment that copies every unit
+CONTROL = next(t.key for t in TREATMENT_TABLE if t.copies == "all")
+LINES = PAPER_TRANSFER_TREATMENTS  # Figure 2's lines of means (the paper's transfer treatments)
 
 SPEC_FILE = "figures.yaml"
 READING_POINTS = ("lowest", "deepest", "furthest_above")
@@ -78,9 +84,14 @@ def _record(cls, entry, where: str):
     if unknown := set(entry) - names:
         raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
+        record = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()})
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from None
+    for f in fields(cls):
+        value, many = getattr(record, f.name), f.type.startswith("tuple")
+        if many and not isinstance(value, tuple) or not many and not isinstance(value, str):
+            raise ValueError(f"{where}: {f.name} {value!r} is not {'a list' if many else 'a text'}")
+    return record
 
 
 def _section(doc: dict, key: str, names: tuple[str, ...], where: str) -> dict:
@@ -95,11 +106,19 @@ def _section(doc: dict, key: str, names: tuple[str, ...], where: str) -> dict:
     return s
 
 
-def _check_treatments(where: str, **named) -> None:
+def _check_treatments(where: str, allowed=tuple(TREATMENT), what: str = "a treatment", **named) -> None:
+    """Each value of ``named`` (a key, or a list of keys for a list field) one of ``allowed``."""
     for field, keys in named.items():
-        for k in (keys,) if isinstance(keys, str) else keys:
-            if k not in TREATMENT:
-                raise ValueError(f"{where}: {field} {k!r} is not a treatment ({', '.join(TREATMENT)})")
+        for k in keys if isinstance(keys, tuple) else (keys,):
+            if not isinstance(k, str) or k not in allowed:
+                raise ValueError(f"{where}: {field} {k!r} is not {what} ({', '.join(allowed)})")
+
+
+def _entries(section: dict, key: str, where: str) -> list:
+    items = section[key]
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{where}: {key}: expected a list of entries")
+    return items
 
 
 def load_figures(text: str | None = None, where: str = SPEC_FILE) -> Figures:
@@ -115,32 +134,44 @@ def load_figures(text: str | None = None, where: str = SPEC_FILE) -> Figures:
     t1 = _section(doc, "table1", ("treatment", "selffer"), where)
     sim = _section(doc, "similarity", ("transfer",), where)
     cross = _section(doc, "cross", ("frozen", "tuned", "random"), where)
-    fills = tuple(_record(Fill, e, f"{where}: figure2 fill {i + 1}") for i, e in enumerate(f2["fills"] or []))
+    fills = tuple(_record(Fill, e, f"{where}: figure2 fill {i + 1}")
+                  for i, e in enumerate(_entries(f2, "fills", where)))
     for i, f in enumerate(fills):
-        _check_treatments(f"{where}: figure2 fill {i + 1}", lower=f.lower, upper=f.upper)
+        _check_treatments(f"{where}: figure2 fill {i + 1}", (REFERENCE, *LINES), "the reference or a line of Figure 2",
+                          lower=f.lower)
+        _check_treatments(f"{where}: figure2 fill {i + 1}", LINES, "a line of Figure 2", upper=f.upper)
     readings = []
-    for i, e in enumerate(f2["readings"] or []):
+    for i, e in enumerate(_entries(f2, "readings", where)):
         name = f"{where}: figure2 reading {e.get('label', i + 1) if isinstance(e, dict) else i + 1}"
         r = _record(Reading, e, name)
-        _check_treatments(name, line=r.line, above=r.above)
+        _check_treatments(name, LINES, "a line of Figure 2", line=r.line, above=r.above)
         if r.point not in READING_POINTS:
             raise ValueError(f"{name}: point {r.point!r} is not one of {', '.join(READING_POINTS)}")
         if r.point == "furthest_above" and not r.above:
             raise ValueError(f"{name}: point furthest_above needs the lines it is above (above: [...])")
-        if len(r.spot) != 4 or not r.claims:
-            raise ValueError(f"{name}: expected claims [...] and spot [x, y, horizontal, vertical alignment]")
+        if not r.claims or not all(isinstance(c, str) for c in r.claims):
+            raise ValueError(f"{name}: claims {list(r.claims)!r} is not a list of claim keys")
+        if len(r.spot) != 4 or r.spot[2] not in ("left", "center", "right") or \
+                r.spot[3] not in ("top", "center", "bottom") or not all(isinstance(v, (int, float)) for v in r.spot[:2]):
+            raise ValueError(f"{name}: spot {list(r.spot)!r} is not [x, y, left|center|right, top|center|bottom]")
         readings.append(r)
+    if len({r.label for r in readings}) != len(readings):
+        raise ValueError(f"{where}: figure2: two readings have the same label")
     relative = tuple(_record(Relative, e, f"{where}: figure3 relative series {i + 1}")
-                     for i, e in enumerate(f3["relative"] or []))
+                     for i, e in enumerate(_entries(f3, "relative", where)))
     for i, r in enumerate(relative):
         name = f"{where}: figure3 relative series {i + 1}"
-        _check_treatments(name, treatment=r.treatment)
         if r.split_kind not in RELATIVE_KINDS:
             raise ValueError(f"{name}: split_kind {r.split_kind!r} is not one of {', '.join(RELATIVE_KINDS)}")
-    _check_treatments(f"{where}: figure3", dissimilar=f3["dissimilar"], random_filters=f3["random_filters"])
-    _check_treatments(f"{where}: table1", **t1)
-    _check_treatments(f"{where}: similarity", **sim)
-    _check_treatments(f"{where}: cross", **cross)
+        # a random-split series is a line of Figure 2's means
+        _check_treatments(name, LINES if r.split_kind == "random" else tuple(TREATMENT),
+                          "a line of Figure 2" if r.split_kind == "random" else "a treatment", treatment=r.treatment)
+    if len({(r.series, r.split_kind) for r in relative}) != len(relative) or \
+            len({r.split_kind for r in relative}) != len(relative):
+        raise ValueError(f"{where}: figure3: one relative series per split kind (drawn in its panel's colours)")
+    for section, values in (("figure3", {k: f3[k] for k in ("dissimilar", "random_filters")}), ("table1", t1),
+                            ("similarity", sim), ("cross", cross)):
+        _check_treatments(f"{where}: {section}", **values)
     return Figures(fills, tuple(readings), f3["dissimilar"], f3["random_filters"], relative, t1["treatment"],
                    t1["selffer"], sim["transfer"], cross["frozen"], cross["tuned"], cross["random"])
 

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .. import atomic
-from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, REFERENCE, TREATMENTS, treatment_net
+from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS, treatment_net
 from .paper import PAPER_TABLE1, load_paper_networks
-from .spec import FIGURES
+from .spec import FIGURES, REFERENCE
 
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
