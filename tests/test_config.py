@@ -317,7 +317,8 @@ def test_the_treatments_are_written_once():
 def test_no_treatment_name_in_code_outside_the_table():
     """Issue 23's done-when as a test: outside the treatment table (paths.py) no module names a treatment as a
     string of its own. Figures and tables read which treatment goes where from figures/figures.yaml, the
-    claims from paper_claims.yaml; the reference and the control are the table's (figures/spec.py: REFERENCE, CONTROL).
+    claims from paper_claims.yaml; the reference and the control are derived from the table (figures/spec.py:
+    REFERENCE, CONTROL).
     Docstrings and the text of f-strings (captions, net names such as f"base{half}") are prose, not names;
     the Snakefile and the rules are searched for quoted names.
     "random" is also a split kind and a Treatment.source value, so it is not a name to look for."""

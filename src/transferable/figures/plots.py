@@ -956,8 +956,6 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
     interval is the returned by-layer table's (over independent cells), so figure and table agree and a
     rerun draws the same figure. The legends sit under the axes, clear of the data. Writes a PDF and a PNG;
     returns the by-layer table."""
-    import seaborn as sns
-
     by = similarity_by_layer(sim, probes, runs)
     kinds = list(dict.fromkeys(by["features"]))  # [output], or a ViT's [class token, patch mean]
     fig, (ax1, ax3) = plt.subplots(1, 2, figsize=(15, 6.8))
@@ -983,7 +981,8 @@ def similarity_figure(sim: pd.DataFrame, probes: pd.DataFrame, runs: pd.DataFram
         ax.set_xticks(list(units["n"]))
         ax.set_xticklabels(list(units["layer"]), rotation=30 if len(units) > 9 else 0)
         ax.set_xlabel("unit n")
-    sns.despine(fig, right=False)
+    for ax in fig.axes:  # no top frame line: what seaborn's despine(right=False) did, without importing seaborn
+        ax.spines["top"].set_visible(False)
     fig.tight_layout()  # the axes' near-final sizes, which the legends are placed under
     # both legends under their axes (the CKA pairs and the twin axis's transfer loss in one), off the data
     h2, l2 = ax2.get_legend_handles_labels()

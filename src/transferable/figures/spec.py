@@ -19,7 +19,7 @@ LINES = PAPER_TRANSFER_TREATMENTS  # Figure 2's lines of means (the paper's tran
 
 SPEC_FILE = "figures.yaml"
 READING_POINTS = ("lowest", "deepest", "furthest_above")
-RELATIVE_KINDS = ("random", "natman", "all")  # the split kinds a Figure 3 series can come from
+SPLIT_KINDS = ("random", "natman", "all")  # the kinds of split a run belongs to; a Figure 3 series comes from one
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ def load_figures(text: str | None = None, where: str = SPEC_FILE) -> Figures:
                      for i, e in enumerate(_entries(f3, "relative", where)))
     for i, r in enumerate(relative):
         name = f"{where}: figure3 relative series {i + 1}"
-        if r.split_kind not in RELATIVE_KINDS:
-            raise ValueError(f"{name}: split_kind {r.split_kind!r} is not one of {', '.join(RELATIVE_KINDS)}")
+        if r.split_kind not in SPLIT_KINDS:
+            raise ValueError(f"{name}: split_kind {r.split_kind!r} is not one of {', '.join(SPLIT_KINDS)}")
         # a random-split series is a line of Figure 2's means
         _check_treatments(name, LINES if r.split_kind == "random" else tuple(TREATMENT),
                           "a line of Figure 2" if r.split_kind == "random" else "a treatment", treatment=r.treatment)

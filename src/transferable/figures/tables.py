@@ -18,7 +18,7 @@ import pandas as pd
 from .. import atomic
 from ..paths import HISTORY_COLUMNS as _HISTORY, PAPER_TRANSFER_TREATMENTS, TREATMENTS, treatment_net
 from .paper import PAPER_TABLE1, load_paper_networks
-from .spec import FIGURES, REFERENCE
+from .spec import FIGURES, REFERENCE, SPLIT_KINDS
 
 RUN_COLUMNS = [
     "split", "split_kind", "net", "treatment", "n", "source_half", "target_half", "target_family",
@@ -31,7 +31,6 @@ FLOAT_COLUMNS = ["top1", "top1_final", "top5", "top5_final", "top1_max", "late_g
 INT_COLUMNS = ["num_classes", "evals", "iters"]  # nullable: a run file may lack them
 REQUIRED_KEYS = ["split", "split_kind", "net", "treatment", "n", "target_half", "top1"]
 
-SPLIT_KINDS = ("random", "natman", "all")
 FIG2_TREATMENTS = PAPER_TRANSFER_TREATMENTS  # the paper's legend: base, BnB, BnB+, AnB, AnB+
 NATMAN_FAMILIES = ("natural", "man-made")
 RELATIVE_SERIES = tuple(r.series for r in FIGURES.relative)  # Figure 3's bottom panel (figures.yaml)
